@@ -1,0 +1,1 @@
+"""scheduler-svc: a job scheduler on PostgreSQL."""

@@ -1,0 +1,246 @@
+"""HTTP routes. Each handler parses a Struct, calls one jobs/store function, returns a Struct."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlencode
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import (
+    FromQuery,
+    HeaderParameter,
+    JSONBody,
+    PathParameter,
+    QueryParameter,
+)
+
+from scheduler_svc import jobs, schedule, store
+from scheduler_svc.db import Pool
+from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
+from scheduler_svc.models import (
+    JobCreate,
+    JobOut,
+    JobPatch,
+    JobRow,
+    JobStatus,
+    SchedulePreview,
+    job_out,
+)
+
+# What the app provides to every handler (see app.create_app).
+PoolDep = NamedDependency[Pool]
+TenantDep = NamedDependency[str]
+RulesDep = NamedDependency[jobs.Rules]
+
+JobId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The job's id.")]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Repeat a create safely: the same key and body return the first job.",
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    HeaderParameter(name="If-Match", description="The job's ETag; a stale one gets 412."),
+]
+
+
+T = TypeVar("T")
+
+
+async def strict_body(request: Request[Any, Any, Any], body_type: type[T]) -> T:
+    """The request body decoded with JSON's own types.
+
+    Litestar converts bodies leniently ("10" becomes 10.0, "true" becomes True); the
+    API promises exact types, so handlers decode the (cached) body again, strictly.
+    """
+    try:
+        body: T = msgspec.json.decode(await request.body(), type=body_type)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest([FieldError.from_msgspec(str(exc))]) from None
+    return body
+
+
+def etag(row: JobRow) -> str:
+    """The strong ETag of a job's version."""
+    return f'"{row.version}"'
+
+
+def _job_response(row: JobRow, status_code: int = 200, **headers: str) -> Response[JobOut]:
+    return Response(job_out(row), status_code=status_code, headers={"ETag": etag(row), **headers})
+
+
+_ETAG = re.compile(r'^(?:W/)?"(\d{1,10})"$')
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version an If-Match names; None for absent or `*` (any version)."""
+    if value is None or value.strip() == "*":
+        return None
+    match = _ETAG.match(value.strip())
+    if match is None:
+        raise InvalidRequest.field("If-Match", 'must be an ETag of this API, e.g. "3"')
+    return int(match.group(1))
+
+
+def encode_cursor(last_id: int) -> str:
+    """The opaque cursor for the page after the job `last_id`."""
+    return base64.urlsafe_b64encode(f"j{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The job id a cursor continues below; InvalidRequest for anything we did not issue."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if raw[:1] == "j" and raw[1:].isdigit() and 0 < int(raw[1:]) < 2**63:
+            return int(raw[1:])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidRequest.field("cursor", "is not a cursor from this API's Link header")
+
+
+class JobsController(Controller):
+    """Jobs: create, read, change, delete, pause and resume."""
+
+    path = "/jobs"
+    tags = ["jobs"]  # noqa: RUF012 - Litestar reads it as a class attribute
+
+    @post("/", operation_id="createJob", summary="Create a job", status_code=201)
+    async def create_job(
+        self,
+        data: JSONBody[JobCreate],
+        request: Request[Any, Any, Any],
+        pool: PoolDep,
+        tenant: TenantDep,
+        rules: RulesDep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[JobOut]:
+        data = await strict_body(request, JobCreate)
+        row, replayed = await jobs.create(pool, tenant, data, rules, idempotency_key)
+        headers = {"Location": f"/jobs/{row.id}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return _job_response(row, 201, **headers)
+
+    @get("/", operation_id="listJobs", summary="List jobs, newest first")
+    async def list_jobs(
+        self,
+        request: Request[Any, Any, Any],
+        pool: PoolDep,
+        tenant: TenantDep,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        status: FromQuery[JobStatus | None] = None,
+        name: Annotated[str | None, QueryParameter(min_length=1, max_length=200)] = None,
+    ) -> Response[list[JobOut]]:
+        before_id = decode_cursor(cursor) if cursor is not None else None
+        rows = await store.jobs_list(
+            pool, tenant, before_id=before_id, status=status, name=name, limit=limit + 1
+        )
+        headers = {}
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_url = request.url.with_replacements(
+                query=_with_cursor(request, encode_cursor(rows[-1].id))
+            )
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        return Response([job_out(r) for r in rows], headers=headers)
+
+    @get("/{job_id:int}", operation_id="getJob", summary="Get a job")
+    async def get_job(self, job_id: JobId, pool: PoolDep, tenant: TenantDep) -> Response[JobOut]:
+        row = await store.job_get(pool, tenant, job_id)
+        if row is None:
+            raise NotFound(f"job {job_id} does not exist")
+        return _job_response(row)
+
+    @patch("/{job_id:int}", operation_id="updateJob", summary="Change a job's fields")
+    async def update_job(
+        self,
+        job_id: JobId,
+        data: JSONBody[JobPatch],
+        request: Request[Any, Any, Any],
+        pool: PoolDep,
+        tenant: TenantDep,
+        rules: RulesDep,
+        if_match: IfMatch = None,
+    ) -> Response[JobOut]:
+        data = await strict_body(request, JobPatch)
+        row = await jobs.update(pool, tenant, job_id, data, rules, parse_if_match(if_match))
+        return _job_response(row)
+
+    @delete("/{job_id:int}", operation_id="deleteJob", summary="Delete a job and its runs")
+    async def delete_job(self, job_id: JobId, pool: PoolDep, tenant: TenantDep) -> None:
+        if not await store.job_delete(pool, tenant, job_id):
+            raise NotFound(f"job {job_id} does not exist")
+
+    @post(
+        "/{job_id:int}/pause", operation_id="pauseJob", summary="Stop future ticks", status_code=200
+    )
+    async def pause_job(
+        self, job_id: JobId, pool: PoolDep, tenant: TenantDep, rules: RulesDep
+    ) -> Response[JobOut]:
+        return _job_response(
+            await jobs.update(pool, tenant, job_id, JobPatch(paused=True), rules, None)
+        )
+
+    @post(
+        "/{job_id:int}/resume",
+        operation_id="resumeJob",
+        summary="Resume from now; missed ticks are not run",
+        status_code=200,
+    )
+    async def resume_job(
+        self, job_id: JobId, pool: PoolDep, tenant: TenantDep, rules: RulesDep
+    ) -> Response[JobOut]:
+        return _job_response(
+            await jobs.update(pool, tenant, job_id, JobPatch(paused=False), rules, None)
+        )
+
+
+def _with_cursor(request: Request[Any, Any, Any], cursor: str) -> str:
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+    return urlencode([*params, ("cursor", cursor)])
+
+
+@get(
+    "/schedules/preview",
+    operation_id="previewSchedule",
+    summary="Next fire times of a schedule",
+    tags=["schedules"],
+)
+async def preview_schedule(
+    rules: RulesDep,
+    schedule_text: Annotated[str, QueryParameter(name="schedule", min_length=1, max_length=200)],
+    timezone: Annotated[str, QueryParameter(min_length=1, max_length=64)] = "UTC",
+    after: Annotated[
+        str | None, QueryParameter(max_length=64, description="RFC 3339; default now")
+    ] = None,
+    count: Annotated[int, QueryParameter(ge=1, le=100)] = 5,
+) -> SchedulePreview:
+    """The next `count` fire times of `schedule` in `timezone` after `after`."""
+    errors = jobs.schedule_errors(schedule_text, timezone, rules)
+    if errors:
+        raise InvalidRequest(errors)
+    start = _parse_after(after) if after is not None else datetime.now(UTC)
+    parsed = schedule.parse(schedule_text)
+    tz = schedule.parse_timezone(timezone)
+    return SchedulePreview(times=schedule.preview(parsed, tz, start, count))
+
+
+def _parse_after(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest.field("after", "is not an RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:
+        raise InvalidRequest.field("after", "needs a time zone offset or Z")
+    return parsed.astimezone(UTC)

@@ -1,0 +1,229 @@
+"""The Litestar application: routes, problem details, OpenAPI, and the lifespan owning the pool."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from litestar import Litestar, Request, Response, get
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from litestar.static_files import create_static_files_router
+
+from scheduler_svc import db, jobs, logs, store
+from scheduler_svc.api import JobsController, PoolDep, preview_schedule
+from scheduler_svc.config import Settings
+from scheduler_svc.db import Pool
+from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError
+from scheduler_svc.models import Status
+
+log = structlog.get_logger("scheduler_svc.app")
+
+# Every job and run belongs to a tenant; until keys name one, everything is this tenant's.
+DEFAULT_TENANT = "default"
+SWAGGER_ASSETS = "/api/assets"
+
+
+def _problem_type(slug: str) -> str:
+    return f"urn:scheduler-svc:problem:{slug}"
+
+
+def _from_http(exc: HTTPException) -> ProblemDetailsException:
+    phrase = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if exc.detail != phrase else ""
+    return ProblemDetailsException(
+        type_="about:blank",
+        title=phrase,
+        status_code=exc.status_code,
+        detail=detail or phrase,
+        headers=exc.headers,
+    )
+
+
+_MISSING_PARAMETER = re.compile(r"Missing required \w+ parameter '([^']+)'")
+
+
+def _from_validation(exc: ValidationException) -> ProblemDetailsException:
+    """Litestar's own request validation, with each bad field named in `errors`."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    errors: list[dict[str, str]] = []
+    for item in extra:
+        if not isinstance(item, dict):
+            continue
+        key = str(item.get("key") or "")
+        error = FieldError.from_msgspec(str(item.get("message", "")), "" if key == "data" else key)
+        source = getattr(item.get("source"), "value", item.get("source"))
+        errors.append({"field": error.field, "message": error.message, "source": str(source)})
+    if not errors:  # no field named: a missing parameter, or a body that is not JSON
+        missing = _MISSING_PARAMETER.match(exc.detail)
+        field = missing.group(1) if missing else "body"
+        errors = [{"field": field, "message": exc.detail}]
+    return ProblemDetailsException(
+        type_=_problem_type("invalid-request"),
+        title="Invalid request",
+        status_code=400,
+        detail="; ".join(f"{e['field']}: {e['message']}" for e in errors),
+        extra={"errors": errors},
+    )
+
+
+def _from_domain(exc: SchedulerError) -> ProblemDetailsException:
+    extra = None
+    if isinstance(exc, InvalidRequest):
+        extra = {"errors": [{"field": e.field, "message": e.message} for e in exc.errors]}
+    slug = "invalid-request" if isinstance(exc, InvalidRequest) else type(exc).__name__.lower()
+    return ProblemDetailsException(
+        type_=_problem_type(slug),
+        title=HTTPStatus(exc.status_code).phrase,
+        status_code=exc.status_code,
+        detail=exc.detail,
+        extra=extra,
+    )
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Last resort: a bug, not bad input. Logged with its cause, answered as a problem."""
+    log.exception("unhandled_error", path=request.url.path)
+    return ProblemDetailsException(
+        type_="about:blank",
+        title="Internal Server Error",
+        status_code=500,
+        detail="The server failed to handle this request; it has been logged.",
+    ).to_response(request)
+
+
+@get("/", operation_id="root", tags=["health"], summary="Liveness (the old service's check)")
+async def root() -> Status:
+    return Status(status="ok")
+
+
+@get("/healthz", operation_id="healthz", tags=["health"], summary="The process is alive")
+async def healthz() -> Status:
+    return Status(status="ok")
+
+
+@get(
+    "/readyz",
+    operation_id="readyz",
+    tags=["health"],
+    summary="The database answers and its schema is current",
+)
+async def readyz(pool: PoolDep) -> Response[Status]:
+    try:
+        schema_version = await store.schema_version_get(pool)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("not_ready", error=str(exc))
+        return Response(Status(status="database unavailable"), status_code=503)
+    if schema_version < db.SCHEMA_VERSION:
+        return Response(Status("schema behind", schema_version), status_code=503)
+    return Response(Status("ready", schema_version))
+
+
+def _swagger_assets() -> Path:
+    import swagger_ui
+
+    return Path(swagger_ui.__file__).parent / "static"
+
+
+def create_app(settings: Settings, pool: Pool | None = None) -> Litestar:
+    """The application. Pass `pool` to share one (tests); otherwise the lifespan opens one."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if pool is not None:
+            app.state.pool = pool
+            yield
+            return
+        # The CLI has resolved the database and applied the schema before starting us.
+        assert settings.database_url, "create_app needs a database_url or a pool"
+        own_pool = await db.create_pool(settings.database_url)
+        try:
+            app.state.pool = own_pool
+            yield
+        finally:
+            await own_pool.close()
+
+    rules = jobs.Rules(
+        min_interval_s=settings.min_interval_s,
+        allow_private_webhooks=settings.webhook_allow_private,
+    )
+
+    def provide_pool(request: Request[Any, Any, Any]) -> Pool:
+        pool_: Pool = request.app.state.pool
+        return pool_
+
+    def provide_tenant() -> str:
+        return DEFAULT_TENANT
+
+    def provide_rules() -> jobs.Rules:
+        return rules
+
+    favicon = f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>"
+    return Litestar(
+        route_handlers=[
+            root,
+            healthz,
+            readyz,
+            JobsController,
+            preview_schedule,
+            create_static_files_router(
+                path=SWAGGER_ASSETS,
+                directories=[_swagger_assets()],
+                include_in_schema=False,
+                name="swagger-assets",
+            ),
+        ],
+        dependencies={
+            "pool": Provide(provide_pool, sync_to_thread=False),
+            "tenant": Provide(provide_tenant, sync_to_thread=False),
+            "rules": Provide(provide_rules, sync_to_thread=False),
+        },
+        lifespan=[lifespan],
+        middleware=[logs.request_logging],
+        plugins=[
+            ProblemDetailsPlugin(
+                ProblemDetailsConfig(
+                    enable_for_all_http_exceptions=True,
+                    exception_to_problem_detail_map={
+                        HTTPException: _from_http,
+                        ValidationException: _from_validation,
+                        SchedulerError: _from_domain,
+                    },
+                )
+            )
+        ],
+        exception_handlers={Exception: _internal_error},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="scheduler-svc",
+            version=version("scheduler-svc"),
+            description="Cron, interval and one-off jobs on PostgreSQL, run once per tick.",
+            path="/api",
+            render_plugins=[
+                SwaggerRenderPlugin(
+                    path="/",
+                    js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+                    css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+                    standalone_preset_js_url=f"{SWAGGER_ASSETS}/swagger-ui-standalone-preset.js",
+                    favicon=favicon,
+                )
+            ],
+        ),
+        debug=False,
+        # logs.configure owns logging; Litestar's default would install its own handler.
+        logging_config=None,
+    )

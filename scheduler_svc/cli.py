@@ -1,0 +1,159 @@
+"""The `scheduler-svc` command: serve, migrate. Errors are one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import structlog
+import uvicorn
+
+from scheduler_svc import db, logs
+from scheduler_svc.app import create_app
+from scheduler_svc.config import ConfigError, Settings
+from scheduler_svc.pg_embedded import EmbeddedPostgres
+
+log = structlog.get_logger("scheduler_svc.cli")
+
+
+class CommandError(Exception):
+    """A failure to report in one line and exit 1."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scheduler-svc",
+        description="Job scheduler on PostgreSQL. Configuration: SCHEDULER_* variables, .env.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the service (API, scheduler, executors)")
+    serve.add_argument("--host", help="listen address (SCHEDULER_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (SCHEDULER_PORT, default 3000)")
+    serve.add_argument(
+        "--role", choices=["all", "api", "worker"], help="what this replica does (SCHEDULER_ROLE)"
+    )
+    serve.add_argument(
+        "--concurrency", type=int, help="runs executing at once (SCHEDULER_CONCURRENCY)"
+    )
+    commands.add_parser("migrate", help="apply schema.sql to the database and exit")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "SCHEDULER_HOST": getattr(args, "host", None),
+        "SCHEDULER_PORT": getattr(args, "port", None),
+        "SCHEDULER_ROLE": getattr(args, "role", None),
+        "SCHEDULER_CONCURRENCY": getattr(args, "concurrency", None),
+    }
+    flags = {k: str(v) for k, v in overrides.items() if v is not None}
+    return Settings.from_env({**os.environ, **flags})
+
+
+def _with_database(settings: Settings) -> tuple[Settings, EmbeddedPostgres | None]:
+    """Use DATABASE_URL, or start the embedded server in SCHEDULER_DATA_DIR."""
+    if settings.database_url is not None:
+        return settings, None
+    try:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = embedded.database_url()
+    except Exception as exc:
+        raise CommandError(
+            f"could not start the embedded PostgreSQL in {settings.data_dir}: {exc}"
+        ) from None
+    log.info("embedded_database", data_dir=str(settings.data_dir.resolve()))
+    return replace(settings, database_url=url), embedded
+
+
+async def _migrate(url: str) -> int:
+    try:
+        pool = await db.create_pool(url, max_size=1)
+    except (TimeoutError, OSError) as exc:
+        raise CommandError(f"could not connect to the database: {exc}") from None
+    except Exception as exc:  # asyncpg's own errors: bad password, no such database, ...
+        raise CommandError(f"could not connect to the database: {exc}") from None
+    try:
+        async with pool.acquire() as conn:
+            return await db.apply_schema(conn)
+    finally:
+        await pool.close()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, but a stop by SIGTERM/SIGINT after a full drain exits 0.
+
+    uvicorn raises the captured signal again once it has shut down, so the process
+    would die of it (exit 143); for us that stop is the normal end.
+    """
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+def serve(settings: Settings) -> None:
+    """Apply the schema, then serve HTTP until SIGTERM/SIGINT."""
+    settings, embedded = _with_database(settings)
+    try:
+        assert settings.database_url is not None
+        schema_version = asyncio.run(_migrate(settings.database_url))
+        log.info(
+            "starting",
+            host=settings.host,
+            port=settings.port,
+            role=settings.role,
+            worker=settings.worker_id,
+            schema_version=schema_version,
+        )
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            loop="auto" if sys.platform == "win32" else "uvloop",
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        )
+        Server(config).run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `scheduler-svc` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        sys.exit(f"scheduler-svc: {exc}")
+    logs.configure(settings.log_format, settings.log_level)
+    if settings.unknown_variables:
+        log.warning("unknown_variables", names=list(settings.unknown_variables))
+    try:
+        if args.command == "serve":
+            serve(settings)
+        elif args.command == "migrate":
+            settings, embedded = _with_database(settings)
+            assert settings.database_url is not None
+            try:
+                version: Any = asyncio.run(_migrate(settings.database_url))
+            finally:
+                if embedded is not None:
+                    embedded.stop()
+            print(f"schema at version {version}")
+    except CommandError as exc:
+        sys.exit(f"scheduler-svc: {exc}")
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,203 @@
+"""Settings: the only code that reads the environment or `.env`."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from dotenv import dotenv_values
+
+Role = Literal["all", "api", "worker"]
+LogFormat = Literal["json", "console"]
+RateUnit = Literal["second", "minute"]
+
+PREFIX = "SCHEDULER_"
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Requests allowed per principal per unit of time."""
+
+    count: int
+    unit: RateUnit
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the service, typed and validated; see the README's configuration table."""
+
+    database_url: str | None = None
+    data_dir: Path = Path(".scheduler-data")
+    host: str = "127.0.0.1"
+    port: int = 3000
+    role: Role = "all"
+    concurrency: int = 32
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    shutdown_grace_s: float = 30.0
+    # None means "console on a TTY, JSON otherwise", decided where the log stream is known.
+    log_format: LogFormat | None = None
+    log_level: str = "info"
+    api_keys_required: bool = False
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_tenant_claim: str = "tenant"
+    rate_limit: RateLimit = RateLimit(6000, "minute")
+    max_body_bytes: int = 65536
+    webhook_secret: str | None = None
+    webhook_allow_private: bool = False
+    min_interval_s: float = 1.0
+    run_retention_days: int = 30
+    # SCHEDULER_* variables that mean nothing to us (typos, usually): logged at start.
+    unknown_variables: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+    ) -> Settings:
+        """Read settings from `environ` (default os.environ) over `env_file`; raise ConfigError."""
+        values: dict[str, str] = {}
+        if env_file is not None and env_file.is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return _parse(values)
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    def get(name: str, convert: Callable[[str], T], default: T) -> T:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return convert(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+    known = set(_VARIABLES)
+    defaults = Settings()
+    return Settings(
+        database_url=get("DATABASE_URL", str, None),
+        data_dir=get("SCHEDULER_DATA_DIR", Path, defaults.data_dir),
+        host=get("SCHEDULER_HOST", str, defaults.host),
+        port=get("SCHEDULER_PORT", _int_between(0, 65535), defaults.port),
+        role=get("SCHEDULER_ROLE", _one_of("all", "api", "worker"), defaults.role),
+        concurrency=get("SCHEDULER_CONCURRENCY", _int_between(1, 10_000), defaults.concurrency),
+        worker_id=get("SCHEDULER_WORKER_ID", _text(200), defaults.worker_id),
+        shutdown_grace_s=get(
+            "SCHEDULER_SHUTDOWN_GRACE_S", _float_between(0, 86400), defaults.shutdown_grace_s
+        ),
+        log_format=get("SCHEDULER_LOG_FORMAT", _one_of("json", "console"), None),
+        log_level=get("SCHEDULER_LOG_LEVEL", _one_of(*_LOG_LEVELS), defaults.log_level),
+        api_keys_required=get("SCHEDULER_API_KEYS_REQUIRED", _bool, False),
+        jwt_secret=get("SCHEDULER_JWT_SECRET", str, None),
+        jwt_public_key=get("SCHEDULER_JWT_PUBLIC_KEY", str, None),
+        jwt_tenant_claim=get("SCHEDULER_JWT_TENANT_CLAIM", _text(100), "tenant"),
+        rate_limit=get("SCHEDULER_RATE_LIMIT", _rate_limit, defaults.rate_limit),
+        max_body_bytes=get("SCHEDULER_MAX_BODY_BYTES", _int_between(1024, 64 * 1024 * 1024), 65536),
+        webhook_secret=get("SCHEDULER_WEBHOOK_SECRET", str, None),
+        webhook_allow_private=get("SCHEDULER_WEBHOOK_ALLOW_PRIVATE", _bool, False),
+        min_interval_s=get("SCHEDULER_MIN_INTERVAL_S", _float_between(1, 86400), 1.0),
+        run_retention_days=get("SCHEDULER_RUN_RETENTION_DAYS", _int_between(1, 36500), 30),
+        unknown_variables=tuple(sorted(k for k in env if k.startswith(PREFIX) and k not in known)),
+    )
+
+
+# Every variable we read; anything else with our prefix is reported as unknown.
+# SCHEDULER_TEST_DATABASE_URL belongs to the test suite, not to the service.
+_VARIABLES = (
+    "DATABASE_URL",
+    "SCHEDULER_DATA_DIR",
+    "SCHEDULER_HOST",
+    "SCHEDULER_PORT",
+    "SCHEDULER_ROLE",
+    "SCHEDULER_CONCURRENCY",
+    "SCHEDULER_WORKER_ID",
+    "SCHEDULER_SHUTDOWN_GRACE_S",
+    "SCHEDULER_LOG_FORMAT",
+    "SCHEDULER_LOG_LEVEL",
+    "SCHEDULER_API_KEYS_REQUIRED",
+    "SCHEDULER_JWT_SECRET",
+    "SCHEDULER_JWT_PUBLIC_KEY",
+    "SCHEDULER_JWT_TENANT_CLAIM",
+    "SCHEDULER_RATE_LIMIT",
+    "SCHEDULER_MAX_BODY_BYTES",
+    "SCHEDULER_WEBHOOK_SECRET",
+    "SCHEDULER_WEBHOOK_ALLOW_PRIVATE",
+    "SCHEDULER_MIN_INTERVAL_S",
+    "SCHEDULER_RUN_RETENTION_DAYS",
+    "SCHEDULER_TEST_DATABASE_URL",
+)
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return convert
+
+
+def _float_between(low: float, high: float) -> Callable[[str], float]:
+    def convert(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number from {low:g} to {high:g}") from None
+        if not low <= value <= high:  # also rejects nan
+            raise ValueError(f"expected a number from {low:g} to {high:g}")
+        return value
+
+    return convert
+
+
+def _one_of(*choices: str) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        if raw.lower() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw.lower()
+
+    return convert
+
+
+def _text(max_length: int) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        if len(raw) > max_length or not raw.isprintable():
+            raise ValueError(f"expected printable text of at most {max_length} characters")
+        return raw
+
+    return convert
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _rate_limit(raw: str) -> RateLimit:
+    count, _, unit = raw.partition("/")
+    if unit not in ("second", "minute") or not count.isdigit() or int(count) < 1:
+        raise ValueError("expected <n>/second or <n>/minute, e.g. 6000/minute")
+    return RateLimit(int(count), unit)  # type: ignore[arg-type]

@@ -1,0 +1,231 @@
+"""Wire types: one msgspec Struct per direction, plus the frozen row the store returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+MisfirePolicy = Literal["run_once", "skip", "run_all"]
+Overlap = Literal["forbid", "allow"]
+JobStatus = Literal["active", "paused", "completed"]
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+ScheduleText = Annotated[str, Meta(min_length=1, max_length=200)]
+TimezoneName = Annotated[str, Meta(min_length=1, max_length=64)]
+Attributes = dict[str, Any]
+MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
+BackoffSeconds = Annotated[float, Meta(ge=0, le=7 * 86400)]
+TimeoutSeconds = Annotated[int, Meta(ge=1, le=86400)]
+GraceSeconds = Annotated[int, Meta(ge=0, le=7 * 86400)]
+HeaderName = Annotated[
+    str, Meta(min_length=1, max_length=256, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+]
+HeaderValue = Annotated[str, Meta(max_length=8192, pattern=r"^[^\r\n\x00]*$")]
+HandlerName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][\w.:-]*$")]
+
+# Header values shown as this in every response: stored, never echoed.
+MASK = "***"
+SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token"}
+)
+
+
+class LogTarget(Struct, tag_field="type", tag="log", forbid_unknown_fields=True):
+    """Write one structured log line with the job and its attributes."""
+
+
+class HttpTarget(Struct, tag_field="type", tag="http", forbid_unknown_fields=True, kw_only=True):
+    """Call a webhook; `body` defaults to the run envelope."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    method: HttpMethod = "POST"
+    headers: dict[HeaderName, HeaderValue] = {}
+    body: Any = None
+
+
+class HandlerTarget(Struct, tag_field="type", tag="handler", forbid_unknown_fields=True):
+    """Call a Python handler registered under the `scheduler_svc.handlers` entry points."""
+
+    name: HandlerName
+
+
+Target = LogTarget | HttpTarget | HandlerTarget
+
+
+class JobCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """POST /jobs. `interval` is the old service's name for `schedule`."""
+
+    name: Name
+    schedule: ScheduleText | None = None
+    interval: ScheduleText | None = None
+    attributes: Attributes = {}
+    timezone: TimezoneName = "UTC"
+    target: Target = msgspec.field(default_factory=LogTarget)
+    max_attempts: MaxAttempts = 3
+    backoff_s: BackoffSeconds = 10.0
+    backoff_max_s: BackoffSeconds = 3600.0
+    timeout_s: TimeoutSeconds = 30
+    misfire_policy: MisfirePolicy = "run_once"
+    misfire_grace_s: GraceSeconds = 60
+    overlap: Overlap = "forbid"
+    paused: bool = False
+
+
+class JobPatch(Struct, forbid_unknown_fields=True, kw_only=True):
+    """PATCH /jobs/{id}: only the fields present change."""
+
+    name: Name | UnsetType = UNSET
+    schedule: ScheduleText | UnsetType = UNSET
+    interval: ScheduleText | UnsetType = UNSET
+    attributes: Attributes | UnsetType = UNSET
+    timezone: TimezoneName | UnsetType = UNSET
+    target: Target | UnsetType = UNSET
+    max_attempts: MaxAttempts | UnsetType = UNSET
+    backoff_s: BackoffSeconds | UnsetType = UNSET
+    backoff_max_s: BackoffSeconds | UnsetType = UNSET
+    timeout_s: TimeoutSeconds | UnsetType = UNSET
+    misfire_policy: MisfirePolicy | UnsetType = UNSET
+    misfire_grace_s: GraceSeconds | UnsetType = UNSET
+    overlap: Overlap | UnsetType = UNSET
+    paused: bool | UnsetType = UNSET
+
+
+class JobRow(Struct, frozen=True, kw_only=True):
+    """A row of `jobs` as the store returns it."""
+
+    id: int
+    tenant: str
+    name: str
+    attributes: dict[str, Any]
+    schedule: str
+    timezone: str
+    target: dict[str, Any]
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    timeout_s: int
+    misfire_policy: MisfirePolicy
+    misfire_grace_s: int
+    overlap: Overlap
+    status: JobStatus
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_run_status: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class JobOut(Struct, kw_only=True):
+    """A job as the API shows it. `interval`, `lastRunTimestamp` and `nextRunTimestamp`
+    repeat `schedule`, `last_run_at` and `next_run_at` under the old service's names."""
+
+    id: int
+    name: str
+    attributes: dict[str, Any]
+    schedule: str
+    timezone: str
+    target: Target
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    timeout_s: int
+    misfire_policy: MisfirePolicy
+    misfire_grace_s: int
+    overlap: Overlap
+    status: JobStatus
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_run_status: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    interval: str
+    lastRunTimestamp: datetime | None
+    nextRunTimestamp: datetime | None
+
+
+class SchedulePreview(Struct):
+    """GET /schedules/preview."""
+
+    times: list[datetime]
+
+
+class Status(Struct):
+    """Health answers."""
+
+    status: str
+    schema_version: int | None = None
+
+
+def target_from_json(data: dict[str, Any]) -> Target:
+    """Decode a stored target."""
+    target: Target = msgspec.convert(data, Target)
+    return target
+
+
+def target_to_json(target: Target) -> dict[str, Any]:
+    """Encode a target for storage, secrets included."""
+    return msgspec.to_builtins(target)  # type: ignore[no-any-return]
+
+
+def masked(target: Target) -> Target:
+    """The target with credential-like header values replaced by MASK."""
+    if not isinstance(target, HttpTarget) or not target.headers:
+        return target
+    headers = {
+        name: MASK if name.lower() in SENSITIVE_HEADERS else value
+        for name, value in target.headers.items()
+    }
+    return msgspec.structs.replace(target, headers=headers)
+
+
+def job_out(row: JobRow) -> JobOut:
+    """The API view of a stored job, secrets masked."""
+    return JobOut(
+        id=row.id,
+        name=row.name,
+        attributes=row.attributes,
+        schedule=row.schedule,
+        timezone=row.timezone,
+        target=masked(target_from_json(row.target)),
+        max_attempts=row.max_attempts,
+        backoff_s=row.backoff_s,
+        backoff_max_s=row.backoff_max_s,
+        timeout_s=row.timeout_s,
+        misfire_policy=row.misfire_policy,
+        misfire_grace_s=row.misfire_grace_s,
+        overlap=row.overlap,
+        status=row.status,
+        next_run_at=row.next_run_at,
+        last_run_at=row.last_run_at,
+        last_run_status=row.last_run_status,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        version=row.version,
+        interval=row.schedule,
+        lastRunTimestamp=row.last_run_at,
+        nextRunTimestamp=row.next_run_at,
+    )
+
+
+class JobSpec(Struct, frozen=True, kw_only=True):
+    """Every writable field of a job, validated: what the store writes."""
+
+    name: str
+    attributes: dict[str, Any]
+    schedule: str
+    timezone: str
+    target: dict[str, Any]
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    timeout_s: int
+    misfire_policy: MisfirePolicy
+    misfire_grace_s: int
+    overlap: Overlap
+    paused: bool

@@ -1,0 +1,156 @@
+"""The database, one function per named query in queries.sql; driver errors become domain errors."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from importlib.resources import files
+from typing import Any, TypeAlias
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+from scheduler_svc.models import JobRow, JobSpec, JobStatus
+
+# A connection, plain or pooled: what a transaction runs on.
+Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+# Anything that runs a statement: a connection or the pool itself.
+Conn: TypeAlias = "Connection | asyncpg.Pool[Any]"
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """Split queries.sql into {name: statement} at its `-- name --` lines."""
+    blocks = re.split(r"^-- ([a-z_]+) --\n", text, flags=re.MULTILINE)
+    return {name: sql.strip() for name, sql in zip(blocks[1::2], blocks[2::2], strict=True)}
+
+
+QUERIES = load_queries(files("scheduler_svc").joinpath("queries.sql").read_text())
+
+
+def _job(record: asyncpg.Record | None) -> JobRow | None:
+    return None if record is None else msgspec.convert(dict(record), JobRow)
+
+
+async def schema_lock(conn: Conn, key: int) -> None:
+    """Take the schema advisory lock until the end of the caller's transaction."""
+    await conn.execute(QUERIES["schema_lock"], key)
+
+
+async def schema_version_get(conn: Conn) -> int:
+    """The schema version recorded in the database."""
+    version: int = await conn.fetchval(QUERIES["schema_version_get"])
+    return version
+
+
+async def db_now(conn: Conn) -> datetime:
+    """The database clock."""
+    now: datetime = await conn.fetchval(QUERIES["db_now"])
+    return now
+
+
+async def job_insert(
+    conn: Conn,
+    tenant: str,
+    spec: JobSpec,
+    *,
+    status: JobStatus,
+    next_run_at: datetime | None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> JobRow | None:
+    """Insert a job; None when this tenant already used `idempotency_key`."""
+    return _job(
+        await conn.fetchrow(
+            QUERIES["job_insert"],
+            tenant,
+            spec.name,
+            spec.attributes,
+            spec.schedule,
+            spec.timezone,
+            spec.target,
+            spec.max_attempts,
+            spec.backoff_s,
+            spec.backoff_max_s,
+            spec.timeout_s,
+            spec.misfire_policy,
+            spec.misfire_grace_s,
+            spec.overlap,
+            status,
+            next_run_at,
+            idempotency_key,
+            request_hash,
+        )
+    )
+
+
+async def job_get(conn: Conn, tenant: str, job_id: int) -> JobRow | None:
+    """One job of `tenant`, or None."""
+    return _job(await conn.fetchrow(QUERIES["job_get"], tenant, job_id))
+
+
+async def job_get_by_idempotency_key(
+    conn: Conn, tenant: str, idempotency_key: str
+) -> tuple[JobRow, str | None] | None:
+    """The job `tenant` created with `idempotency_key` and its request hash, or None."""
+    record = await conn.fetchrow(QUERIES["job_get_by_idempotency_key"], tenant, idempotency_key)
+    if record is None:
+        return None
+    return msgspec.convert(dict(record), JobRow), record["request_hash"]
+
+
+async def job_lock(conn: Conn, tenant: str, job_id: int) -> JobRow | None:
+    """One job of `tenant`, locked FOR UPDATE until the caller's transaction ends."""
+    return _job(await conn.fetchrow(QUERIES["job_lock"], tenant, job_id))
+
+
+async def jobs_list(
+    conn: Conn,
+    tenant: str,
+    *,
+    before_id: int | None,
+    status: str | None,
+    name: str | None,
+    limit: int,
+) -> list[JobRow]:
+    """Up to `limit` jobs of `tenant` with ids below `before_id`, newest first."""
+    records = await conn.fetch(QUERIES["jobs_list"], tenant, before_id, status, name, limit)
+    return [msgspec.convert(dict(r), JobRow) for r in records]
+
+
+async def job_update(
+    conn: Conn,
+    tenant: str,
+    job_id: int,
+    spec: JobSpec,
+    *,
+    status: JobStatus,
+    next_run_at: datetime | None,
+) -> JobRow | None:
+    """Overwrite a job's writable fields, status and next tick; None if it is gone."""
+    return _job(
+        await conn.fetchrow(
+            QUERIES["job_update"],
+            tenant,
+            job_id,
+            spec.name,
+            spec.attributes,
+            spec.schedule,
+            spec.timezone,
+            spec.target,
+            spec.max_attempts,
+            spec.backoff_s,
+            spec.backoff_max_s,
+            spec.timeout_s,
+            spec.misfire_policy,
+            spec.misfire_grace_s,
+            spec.overlap,
+            status,
+            next_run_at,
+        )
+    )
+
+
+async def job_delete(conn: Conn, tenant: str, job_id: int) -> bool:
+    """Delete a job and its runs; False if there was none."""
+    return await conn.fetchval(QUERIES["job_delete"], tenant, job_id) is not None

@@ -1,0 +1,113 @@
+-- scheduler-svc schema: the whole of it. Applied on every start (and by
+-- `scheduler-svc migrate`) under an advisory lock, so every statement here is
+-- idempotent. A later change appends idempotent ALTERs and bumps the version.
+
+-- One row: the schema version this file brings the database to. /readyz
+-- compares it with the version the running code expects.
+CREATE TABLE IF NOT EXISTS schema_version (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version    integer NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- Every job belongs to a tenant; every query filters on it.
+    tenant           text NOT NULL,
+    name             text NOT NULL CHECK (char_length(name) BETWEEN 1 AND 200),
+    attributes       jsonb NOT NULL DEFAULT '{}',
+    -- The schedule text as the client sent it: cron, macro, '@every …' or '@at …'.
+    schedule         text NOT NULL,
+    timezone         text NOT NULL DEFAULT 'UTC',
+    target           jsonb NOT NULL DEFAULT '{"type": "log"}',
+    max_attempts     integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 100),
+    backoff_s        double precision NOT NULL DEFAULT 10 CHECK (backoff_s >= 0),
+    backoff_max_s    double precision NOT NULL DEFAULT 3600 CHECK (backoff_max_s >= 0),
+    timeout_s        integer NOT NULL DEFAULT 30 CHECK (timeout_s BETWEEN 1 AND 86400),
+    -- What to do with ticks that were due while no replica ran:
+    --   run_once: run the latest missed tick once; skip: run none; run_all: run each (≤ 100).
+    misfire_policy   text NOT NULL DEFAULT 'run_once'
+                     CHECK (misfire_policy IN ('run_once', 'skip', 'run_all')),
+    misfire_grace_s  integer NOT NULL DEFAULT 60 CHECK (misfire_grace_s >= 0),
+    -- forbid: a tick due while an earlier run is pending or running is recorded as skipped;
+    -- allow: runs may overlap.
+    overlap          text NOT NULL DEFAULT 'forbid' CHECK (overlap IN ('forbid', 'allow')),
+    -- active: ticks fire; paused: no ticks until resumed; completed: the schedule has
+    -- no further fire time (a fired '@at').
+    status           text NOT NULL DEFAULT 'active'
+                     CHECK (status IN ('active', 'paused', 'completed')),
+    -- The next tick, NULL when paused or completed. The scheduler claims by it.
+    next_run_at      timestamptz,
+    last_run_at      timestamptz,
+    last_run_status  text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- Bumped by every change; sent as the ETag, checked against If-Match.
+    version          integer NOT NULL DEFAULT 1,
+    -- Idempotency-Key of the POST that created the job, and a hash of its body,
+    -- so a repeat returns this job and a different body under the same key is a 409.
+    idempotency_key  text,
+    request_hash     text,
+    CONSTRAINT jobs_idempotency_key UNIQUE (tenant, idempotency_key)
+);
+
+-- The scheduler's claim: due, active jobs in order of due time. Partial, so its size
+-- follows the active jobs only.
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_run_at) WHERE status = 'active';
+-- Listing newest first, per tenant, by keyset on id.
+CREATE INDEX IF NOT EXISTS jobs_tenant_id ON jobs (tenant, id DESC);
+
+CREATE TABLE IF NOT EXISTS job_runs (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id           bigint NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    tenant           text NOT NULL,
+    -- The tick this run is for (for a manual trigger, the moment it was triggered).
+    scheduled_for    timestamptz NOT NULL,
+    -- schedule: materialized from the job's schedule; manual: POST /jobs/{id}/trigger.
+    trigger          text NOT NULL DEFAULT 'schedule' CHECK (trigger IN ('schedule', 'manual')),
+    -- pending: waiting for an executor (or for its next attempt); running: leased by
+    -- `worker` until `lease_expires_at`; succeeded / failed: final; skipped: final,
+    -- never executed (overlap forbidden), `error` says why.
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'skipped')),
+    attempt          integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    duration_ms      double precision,
+    error            text,
+    output           jsonb,
+    worker           text,
+    lease_expires_at timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- One run per (job, tick): a second materialization of the same tick, by any
+-- replica, conflicts here and is dropped. Manual triggers are outside the schedule.
+CREATE UNIQUE INDEX IF NOT EXISTS job_runs_one_per_tick
+    ON job_runs (job_id, scheduled_for) WHERE trigger = 'schedule';
+-- Executors claim pending runs by due time.
+CREATE INDEX IF NOT EXISTS job_runs_pending ON job_runs (next_attempt_at) WHERE status = 'pending';
+-- Lease takeover: running runs whose lease has expired.
+CREATE INDEX IF NOT EXISTS job_runs_leases ON job_runs (lease_expires_at) WHERE status = 'running';
+-- A job's history, newest first.
+CREATE INDEX IF NOT EXISTS job_runs_job_id ON job_runs (job_id, id DESC);
+-- Retention pruning by age.
+CREATE INDEX IF NOT EXISTS job_runs_created_at ON job_runs (created_at);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The visible start of the key, to name it in lists and logs.
+    prefix       text NOT NULL UNIQUE,
+    -- SHA-256 of the whole key; the key itself is never stored.
+    key_hash     bytea NOT NULL UNIQUE,
+    tenant       text NOT NULL,
+    scopes       text[] NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz,
+    revoked_at   timestamptz
+);
+
+INSERT INTO schema_version (version) VALUES (1)
+ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now()
+WHERE schema_version.version < excluded.version;

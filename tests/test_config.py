@@ -1,0 +1,105 @@
+"""Settings from the environment and .env: typed, defaulted, and refused with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler_svc.config import ConfigError, RateLimit, Settings
+
+
+def test_defaults_match_the_spec() -> None:
+    settings = Settings.from_env({}, env_file=None)
+    assert settings.database_url is None
+    assert settings.data_dir == Path(".scheduler-data")
+    assert (settings.host, settings.port, settings.role) == ("127.0.0.1", 3000, "all")
+    assert settings.concurrency == 32
+    assert settings.shutdown_grace_s == 30
+    assert settings.log_format is None and settings.log_level == "info"
+    assert settings.api_keys_required is False
+    assert settings.jwt_tenant_claim == "tenant"
+    assert settings.rate_limit == RateLimit(6000, "minute")
+    assert settings.max_body_bytes == 65536
+    assert settings.webhook_secret is None and settings.webhook_allow_private is False
+    assert settings.min_interval_s == 1 and settings.run_retention_days == 30
+    assert settings.worker_id  # host name + pid
+
+
+def test_values_are_read_and_typed() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://u@db/x",
+            "SCHEDULER_PORT": "8080",
+            "SCHEDULER_ROLE": "WORKER",
+            "SCHEDULER_CONCURRENCY": "4",
+            "SCHEDULER_SHUTDOWN_GRACE_S": "2.5",
+            "SCHEDULER_API_KEYS_REQUIRED": "yes",
+            "SCHEDULER_RATE_LIMIT": "10/second",
+            "SCHEDULER_LOG_FORMAT": "console",
+            "SCHEDULER_WORKER_ID": "replica-a",
+        },
+        env_file=None,
+    )
+    assert settings.database_url == "postgresql://u@db/x"
+    assert (settings.port, settings.role, settings.concurrency) == (8080, "worker", 4)
+    assert settings.shutdown_grace_s == 2.5
+    assert settings.api_keys_required is True
+    assert settings.rate_limit == RateLimit(10, "second")
+    assert settings.log_format == "console"
+    assert settings.worker_id == "replica-a"
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text('DATABASE_URL="postgresql://from-file/db"\nSCHEDULER_PORT=4000\n')
+    settings = Settings.from_env({"SCHEDULER_PORT": "5000"}, env_file=env_file)
+    assert settings.database_url == "postgresql://from-file/db"
+    assert settings.port == 5000
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SCHEDULER_PORT", "abc"),
+        ("SCHEDULER_PORT", "70000"),
+        ("SCHEDULER_ROLE", "boss"),
+        ("SCHEDULER_CONCURRENCY", "0"),
+        ("SCHEDULER_SHUTDOWN_GRACE_S", "nan"),
+        ("SCHEDULER_API_KEYS_REQUIRED", "maybe"),
+        ("SCHEDULER_RATE_LIMIT", "100/hour"),
+        ("SCHEDULER_RATE_LIMIT", "fast"),
+        ("SCHEDULER_LOG_LEVEL", "loud"),
+        ("SCHEDULER_MAX_BODY_BYTES", "-1"),
+        ("SCHEDULER_MIN_INTERVAL_S", "0.1"),
+        ("SCHEDULER_RUN_RETENTION_DAYS", "0"),
+    ],
+)
+def test_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value}, env_file=None)
+    message = str(caught.value)
+    assert message.startswith(f"{name}=")
+    assert "\n" not in message
+
+
+def test_unknown_scheduler_variables_are_reported() -> None:
+    settings = Settings.from_env({"SCHEDULER_CONCURENCY": "4"}, env_file=None)
+    assert settings.unknown_variables == ("SCHEDULER_CONCURENCY",)
+
+
+def test_cli_stops_with_one_line_on_a_bad_value(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler_svc", "serve"],
+        env={"SCHEDULER_PORT": "not-a-port", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "SCHEDULER_PORT" in lines[0] and "Traceback" not in result.stderr

@@ -451,9 +451,11 @@ def due_ticks(
     Due ticks are ``next_run_at`` and the fire times after it up to ``now``. Ticks
     older than ``now - grace_s`` are missed: ``run_all`` runs them, ``run_once``
     only the latest, ``skip`` none. At most ``limit`` ticks run, the latest ones.
-    ``len(ticks) + skipped`` is the number of due ticks; for a cron schedule with
-    more than 256 due ticks ``skipped`` is an estimate (counted exactly in each of
-    16 stretches up to a budget, extrapolated from that stretch's fire rate past it).
+    ``len(ticks) + skipped`` is the number of due ticks. For a cron schedule with
+    more than 256 due ticks ``skipped`` is an estimate: each of 16 stretches is
+    counted up to a budget, then extrapolated at the rate of its first fires up to
+    its last fire. That is exact for a steady rate (``*/5 * * * * *``, also across
+    DST) and rough for bursty schedules (``* 9-17 * * 1-5``).
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
@@ -592,8 +594,10 @@ def _count_fires(schedule: Schedule, tz: ZoneInfo, low: datetime, high: datetime
     fires = _fires_in(schedule, tz, low, high, _COUNT_BUDGET)
     if len(fires) < _COUNT_BUDGET:
         return len(fires)
+    # Assume the rate of the first fires holds up to the stretch's last fire.
+    last = _last_fires(schedule, tz, fires[-1], high, 1) or fires[-1:]
     mean_gap = (fires[-1] - fires[0]) / (len(fires) - 1)
-    return len(fires) + (high - fires[-1]) // mean_gap
+    return len(fires) + round((last[0] - fires[-1]) / mean_gap)
 
 
 def _fires_in(

@@ -626,6 +626,18 @@ def test_due_ticks_one_second_job_after_a_day_down(
     assert result.skipped == skipped
 
 
+def test_due_ticks_after_months_down_finds_the_last_burst() -> None:
+    # every minute of January (New York), down from January 1st to December 1st
+    first, now = at("2025-01-01T05:00Z"), at("2025-12-01T00:00Z")
+    started = time.perf_counter()
+    result = due_ticks(parse("* * * 1 *"), NEW_YORK, first, now, "run_all", grace_s=60)
+    assert time.perf_counter() - started < 1
+    last_of_january = at("2025-02-01T04:59Z")
+    assert result.ticks == [last_of_january - timedelta(minutes=99 - i) for i in range(100)]
+    assert result.next_run_at == at("2026-01-01T05:00Z")
+    assert abs(result.skipped - (31 * 24 * 60 - 100)) <= 31 * 24 * 60 // 20
+
+
 def test_due_ticks_rejects_bad_arguments() -> None:
     schedule, now = parse("* * * * *"), at("2025-01-01T10:00Z")
     with pytest.raises(ValueError, match="limit"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,9 @@ SCHEMA_SQL = files("scheduler_svc").joinpath("schema.sql").read_text()
 SCHEMA_VERSION = int(
     re.search(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)", SCHEMA_SQL).group(1)  # type: ignore[union-attr]
 )
+# What a lost or restarting database raises: loops wait these out and carry on.
+DATABASE_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 # Arbitrary, fixed: the advisory lock key under which replicas apply the schema.
 SCHEMA_LOCK_KEY = 0x5C4ED01E
 

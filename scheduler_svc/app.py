@@ -170,13 +170,15 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.worker_failed = False
         async with AsyncExitStack() as stack:
-            if pool is None:
+
+            async def open_pool(**options: Any) -> Pool:
                 # The CLI has resolved the database and applied the schema before us.
                 assert settings.database_url, "create_app needs a database_url or a pool"
-                app.state.pool = await db.create_pool(settings.database_url)
-                stack.push_async_callback(app.state.pool.close)
-            else:
-                app.state.pool = pool
+                opened = await db.create_pool(settings.database_url, **options)
+                stack.push_async_callback(opened.close)
+                return opened
+
+            app.state.pool = pool or await open_pool()
             if settings.role != "api":
                 client = http
                 if client is None:
@@ -190,7 +192,8 @@ def create_app(
                     allow_private=settings.webhook_allow_private,
                     handlers=handlers,
                 )
-                worker = Worker(settings, app.state.pool, deliverer)
+                worker_pool = pool or await open_pool(max_size=4, durable=False)
+                worker = Worker(settings, worker_pool, deliverer)
                 worker.start().add_done_callback(partial(_stop_process_if_failed, app))
                 stack.push_async_callback(worker.stop, settings.shutdown_grace_s)
             yield

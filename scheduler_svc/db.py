@@ -54,9 +54,18 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
         )
 
 
-async def create_pool(dsn: str, *, max_size: int = 10) -> Pool:
-    """Open a pool to `dsn` with JSON codecs installed on every connection."""
+async def create_pool(dsn: str, *, max_size: int = 10, durable: bool = True) -> Pool:
+    """Open a pool to `dsn` with JSON codecs installed on every connection.
+
+    `durable=False` commits without waiting for the WAL flush. The worker's pool is
+    opened so: a commit lost to a database crash only repeats work (a tick is
+    materialized again from the unadvanced job, a run leased or recorded again from
+    its old state), which at-least-once delivery allows, and it saves an fsync per
+    batch. The API's pool stays durable: a 201 means the job is on disk.
+    """
     url, server_settings = connect_options(dsn)
+    if not durable:
+        server_settings = {**server_settings, "synchronous_commit": "off"}
     pool = await asyncpg.create_pool(
         url,
         min_size=1,

@@ -25,6 +25,8 @@ log = structlog.get_logger("scheduler_svc.executor")
 
 # How long a stopping executor keeps trying to write its last results.
 FINAL_WRITE_S = 10.0
+# Results written per statement at most (larger batches only lengthen a transaction).
+RECORD_BATCH = 200
 
 
 def retry_delay_s(attempt: int, backoff_s: float, backoff_max_s: float) -> float:
@@ -210,7 +212,7 @@ class Executor:
         """Write the collected results; on a database error keep them and try again."""
         retry_s = 0.1
         while self._results:
-            batch, self._results = self._results, []
+            batch, self._results = self._results[:RECORD_BATCH], self._results[RECORD_BATCH:]
             try:
                 kept = await store.runs_finish(self._pool, self.worker_id, batch)
             except DATABASE_ERRORS as exc:

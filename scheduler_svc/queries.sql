@@ -114,7 +114,9 @@ WITH silence AS (
     SET next_run_at = a.next_run_at, status = a.status
     FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS a(id, next_run_at, status),
          silence
-    WHERE j.id = a.id
+    -- The ANY repeats the join on purpose: it lets the planner look the rows up by
+    -- primary key whatever its statistics say (stale ones made it scan the table).
+    WHERE j.id = a.id AND j.id = ANY($1::bigint[])
 ), inserted AS (
     INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, error,
                           next_attempt_at, finished_at)
@@ -159,7 +161,9 @@ UPDATE job_runs r
 SET status = 'running', attempt = r.attempt + 1, worker = $1, started_at = now(),
     finished_at = NULL, lease_expires_at = now() + make_interval(secs => j.timeout_s + $3)
 FROM candidates c, jobs j
-WHERE r.id = c.id AND j.id = r.job_id
+-- ANY(ARRAY(...)) repeats the join so the rows are found by primary key, whatever
+-- the planner believes about how many runs are pending or running.
+WHERE r.id = c.id AND r.id = ANY(ARRAY(SELECT id FROM candidates)) AND j.id = r.job_id
 RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.attempt, r.started_at,
           c.lost_worker, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
           j.backoff_s, j.backoff_max_s;
@@ -178,7 +182,12 @@ SET status = o.status,
     lease_expires_at = NULL
 FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::text[], $6::jsonb[], $7::float8[])
      AS o(id, status, delay_s, error, output, duration_ms)
-WHERE r.id = o.id AND r.worker = $1 AND r.status = 'running'
+-- The ANY repeats the join so the rows are found by primary key whatever the
+-- planner's statistics say; "leased" is tested by lease_expires_at (equivalent, by
+-- a CHECK) rather than by status, which would tempt it into scanning the partial
+-- index of running runs when it wrongly believes that index is small.
+WHERE r.id = o.id AND r.id = ANY($2::bigint[])
+  AND r.worker = $1 AND r.lease_expires_at IS NOT NULL
 RETURNING r.id;
 
 -- runs_release --
@@ -187,7 +196,7 @@ RETURNING r.id;
 UPDATE job_runs
 SET status = 'pending', attempt = attempt - 1, next_attempt_at = now(),
     lease_expires_at = NULL, started_at = NULL
-WHERE id = ANY($2::bigint[]) AND worker = $1 AND status = 'running';
+WHERE id = ANY($2::bigint[]) AND worker = $1 AND lease_expires_at IS NOT NULL;
 
 -- runs_next_due --
 -- Seconds until the next run becomes claimable (a pending attempt comes due or a
@@ -226,7 +235,8 @@ WITH lock AS (
     WHERE lock.held
       AND r.created_at < now() - make_interval(days => $1)
       AND r.status IN ('succeeded', 'failed', 'skipped')
-    ORDER BY r.created_at
+    -- In no particular order: the BRIN index finds old block ranges cheaply, and
+    -- sorting every old run to delete a batch would not.
     LIMIT $2
 ), deleted AS (
     DELETE FROM job_runs WHERE id IN (SELECT id FROM doomed)

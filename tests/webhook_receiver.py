@@ -5,6 +5,8 @@
         ...  # point a job's target at receiver.url("/hook")
         first, second = await receiver.wait_for(2)
         assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+        receiver.reply_on("/slow", Reply(hold=True))  # requests to /slow take this one first
+        await receiver.wait_until(lambda requests: any(r.path == "/slow" for r in requests))
 
 It runs uvicorn in the test's own event loop, so waiting on it is waiting on an event.
 """
@@ -14,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ class Recorded:
     query: str
     headers: httpx.Headers
     body: bytes
+    received_at: float = 0.0  # time.time() when the request had fully arrived
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -55,7 +59,10 @@ class Reply:
 
 
 class WebhookReceiver:
-    """Records every request and answers from a queue of replies, then with `default`."""
+    """Records every request and answers from a queue of replies, then with `default`.
+
+    A request to a path given to `reply_on` takes that path's queued replies first.
+    """
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
@@ -64,6 +71,7 @@ class WebhookReceiver:
         self.port = 0
         self.scheme = "http"
         self._replies: deque[Reply] = deque()
+        self._path_replies: dict[str, deque[Reply]] = {}
         self._arrived = asyncio.Condition()
         self._released = asyncio.Event()
         self._closing = asyncio.Event()
@@ -76,6 +84,10 @@ class WebhookReceiver:
         """Answer the next requests with these, in order; `default` after them."""
         self._replies.extend(replies)
 
+    def reply_on(self, path: str, *replies: Reply) -> None:
+        """Answer the next requests to `path` with these, in order; then as any other request."""
+        self._path_replies.setdefault(path, deque()).extend(replies)
+
     def release(self) -> None:
         """Let every held reply go on, now and from here on."""
         self._released.set()
@@ -87,6 +99,7 @@ class WebhookReceiver:
         self.requests = []
         self.bytes_sent = []
         self._replies.clear()
+        self._path_replies.clear()
         self.default = Reply()
 
     async def wait_for(self, count: int = 1, timeout: float = 5.0) -> list[Recorded]:  # noqa: ASYNC109
@@ -94,6 +107,16 @@ class WebhookReceiver:
         async with asyncio.timeout(timeout), self._arrived:
             await self._arrived.wait_for(lambda: len(self.requests) >= count)
         return self.requests[:count]
+
+    async def wait_until(
+        self,
+        predicate: Callable[[list[Recorded]], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> list[Recorded]:
+        """The requests so far, once `predicate(requests)` holds; TimeoutError after `timeout` s."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: predicate(self.requests))
+        return list(self.requests)
 
     async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -112,11 +135,16 @@ class WebhookReceiver:
                 [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
             ),
             body=bytes(body),
+            received_at=time.time(),
         )
         # Taken now, so that a reply still running after reset() touches only its own test's state.
         requests, sent, released = self.requests, self.bytes_sent, self._released
         index = len(requests)
-        reply = self._replies.popleft() if self._replies else self.default
+        for_path = self._path_replies.get(request.path)
+        if for_path:
+            reply = for_path.popleft()
+        else:
+            reply = self._replies.popleft() if self._replies else self.default
         async with self._arrived:
             requests.append(request)
             sent.append(0)

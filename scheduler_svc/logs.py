@@ -7,6 +7,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -18,8 +19,13 @@ from scheduler_svc.config import LogFormat
 log = structlog.get_logger("scheduler_svc")
 
 
-def configure(log_format: LogFormat | None, level: str = "info") -> None:
-    """Route structlog and the standard library's logging through one renderer on stderr."""
+def configure(
+    log_format: LogFormat | None, level: str = "info", secrets: Iterable[str | None] = ()
+) -> None:
+    """Route structlog and the standard library's logging through one renderer on stderr.
+
+    Every line passes through `Redactor(secrets)` last, so no credential is written.
+    """
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -49,6 +55,7 @@ def configure(log_format: LogFormat | None, level: str = "info") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                Redactor(secrets),
                 renderer,
             ],
         )
@@ -107,3 +114,43 @@ def request_logging(app: ASGIApp) -> ASGIApp:
                 )
 
     return middleware
+
+
+# Keys whose values are credentials wherever they appear in a log event (header names too).
+_SENSITIVE_KEY = re.compile(r"authorization|cookie|api[-_]?key|secret|password|token", re.I)
+# Credentials inside free text: an Authorization value, or one of our API keys.
+_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_API_KEY = re.compile(r"\b(sch_[a-z0-9]{8})_[A-Za-z0-9_-]{43}")
+_MASK = "***"
+
+
+class Redactor:
+    """structlog processor: masks credentials in every value of an event, nested ones and
+    exception text included, and any occurrence of the configured secrets."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        # Masking a value of a few characters would mangle ordinary words instead.
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        return {key: self._value(key, value) for key, value in event_dict.items()}
+
+    def _value(self, key: Any, value: Any) -> Any:
+        if isinstance(key, str) and value and _SENSITIVE_KEY.search(key):
+            return _MASK
+        if isinstance(value, str):
+            return self._text(value)
+        if isinstance(value, dict):
+            return {k: self._value(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._value(None, v) for v in value]
+        return value
+
+    def _text(self, text: str) -> str:
+        text = _SCHEME_CREDENTIAL.sub(rf"\1 {_MASK}", text)
+        text = _API_KEY.sub(rf"\1_{_MASK}", text)
+        for secret in self.secrets:
+            text = text.replace(secret, _MASK)
+        return text

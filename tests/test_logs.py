@@ -1,0 +1,107 @@
+"""Logs never carry credentials: target headers, API keys, tokens, the signing secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import structlog
+
+from scheduler_svc import logs
+from tests.conftest import running_app
+from tests.principals import bearer, make_key
+
+WEBHOOK_SECRET = "whsec-0123456789abcdef-do-not-log"
+TARGET_TOKEN = "Bearer target-credential-s3cret-value"
+COOKIE = "session=cookie-s3cret-value"
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """Everything the service logs, as `scheduler-svc serve` would write it (JSON lines)."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, structlog.get_config())
+    access = logging.getLogger("uvicorn.access").disabled
+    stream = io.StringIO()
+    logs.configure("json", "debug", secrets=(WEBHOOK_SECRET,))
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:], level, config = saved
+        root.setLevel(level)
+        structlog.configure(**config)
+        logging.captureWarnings(False)
+        logging.getLogger("uvicorn.access").disabled = access
+
+
+def test_redactor_masks_credentials_wherever_they_are() -> None:
+    redact = logs.Redactor(secrets=[WEBHOOK_SECRET, "short"])
+    key = "sch_abcd1234_" + "x" * 43
+    event = redact(
+        None,
+        "info",
+        {
+            "event": f"calling with {TARGET_TOKEN} and key {key}",
+            "headers": {"Authorization": TARGET_TOKEN, "X-Api-Key": "k", "X-Team": "data"},
+            "target": {"headers": [{"Cookie": COOKIE}]},
+            "exception": f"Traceback ...\nValueError: bad value {WEBHOOK_SECRET!r}",
+            "jwt_secret": "anything",
+            "status": 200,
+            "note": "a short word stays",
+        },
+    )
+    text = json.dumps(event)
+    for secret in ("target-credential-s3cret-value", "cookie-s3cret", WEBHOOK_SECRET, "x" * 43):
+        assert secret not in text
+    assert event["headers"]["X-Team"] == "data"
+    assert event["headers"]["Authorization"] == "***"
+    assert "sch_abcd1234_***" in event["event"]
+    assert event["status"] == 200 and event["note"] == "a short word stays"
+
+
+async def test_no_secret_reaches_the_log_of_a_request(
+    captured_logs: io.StringIO, make_settings: Any, pool: asyncpg.Pool[Any], clean: None
+) -> None:
+    key = await make_key(pool, "acme")
+    target = {
+        "type": "http",
+        "url": "https://example.com/hook",
+        "headers": {"Authorization": TARGET_TOKEN, "Cookie": COOKIE, "X-Team": "data"},
+    }
+    settings = make_settings(webhook_secret=WEBHOOK_SECRET)
+    async with running_app(settings, pool) as url, httpx.AsyncClient(base_url=url) as http:
+        created = await http.post(
+            "/jobs",
+            json={"name": "j", "schedule": "@hourly", "target": target},
+            headers=bearer(key),
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        await http.patch(f"/jobs/{job_id}", json={"target": target}, headers=bearer(key))
+        await http.get(f"/jobs/{job_id}", headers=bearer(key))
+        # Refused and invalid requests carrying the same secrets.
+        bad_target = {**target, "url": "ftp://example.com"}
+        await http.post("/jobs", json={"name": "j", "schedule": "x", "target": bad_target})
+        await http.get("/jobs", headers=bearer(key[:-2] + "zz"))
+        await http.get("/jobs", headers={"Authorization": TARGET_TOKEN, "Cookie": COOKIE})
+    output = captured_logs.getvalue()
+    events = [json.loads(line) for line in output.splitlines()]
+    requests = [e for e in events if e.get("event") == "request"]
+    assert len(requests) >= 6, output  # the capture did see the service's lines
+    for secret in (
+        key,
+        key.split("_")[-1],
+        "target-credential-s3cret",
+        "cookie-s3cret",
+        WEBHOOK_SECRET,
+    ):
+        assert secret not in output

@@ -142,7 +142,8 @@ def may_serve_open(settings: Settings) -> bool:
 def check_start(settings: Settings, keys_exist: bool) -> None:
     """Refuse (ConfigError) to serve open on a non-loopback address without --insecure;
     log a warning whenever the service starts without authentication."""
-    if keys_exist or jwt_configured(settings):
+    # A worker serves health and metrics only, which need no principal anyway.
+    if keys_exist or jwt_configured(settings) or settings.role == "worker":
         return
     if settings.api_keys_required:
         log.warning(

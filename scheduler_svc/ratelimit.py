@@ -3,16 +3,22 @@ in this replica's memory (so the limit is per replica)."""
 
 from __future__ import annotations
 
+import time
 from inspect import getmro
 from typing import Any
 
 from litestar import Request
 from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
+from litestar.stores.memory import MemoryStore
 from litestar.types import Receive, Scope, Send
 
 from scheduler_svc.auth import EXEMPT_PATHS, Principal
 from scheduler_svc.config import RateLimit
+
+# How often expired counters are dropped: the in-memory store keeps them until then, and
+# many clients (addresses) that each send a request or two would otherwise pile up.
+SWEEP_INTERVAL_S = 60.0
 
 
 def rate_key(request: Request[Any, Any, Any]) -> str:
@@ -32,7 +38,14 @@ class RateLimiter(RateLimitMiddleware):
     document that every outer middleware sees.
     """
 
+    _swept_at = time.monotonic()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if time.monotonic() - self._swept_at >= SWEEP_INTERVAL_S:
+            self._swept_at = time.monotonic()
+            store = self.config.get_store_from_app(scope["litestar_app"])
+            if isinstance(store, MemoryStore):
+                await store.delete_expired()
         try:
             await super().__call__(scope, receive, send)
         except TooManyRequestsException as exc:

@@ -148,6 +148,7 @@ async def test_scopes_decide_reads_and_writes_on_every_route(
         url = path.replace("{job_id}", str(job["id"])).replace("{run_id}", "1")
         reads = method == "GET"
         for headers, allowed in [(reader, reads), (writer, not reads), (admin, True)]:
+            before = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job["id"])
             response = await client.request(method, url, headers=headers)
             if allowed:
                 assert response.status_code != 403, (method, path, response.text)
@@ -156,8 +157,8 @@ async def test_scopes_decide_reads_and_writes_on_every_route(
                 needed = auth.READ if reads else auth.WRITE
                 assert needed in problem["detail"]
                 assert f'scope="{needed}"' in response.headers["www-authenticate"]
-    # The reads and writes above were refused before touching the job.
-    assert (await client.get(f"/jobs/{job['id']}", headers=reader)).status_code in (200, 404)
+                after = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job["id"])
+                assert after == before, (method, path)
 
 
 async def test_a_key_acts_for_its_own_tenant(
@@ -247,6 +248,9 @@ def test_start_rule_refuses_open_on_a_public_address(make_settings: Any) -> None
     auth.check_start(make_settings(host="0.0.0.0", insecure=True), keys_exist=False)
     auth.check_start(make_settings(host="127.0.0.1"), keys_exist=False)
     auth.check_start(make_settings(host="0.0.0.0", jwt_secret="x" * 32), keys_exist=False)
+    auth.check_start(make_settings(host="0.0.0.0", role="worker"), keys_exist=False)
+    with pytest.raises(ConfigError):
+        auth.check_start(make_settings(host="0.0.0.0", role="api"), keys_exist=False)
 
 
 def test_insecure_is_a_flag_never_an_environment_variable() -> None:

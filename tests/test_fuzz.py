@@ -95,7 +95,8 @@ def fuzzed_service(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-    errors = [line for line in log_path.read_text().splitlines() if '"error"' in line]
+    events = [json.loads(line) for line in log_path.read_text().splitlines()]
+    errors = [e for e in events if e.get("level") in ("error", "critical")]
     assert not errors, f"the service logged errors while fuzzed: {errors[:3]}"
 
 

@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 import pytest
 
-from scheduler_svc import app
+from scheduler_svc import store
 from scheduler_svc.api import nul_field
 
 GOOD = {"name": "job", "schedule": "@hourly"}
@@ -60,11 +60,21 @@ def test_nul_field_names_the_path() -> None:
     assert nul_field({"a": 1, "b": None, "c": 1.5}) is None
 
 
-def test_text_the_database_cannot_store_is_a_400_not_a_500() -> None:
-    for error in (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
-        problem = app._from_unstorable(error("invalid byte sequence"))
-        assert problem.status_code == 400
-        assert problem.extra == {"errors": [{"field": "body", "message": problem.detail[6:]}]}
+@pytest.mark.parametrize(
+    "error", [asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError]
+)
+async def test_text_the_database_cannot_store_is_a_400_not_a_500(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    # Whatever a future field lets through, the database's refusal is the client's 400.
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise error("invalid byte sequence for encoding UTF8: 0x00")
+
+    monkeypatch.setattr(store, "jobs_list", refuse)
+    response = await client.get("/jobs")
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["errors"][0]["field"] == "body"
 
 
 async def test_request_bodies_are_documented_as_closed(client: httpx.AsyncClient) -> None:

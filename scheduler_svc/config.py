@@ -38,7 +38,8 @@ class RateLimit:
 class Settings:
     """Every knob of the service, typed and validated; see the README's configuration table."""
 
-    database_url: str | None = None
+    # repr=False on credentials: a Settings that ends up in a log or traceback shows none.
+    database_url: str | None = field(default=None, repr=False)
     data_dir: Path = Path(".scheduler-data")
     host: str = "127.0.0.1"
     port: int = 3000
@@ -50,14 +51,14 @@ class Settings:
     log_format: LogFormat | None = None
     log_level: str = "info"
     api_keys_required: bool = False
-    jwt_secret: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key: str | None = None
     jwt_tenant_claim: str = "tenant"
     # When set, a JWT's `aud` must name it (for issuers that sign tokens for other services too).
     jwt_audience: str | None = None
     rate_limit: RateLimit = RateLimit(6000, "minute")
     max_body_bytes: int = 65536
-    webhook_secret: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
     min_interval_s: float = 1.0
     run_retention_days: int = 30

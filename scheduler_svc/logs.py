@@ -121,6 +121,8 @@ _SENSITIVE_KEY = re.compile(r"authorization|cookie|api[-_]?key|secret|password|t
 # Credentials inside free text: an Authorization value, or one of our API keys.
 _SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _API_KEY = re.compile(r"\b(sch_[a-z0-9]{8})_[A-Za-z0-9_-]{43}")
+# The password of a URL such as a DATABASE_URL: scheme://user:password@host.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 _MASK = "***"
 
 
@@ -151,6 +153,7 @@ class Redactor:
     def _text(self, text: str) -> str:
         text = _SCHEME_CREDENTIAL.sub(rf"\1 {_MASK}", text)
         text = _API_KEY.sub(rf"\1_{_MASK}", text)
+        text = _URL_PASSWORD.sub(rf"\1{_MASK}@", text)
         for secret in self.secrets:
             text = text.replace(secret, _MASK)
         return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import asyncpg
@@ -84,3 +85,22 @@ async def test_request_bodies_are_documented_as_closed(client: httpx.AsyncClient
     assert "additionalProperties" not in schemas["JobOut"]
     response = await client.post("/jobs", json={**GOOD, "colour": "red"})
     assert response.status_code == 400
+
+
+async def test_creating_a_webhook_job_looks_up_no_host(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fuzzed webhook hosts must cost nothing at creation: no DNS, no connection.
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def spy(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in ("127.0.0.1", "localhost", b"127.0.0.1"):
+            looked_up.append(str(host))
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", spy)
+    target = {"type": "http", "url": "https://hook.fuzz-target.invalid/x"}
+    response = await client.post("/jobs", json={**GOOD, "target": target})
+    assert response.status_code == 201, response.text
+    assert looked_up == []

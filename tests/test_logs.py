@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from scheduler_svc import logs
+from scheduler_svc.config import Settings
 from tests.conftest import running_app
 from tests.principals import bearer, make_key
 
@@ -57,9 +58,11 @@ def test_redactor_masks_credentials_wherever_they_are() -> None:
             "jwt_secret": "anything",
             "status": 200,
             "note": "a short word stays",
+            "dsn": "postgresql://app:db-pa55word@db:5432/jobs",
         },
     )
     text = json.dumps(event)
+    assert event["dsn"] == "postgresql://app:***@db:5432/jobs"
     for secret in ("target-credential-s3cret-value", "cookie-s3cret", WEBHOOK_SECRET, "x" * 43):
         assert secret not in text
     assert event["headers"]["X-Team"] == "data"
@@ -105,3 +108,13 @@ async def test_no_secret_reaches_the_log_of_a_request(
         WEBHOOK_SECRET,
     ):
         assert secret not in output
+
+
+def test_settings_never_show_their_credentials() -> None:
+    settings = Settings(
+        database_url="postgresql://app:db-pa55word@db/jobs",
+        jwt_secret="jwt-secret-of-at-least-thirty-two-bytes",
+        webhook_secret=WEBHOOK_SECRET,
+    )
+    for secret in ("db-pa55word", "jwt-secret", WEBHOOK_SECRET):
+        assert secret not in repr(settings)

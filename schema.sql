@@ -38,8 +38,6 @@ CREATE TABLE IF NOT EXISTS jobs (
                      CHECK (status IN ('active', 'paused', 'completed')),
     -- The next tick, NULL when paused or completed. The scheduler claims by it.
     next_run_at      timestamptz,
-    last_run_at      timestamptz,
-    last_run_status  text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- Bumped by every change; sent as the ETag, checked against If-Match.
@@ -78,8 +76,11 @@ CREATE TABLE IF NOT EXISTS job_runs (
     error            text,
     output           jsonb,
     worker           text,
+    -- Set exactly while the run is running: its lease.
     lease_expires_at timestamptz,
-    created_at       timestamptz NOT NULL DEFAULT now()
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT job_runs_leased_while_running
+        CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
 );
 
 -- One run per (job, tick): a second materialization of the same tick, by any
@@ -92,8 +93,52 @@ CREATE INDEX IF NOT EXISTS job_runs_pending ON job_runs (next_attempt_at) WHERE 
 CREATE INDEX IF NOT EXISTS job_runs_leases ON job_runs (lease_expires_at) WHERE status = 'running';
 -- A job's history, newest first.
 CREATE INDEX IF NOT EXISTS job_runs_job_id ON job_runs (job_id, id DESC);
--- Retention pruning by age.
-CREATE INDEX IF NOT EXISTS job_runs_created_at ON job_runs (created_at);
+-- Retention pruning by age. BRIN: runs are appended in created_at order, so a few
+-- bytes per block range find the old ones, and writing a run costs it next to nothing.
+DROP INDEX IF EXISTS job_runs_created_at;
+CREATE INDEX IF NOT EXISTS job_runs_created_brin ON job_runs USING brin (created_at);
+-- Overlap check: does a job have a run waiting or under way?
+CREATE INDEX IF NOT EXISTS job_runs_active ON job_runs (job_id)
+    WHERE status IN ('pending', 'running');
+
+-- A job's last run is derived from its runs, not stored on the job: executors never
+-- write job rows, so they never contend with the scheduler's locks on them.
+ALTER TABLE jobs DROP COLUMN IF EXISTS last_run_at, DROP COLUMN IF EXISTS last_run_status;
+
+-- Jobs as the API shows them: with the start and status of their latest started run.
+CREATE OR REPLACE VIEW jobs_with_last_run AS
+SELECT j.*, last_run.started_at AS last_run_at, last_run.status AS last_run_status
+FROM jobs j
+LEFT JOIN LATERAL (
+    SELECT r.started_at, r.status
+    FROM job_runs r
+    WHERE r.job_id = j.id AND r.started_at IS NOT NULL
+    ORDER BY r.id DESC
+    LIMIT 1
+) last_run ON true;
+
+-- Wake-ups. Every replica LISTENs on these channels: scheduler_jobs when jobs are
+-- created or changed (so a new earliest due time is seen at once), scheduler_runs
+-- when runs are inserted (so executors claim at once). A notification only saves
+-- waiting: every loop also wakes on its own timer, so a lost one delays, never loses.
+-- The scheduler's own advancing of next_run_at (its transaction sets
+-- scheduler.advancing) tells no one: the other replicas' timers already cover it.
+CREATE OR REPLACE FUNCTION scheduler_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_ARGV[0] <> 'scheduler_jobs'
+       OR coalesce(current_setting('scheduler.advancing', true), '') <> 'on' THEN
+        PERFORM pg_notify(TG_ARGV[0], '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER jobs_changed
+    AFTER INSERT OR UPDATE OR DELETE ON jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION scheduler_notify('scheduler_jobs');
+CREATE OR REPLACE TRIGGER job_runs_inserted
+    AFTER INSERT ON job_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION scheduler_notify('scheduler_runs');
 
 CREATE TABLE IF NOT EXISTS api_keys (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -108,6 +153,6 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at   timestamptz
 );
 
-INSERT INTO schema_version (version) VALUES (1)
+INSERT INTO schema_version (version) VALUES (2)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now()
 WHERE schema_version.version < excluded.version;

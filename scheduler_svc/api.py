@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
@@ -30,8 +31,11 @@ from scheduler_svc.models import (
     JobPatch,
     JobRow,
     JobStatus,
+    RunOut,
+    RunRow,
     SchedulePreview,
     job_out,
+    run_out,
 )
 
 # What the app provides to every handler (see app.create_app).
@@ -183,14 +187,9 @@ class JobsController(Controller):
         rows = await store.jobs_list(
             pool, tenant, before_id=before_id, status=status, name=name, limit=limit + 1
         )
-        headers = {}
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_url = request.url.with_replacements(
-                query=_with_cursor(request, encode_cursor(rows[-1].id))
-            )
-            headers["Link"] = f'<{next_url}>; rel="next"'
-        return Response([job_out(r) for r in rows], headers=headers)
+        return Response(
+            [job_out(r) for r in rows[:limit]], headers=_next_link(request, rows, limit)
+        )
 
     @get("/{job_id:int}", operation_id="getJob", summary="Get a job")
     async def get_job(self, job_id: JobId, pool: PoolDep, tenant: TenantDep) -> Response[JobOut]:
@@ -235,6 +234,36 @@ class JobsController(Controller):
         )
 
     @post(
+        "/{job_id:int}/trigger",
+        operation_id="triggerJob",
+        summary="Run once now, outside the schedule",
+        status_code=202,
+    )
+    async def trigger_job(self, job_id: JobId, pool: PoolDep, tenant: TenantDep) -> RunOut:
+        run = await store.run_trigger(pool, tenant, job_id)
+        if run is None:
+            raise NotFound(f"job {job_id} does not exist")
+        return run_out(run)
+
+    @get("/{job_id:int}/runs", operation_id="listJobRuns", summary="A job's runs, newest first")
+    async def list_runs(
+        self,
+        job_id: JobId,
+        request: Request[Any, Any, Any],
+        pool: PoolDep,
+        tenant: TenantDep,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    ) -> Response[list[RunOut]]:
+        before_id = decode_cursor(cursor) if cursor is not None else None
+        rows = await store.runs_list(pool, tenant, job_id, before_id=before_id, limit=limit + 1)
+        if not rows and await store.job_get(pool, tenant, job_id) is None:
+            raise NotFound(f"job {job_id} does not exist")
+        return Response(
+            [run_out(r) for r in rows[:limit]], headers=_next_link(request, rows, limit)
+        )
+
+    @post(
         "/{job_id:int}/resume",
         operation_id="resumeJob",
         summary="Resume from now; missed ticks are not run",
@@ -248,9 +277,28 @@ class JobsController(Controller):
         )
 
 
-def _with_cursor(request: Request[Any, Any, Any], cursor: str) -> str:
+def _next_link(
+    request: Request[Any, Any, Any], rows: Sequence[JobRow | RunRow], limit: int
+) -> dict[str, str]:
+    """The Link header to the next page, when `rows` (fetched limit + 1) has one."""
+    if len(rows) <= limit:
+        return {}
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
-    return urlencode([*params, ("cursor", cursor)])
+    query = urlencode([*params, ("cursor", encode_cursor(rows[limit - 1].id))])
+    return {"Link": f'<{request.url.with_replacements(query=query)}>; rel="next"'}
+
+
+@get("/runs/{run_id:int}", operation_id="getRun", summary="Get a run", tags=["runs"])
+async def get_run(
+    run_id: Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The run's id.")],
+    pool: PoolDep,
+    tenant: TenantDep,
+) -> RunOut:
+    """One run."""
+    run = await store.run_get(pool, tenant, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run_out(run)
 
 
 @get(

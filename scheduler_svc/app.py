@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from http import HTTPStatus
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
@@ -24,15 +29,19 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 
 from scheduler_svc import auth, db, jobs, logs, store
-from scheduler_svc.api import JobsController, PoolDep, preview_schedule
+from scheduler_svc.api import JobsController, PoolDep, get_run, preview_schedule
 from scheduler_svc.apidoc import ProblemDocsPlugin, StrictStructSchemaPlugin
 from scheduler_svc.config import Settings
 from scheduler_svc.db import Pool
 from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError
 from scheduler_svc.models import Status
+from scheduler_svc.netguard import webhook_client
 from scheduler_svc.ratelimit import rate_limit_config
+from scheduler_svc.targets import Deliverer, Handler
+from scheduler_svc.worker import Worker
 
 log = structlog.get_logger("scheduler_svc.app")
 
@@ -154,23 +163,55 @@ def _swagger_assets() -> Path:
     return Path(swagger_ui.__file__).parent / "static"
 
 
-def create_app(settings: Settings, pool: Pool | None = None) -> Litestar:
-    """The application. Pass `pool` to share one (tests); otherwise the lifespan opens one."""
+def _stop_process_if_failed(app: Litestar, task: asyncio.Task[None]) -> None:
+    """A replica whose worker died must not live on half alive: stop it, exit non-zero."""
+    if task.cancelled() or task.exception() is None:
+        return
+    log.error("worker_failed", exc_info=task.exception())
+    app.state.worker_failed = True
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def create_app(
+    settings: Settings,
+    pool: Pool | None = None,
+    http: httpx.AsyncClient | None = None,
+    handlers: Mapping[str, Handler] | None = None,
+) -> Litestar:
+    """The application for `settings.role`. Pass `pool` and `http` to share them (tests);
+    otherwise the lifespan opens its own. `handlers` add to the registered ones."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        if pool is not None:
-            app.state.pool = pool
+        app.state.worker_failed = False
+        async with AsyncExitStack() as stack:
+
+            async def open_pool(**options: Any) -> Pool:
+                # The CLI has resolved the database and applied the schema before us.
+                assert settings.database_url, "create_app needs a database_url or a pool"
+                opened = await db.create_pool(settings.database_url, **options)
+                stack.push_async_callback(opened.close)
+                return opened
+
+            app.state.pool = pool or await open_pool()
+            if settings.role != "api":
+                client = http
+                if client is None:
+                    client = webhook_client(
+                        allow_private=settings.webhook_allow_private, max_connections=256
+                    )
+                    stack.push_async_callback(client.aclose)
+                deliverer = Deliverer(
+                    client,
+                    webhook_secret=settings.webhook_secret,
+                    allow_private=settings.webhook_allow_private,
+                    handlers=handlers,
+                )
+                worker_pool = pool or await open_pool(max_size=4, durable=False)
+                worker = Worker(settings, worker_pool, deliverer)
+                worker.start().add_done_callback(partial(_stop_process_if_failed, app))
+                stack.push_async_callback(worker.stop, settings.shutdown_grace_s)
             yield
-            return
-        # The CLI has resolved the database and applied the schema before starting us.
-        assert settings.database_url, "create_app needs a database_url or a pool"
-        own_pool = await db.create_pool(settings.database_url)
-        try:
-            app.state.pool = own_pool
-            yield
-        finally:
-            await own_pool.close()
 
     rules = jobs.Rules(
         min_interval_s=settings.min_interval_s,
@@ -189,12 +230,11 @@ def create_app(settings: Settings, pool: Pool | None = None) -> Litestar:
         return rules
 
     favicon = f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>"
-    return Litestar(
-        route_handlers=[
-            root,
-            healthz,
-            readyz,
+    routes: list[ControllerRouterHandler] = [root, healthz, readyz]
+    if settings.role != "worker":  # a worker serves nothing but its health
+        routes += [
             JobsController,
+            get_run,
             preview_schedule,
             create_static_files_router(
                 path=SWAGGER_ASSETS,
@@ -202,7 +242,9 @@ def create_app(settings: Settings, pool: Pool | None = None) -> Litestar:
                 include_in_schema=False,
                 name="swagger-assets",
             ),
-        ],
+        ]
+    return Litestar(
+        route_handlers=routes,
         dependencies={
             "pool": Provide(provide_pool, sync_to_thread=False),
             "tenant": Provide(provide_tenant, sync_to_thread=False),

@@ -145,8 +145,9 @@ def serve(settings: Settings) -> None:
             worker=settings.worker_id,
             schema_version=schema_version,
         )
+        app = create_app(settings)
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             loop="auto" if sys.platform == "win32" else "uvloop",
@@ -156,6 +157,8 @@ def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         )
         Server(config).run()
+        if getattr(app.state, "worker_failed", False):
+            raise CommandError("stopped because the worker failed (see the log above)")
     finally:
         if embedded is not None:
             embedded.stop()

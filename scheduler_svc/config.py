@@ -47,6 +47,8 @@ class Settings:
     concurrency: int = 32
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     shutdown_grace_s: float = 30.0
+    # A run's lease is its job's timeout plus this; then another replica takes it over.
+    lease_margin_s: float = 10.0
     # None means "console on a TTY, JSON otherwise", decided where the log stream is known.
     log_format: LogFormat | None = None
     log_level: str = "info"
@@ -106,6 +108,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         shutdown_grace_s=get(
             "SCHEDULER_SHUTDOWN_GRACE_S", _float_between(0, 86400), defaults.shutdown_grace_s
         ),
+        lease_margin_s=get(
+            "SCHEDULER_LEASE_MARGIN_S", _float_between(0, 3600), defaults.lease_margin_s
+        ),
         log_format=get("SCHEDULER_LOG_FORMAT", _one_of("json", "console"), None),
         log_level=get("SCHEDULER_LOG_LEVEL", _one_of(*_LOG_LEVELS), defaults.log_level),
         api_keys_required=get("SCHEDULER_API_KEYS_REQUIRED", _bool, False),
@@ -134,6 +139,7 @@ _VARIABLES = (
     "SCHEDULER_CONCURRENCY",
     "SCHEDULER_WORKER_ID",
     "SCHEDULER_SHUTDOWN_GRACE_S",
+    "SCHEDULER_LEASE_MARGIN_S",
     "SCHEDULER_LOG_FORMAT",
     "SCHEDULER_LOG_LEVEL",
     "SCHEDULER_API_KEYS_REQUIRED",

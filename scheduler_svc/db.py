@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,9 @@ SCHEMA_SQL = files("scheduler_svc").joinpath("schema.sql").read_text()
 SCHEMA_VERSION = int(
     re.search(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)", SCHEMA_SQL).group(1)  # type: ignore[union-attr]
 )
+# What a lost or restarting database raises: loops wait these out and carry on.
+DATABASE_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 # Arbitrary, fixed: the advisory lock key under which replicas apply the schema.
 SCHEMA_LOCK_KEY = 0x5C4ED01E
 
@@ -50,9 +54,18 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
         )
 
 
-async def create_pool(dsn: str, *, max_size: int = 10) -> Pool:
-    """Open a pool to `dsn` with JSON codecs installed on every connection."""
+async def create_pool(dsn: str, *, max_size: int = 10, durable: bool = True) -> Pool:
+    """Open a pool to `dsn` with JSON codecs installed on every connection.
+
+    `durable=False` commits without waiting for the WAL flush. The worker's pool is
+    opened so: a commit lost to a database crash only repeats work (a tick is
+    materialized again from the unadvanced job, a run leased or recorded again from
+    its old state), which at-least-once delivery allows, and it saves an fsync per
+    batch. The API's pool stays durable: a 201 means the job is on disk.
+    """
     url, server_settings = connect_options(dsn)
+    if not durable:
+        server_settings = {**server_settings, "synchronous_commit": "off"}
     pool = await asyncpg.create_pool(
         url,
         min_size=1,

@@ -227,6 +227,8 @@ async def update(
         status, next_run_at = row.status, row.next_run_at
         if _reschedules(row, spec):
             status, next_run_at = plan(spec, await store.db_now(conn))
+            if status == "paused":
+                await store.jobs_skip_pending(conn, job_id)
         updated = await store.job_update(
             conn, tenant, job_id, spec, status=status, next_run_at=next_run_at
         )

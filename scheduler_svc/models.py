@@ -231,6 +231,114 @@ class JobSpec(Struct, frozen=True, kw_only=True):
     paused: bool
 
 
+RunStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
+RunTrigger = Literal["schedule", "manual"]
+
+
+class RunRow(Struct, frozen=True, kw_only=True):
+    """A row of `job_runs` as the store returns it."""
+
+    id: int
+    job_id: int
+    tenant: str
+    scheduled_for: datetime
+    trigger: RunTrigger
+    status: RunStatus
+    attempt: int
+    next_attempt_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None
+    error: str | None
+    output: Any
+    worker: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+
+
+class RunOut(Struct, kw_only=True):
+    """A run as the API shows it. `next_attempt_at` is set only while the run waits."""
+
+    id: int
+    job_id: int
+    scheduled_for: datetime
+    trigger: RunTrigger
+    status: RunStatus
+    attempt: int
+    next_attempt_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None
+    error: str | None
+    output: Any
+    worker: str | None
+
+
+def run_out(row: RunRow) -> RunOut:
+    """The API view of a stored run."""
+    return RunOut(
+        id=row.id,
+        job_id=row.job_id,
+        scheduled_for=row.scheduled_for,
+        trigger=row.trigger,
+        status=row.status,
+        attempt=row.attempt,
+        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_ms=row.duration_ms,
+        error=row.error,
+        output=row.output,
+        worker=row.worker,
+    )
+
+
+class DueJob(Struct, frozen=True, kw_only=True):
+    """A job the scheduler claimed for this pass."""
+
+    id: int
+    tenant: str
+    schedule: str
+    timezone: str
+    next_run_at: datetime
+    misfire_policy: MisfirePolicy
+    misfire_grace_s: int
+    overlap: Overlap
+    busy: bool
+    now: datetime
+
+
+class ClaimedRun(Struct, frozen=True, kw_only=True):
+    """A run leased to this worker, with what executing it needs from its job."""
+
+    id: int
+    job_id: int
+    tenant: str
+    scheduled_for: datetime
+    trigger: RunTrigger
+    attempt: int
+    started_at: datetime
+    lost_worker: str | None  # set when this attempt takes over an expired lease
+    name: str
+    attributes: dict[str, Any]
+    target: dict[str, Any]
+    timeout_s: int
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+
+
+class RunResult(Struct, frozen=True, kw_only=True):
+    """What an attempt came to, as runs_finish records it."""
+
+    run_id: int
+    status: Literal["succeeded", "failed", "pending"]
+    delay_s: float | None  # for "pending": seconds until the next attempt
+    error: str | None
+    output: Any
+    duration_ms: float
+
+
 class ApiKeyRow(Struct, frozen=True, kw_only=True):
     """A row of `api_keys`: the key's visible prefix and hash, never the key itself."""
 

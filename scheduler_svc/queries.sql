@@ -24,25 +24,26 @@ INSERT INTO jobs (tenant, name, attributes, schedule, timezone, target,
                   idempotency_key, request_hash)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 ON CONFLICT (tenant, idempotency_key) DO NOTHING
-RETURNING *;
+RETURNING *, NULL::timestamptz AS last_run_at, NULL::text AS last_run_status;
 
 -- job_get --
 -- One job of this tenant.
-SELECT * FROM jobs WHERE tenant = $1 AND id = $2;
+SELECT * FROM jobs_with_last_run WHERE tenant = $1 AND id = $2;
 
 -- job_get_by_idempotency_key --
 -- The job this tenant created with this Idempotency-Key, with the hash of that request.
-SELECT * FROM jobs WHERE tenant = $1 AND idempotency_key = $2;
+SELECT * FROM jobs_with_last_run WHERE tenant = $1 AND idempotency_key = $2;
 
 -- job_lock --
 -- One job of this tenant, locked until the end of the caller's transaction
 -- (a PATCH reads, merges and writes it without losing a concurrent change).
-SELECT * FROM jobs WHERE tenant = $1 AND id = $2 FOR UPDATE;
+SELECT *, NULL::timestamptz AS last_run_at, NULL::text AS last_run_status
+FROM jobs WHERE tenant = $1 AND id = $2 FOR UPDATE;
 
 -- jobs_list --
 -- A page of this tenant's jobs, newest first, by keyset: ids below the cursor.
 -- NULL filters match everything.
-SELECT * FROM jobs
+SELECT * FROM jobs_with_last_run
 WHERE tenant = $1
   AND ($2::bigint IS NULL OR id < $2)
   AND ($3::text IS NULL OR status = $3)
@@ -52,20 +53,200 @@ LIMIT $5;
 
 -- job_update --
 -- Write every writable field of a job, with its new status and next tick, and bump
--- its version.
-UPDATE jobs
-SET name = $3, attributes = $4, schedule = $5, timezone = $6, target = $7,
-    max_attempts = $8, backoff_s = $9, backoff_max_s = $10, timeout_s = $11,
-    misfire_policy = $12, misfire_grace_s = $13, overlap = $14,
-    status = $15, next_run_at = $16,
-    updated_at = now(), version = version + 1
-WHERE tenant = $1 AND id = $2
-RETURNING *;
+-- its version. Returns the job as the API shows it.
+WITH updated AS (
+    UPDATE jobs
+    SET name = $3, attributes = $4, schedule = $5, timezone = $6, target = $7,
+        max_attempts = $8, backoff_s = $9, backoff_max_s = $10, timeout_s = $11,
+        misfire_policy = $12, misfire_grace_s = $13, overlap = $14,
+        status = $15, next_run_at = $16,
+        updated_at = now(), version = version + 1
+    WHERE tenant = $1 AND id = $2
+    RETURNING *
+)
+-- The view would show the row as it was before this statement, so join by hand.
+SELECT updated.*, last_run.started_at AS last_run_at, last_run.status AS last_run_status
+FROM updated
+LEFT JOIN LATERAL (
+    SELECT r.started_at, r.status FROM job_runs r
+    WHERE r.job_id = updated.id AND r.started_at IS NOT NULL
+    ORDER BY r.id DESC LIMIT 1
+) last_run ON true;
 
 -- job_delete --
 -- Delete a job; its runs go with it (ON DELETE CASCADE).
 DELETE FROM jobs WHERE tenant = $1 AND id = $2
 RETURNING id;
+
+-- jobs_skip_pending --
+-- A paused job's scheduled runs that have not started are not run: mark them skipped.
+-- Manual runs and runs under way are left alone.
+UPDATE job_runs
+SET status = 'skipped', error = 'job paused before this run started', finished_at = now()
+WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 0;
+
+-- jobs_claim_due --
+-- Lock due, active jobs for this scheduler pass (the caller's transaction). `busy`
+-- says whether an overlap-forbidding job still has a run pending or running.
+SELECT j.id, j.tenant, j.schedule, j.timezone, j.next_run_at, j.misfire_policy,
+       j.misfire_grace_s, j.overlap,
+       j.overlap = 'forbid' AND EXISTS (
+           SELECT FROM job_runs r
+           WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
+       ) AS busy,
+       coalesce($1::timestamptz, now()) AS now
+FROM jobs j
+WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
+ORDER BY j.next_run_at
+LIMIT $2
+FOR UPDATE OF j SKIP LOCKED;
+
+-- ticks_record --
+-- In the scheduler's transaction: advance each claimed job and insert a run per due
+-- tick. A tick some replica already materialized conflicts on job_runs_one_per_tick
+-- and is dropped: that, not luck, is what makes a tick run once. Returns how many
+-- runs were inserted.
+WITH silence AS (
+    -- This transaction is the scheduler's own: the jobs trigger stays quiet.
+    SELECT set_config('scheduler.advancing', 'on', true)
+), advanced AS (
+    UPDATE jobs j
+    SET next_run_at = a.next_run_at, status = a.status
+    FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS a(id, next_run_at, status),
+         silence
+    -- The ANY repeats the join on purpose: it lets the planner look the rows up by
+    -- primary key whatever its statistics say (stale ones made it scan the table).
+    WHERE j.id = a.id AND j.id = ANY($1::bigint[])
+), inserted AS (
+    INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, error,
+                          next_attempt_at, finished_at)
+    SELECT t.job_id, t.tenant, t.scheduled_for, 'schedule', t.status, t.error,
+           t.scheduled_for,
+           CASE WHEN t.status = 'skipped' THEN now() END
+    FROM unnest($4::bigint[], $5::text[], $6::timestamptz[], $7::text[], $8::text[])
+         AS t(job_id, tenant, scheduled_for, status, error)
+    ON CONFLICT (job_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM inserted;
+
+-- jobs_next_due --
+-- Seconds until the earliest next_run_at of an active job by the database clock
+-- (negative when overdue); NULL when no job is active.
+SELECT extract(epoch FROM min(next_run_at) - now())::float8
+FROM jobs
+WHERE status = 'active';
+
+-- runs_claim --
+-- Lease up to $2 runs to worker $1: pending runs whose attempt is due, and running
+-- runs whose lease expired (their worker died), which restart as a next attempt.
+-- The lease lasts the job's timeout plus a margin ($3 seconds).
+WITH due AS (
+    SELECT id, NULL::text AS lost_worker FROM job_runs
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id, worker AS lost_worker FROM job_runs
+    WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), candidates AS (
+    -- Expired leases first: they have waited longest.
+    (SELECT * FROM expired) UNION ALL (SELECT * FROM due) LIMIT $2
+)
+UPDATE job_runs r
+SET status = 'running', attempt = r.attempt + 1, worker = $1, started_at = now(),
+    finished_at = NULL, lease_expires_at = now() + make_interval(secs => j.timeout_s + $3)
+FROM candidates c, jobs j
+-- ANY(ARRAY(...)) repeats the join so the rows are found by primary key, whatever
+-- the planner believes about how many runs are pending or running.
+WHERE r.id = c.id AND r.id = ANY(ARRAY(SELECT id FROM candidates)) AND j.id = r.job_id
+RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.attempt, r.started_at,
+          c.lost_worker, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
+          j.backoff_s, j.backoff_max_s;
+
+-- runs_finish --
+-- Record what attempts came to, for runs still leased to worker $1: succeeded or
+-- failed (final), or pending again after a delay (a retry). Returns the ids that
+-- matched; a run missing there lost its lease (or its job was deleted) meanwhile.
+UPDATE job_runs r
+SET status = o.status,
+    next_attempt_at = CASE WHEN o.status = 'pending'
+                           THEN now() + make_interval(secs => o.delay_s)
+                           ELSE r.next_attempt_at END,
+    finished_at = CASE WHEN o.status = 'pending' THEN NULL ELSE now() END,
+    error = o.error, output = o.output, duration_ms = o.duration_ms,
+    lease_expires_at = NULL
+FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::text[], $6::jsonb[], $7::float8[])
+     AS o(id, status, delay_s, error, output, duration_ms)
+-- The ANY repeats the join so the rows are found by primary key whatever the
+-- planner's statistics say; "leased" is tested by lease_expires_at (equivalent, by
+-- a CHECK) rather than by status, which would tempt it into scanning the partial
+-- index of running runs when it wrongly believes that index is small.
+WHERE r.id = o.id AND r.id = ANY($2::bigint[])
+  AND r.worker = $1 AND r.lease_expires_at IS NOT NULL
+RETURNING r.id;
+
+-- runs_release --
+-- At shutdown: hand runs that did not finish back as pending, due now, without
+-- using up their attempt.
+UPDATE job_runs
+SET status = 'pending', attempt = attempt - 1, next_attempt_at = now(),
+    lease_expires_at = NULL, started_at = NULL
+WHERE id = ANY($2::bigint[]) AND worker = $1 AND lease_expires_at IS NOT NULL;
+
+-- runs_next_due --
+-- Seconds until the next run becomes claimable (a pending attempt comes due or a
+-- lease expires), by the database clock; NULL when none will.
+SELECT extract(epoch FROM least(
+    (SELECT min(next_attempt_at) FROM job_runs WHERE status = 'pending'),
+    (SELECT min(lease_expires_at) FROM job_runs WHERE status = 'running')
+) - now())::float8;
+
+-- run_trigger --
+-- A manual run of one of this tenant's jobs, due now, outside the schedule.
+INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, next_attempt_at)
+SELECT id, tenant, now(), 'manual', 'pending', now()
+FROM jobs
+WHERE tenant = $1 AND id = $2
+RETURNING *;
+
+-- run_get --
+-- One run of this tenant.
+SELECT * FROM job_runs WHERE tenant = $1 AND id = $2;
+
+-- runs_list --
+-- A page of one job's runs, newest first, by keyset on id.
+SELECT * FROM job_runs
+WHERE tenant = $1 AND job_id = $2 AND ($3::bigint IS NULL OR id < $3)
+ORDER BY id DESC
+LIMIT $4;
+
+-- runs_prune --
+-- Delete up to $2 finished runs older than $1 days, if this replica holds the
+-- maintenance lock for this transaction (else nothing). Returns how many went.
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($3) AS held
+), doomed AS (
+    SELECT r.id FROM job_runs r, lock
+    WHERE lock.held
+      AND r.created_at < now() - make_interval(days => $1)
+      AND r.status IN ('succeeded', 'failed', 'skipped')
+    -- In no particular order: the BRIN index finds old block ranges cheaply, and
+    -- sorting every old run to delete a batch would not.
+    LIMIT $2
+), deleted AS (
+    DELETE FROM job_runs WHERE id IN (SELECT id FROM doomed)
+    RETURNING 1
+)
+SELECT count(*) FROM deleted;
+
+-- ping --
+-- Is this connection still alive? (The LISTEN connection asks now and then.)
+SELECT 1;
 
 -- api_key_insert --
 -- Store a new API key (its SHA-256 only). A clash of the random prefix or hash

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, TypeAlias
@@ -11,7 +12,16 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from scheduler_svc.models import ApiKeyRow, JobRow, JobSpec, JobStatus
+from scheduler_svc.models import (
+    ApiKeyRow,
+    ClaimedRun,
+    DueJob,
+    JobRow,
+    JobSpec,
+    JobStatus,
+    RunResult,
+    RunRow,
+)
 
 # A connection, plain or pooled: what a transaction runs on.
 Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
@@ -154,6 +164,126 @@ async def job_update(
 async def job_delete(conn: Conn, tenant: str, job_id: int) -> bool:
     """Delete a job and its runs; False if there was none."""
     return await conn.fetchval(QUERIES["job_delete"], tenant, job_id) is not None
+
+
+async def jobs_skip_pending(conn: Conn, job_id: int) -> None:
+    """Mark a paused job's scheduled runs that have not started as skipped."""
+    await conn.execute(QUERIES["jobs_skip_pending"], job_id)
+
+
+async def jobs_claim_due(conn: Connection, now: datetime | None, limit: int) -> list[DueJob]:
+    """Lock up to `limit` due active jobs for the caller's transaction (SKIP LOCKED)."""
+    records = await conn.fetch(QUERIES["jobs_claim_due"], now, limit)
+    return [msgspec.convert(dict(r), DueJob) for r in records]
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """A claimed job's new next tick (None: none left) and status."""
+
+    job_id: int
+    next_run_at: datetime | None
+    status: JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A run to materialize: pending, or skipped with the reason in `error`."""
+
+    job_id: int
+    tenant: str
+    scheduled_for: datetime
+    status: str
+    error: str | None = None
+
+
+async def ticks_record(conn: Connection, advances: list[Advance], ticks: list[Tick]) -> int:
+    """Advance claimed jobs and insert their ticks' runs (a tick seen before is dropped)."""
+    inserted: int = await conn.fetchval(
+        QUERIES["ticks_record"],
+        [a.job_id for a in advances],
+        [a.next_run_at for a in advances],
+        [a.status for a in advances],
+        [t.job_id for t in ticks],
+        [t.tenant for t in ticks],
+        [t.scheduled_for for t in ticks],
+        [t.status for t in ticks],
+        [t.error for t in ticks],
+    )
+    return inserted
+
+
+async def jobs_next_due(conn: Conn) -> float | None:
+    """Seconds until the earliest next tick of an active job (negative if overdue)."""
+    seconds: float | None = await conn.fetchval(QUERIES["jobs_next_due"])
+    return seconds
+
+
+async def runs_claim(
+    conn: Conn, worker: str, limit: int, lease_margin_s: float
+) -> list[ClaimedRun]:
+    """Lease up to `limit` due runs (or runs with an expired lease) to `worker`."""
+    records = await conn.fetch(QUERIES["runs_claim"], worker, limit, lease_margin_s)
+    return [msgspec.convert(dict(r), ClaimedRun) for r in records]
+
+
+async def runs_finish(conn: Conn, worker: str, results: list[RunResult]) -> set[int]:
+    """Record attempt results of runs leased to `worker`; return the ids still leased."""
+    records = await conn.fetch(
+        QUERIES["runs_finish"],
+        worker,
+        [r.run_id for r in results],
+        [r.status for r in results],
+        [r.delay_s for r in results],
+        [r.error for r in results],
+        [r.output for r in results],
+        [r.duration_ms for r in results],
+    )
+    return {r["id"] for r in records}
+
+
+async def runs_release(conn: Conn, worker: str, run_ids: list[int]) -> None:
+    """Hand unfinished runs back as pending, due now, their attempt not used up."""
+    await conn.execute(QUERIES["runs_release"], worker, run_ids)
+
+
+async def runs_next_due(conn: Conn) -> float | None:
+    """Seconds until a run becomes claimable (negative if one is); None if none will."""
+    seconds: float | None = await conn.fetchval(QUERIES["runs_next_due"])
+    return seconds
+
+
+def _run(record: asyncpg.Record | None) -> RunRow | None:
+    return None if record is None else msgspec.convert(dict(record), RunRow)
+
+
+async def run_trigger(conn: Conn, tenant: str, job_id: int) -> RunRow | None:
+    """Insert a manual run of a job, due now; None if the job does not exist."""
+    return _run(await conn.fetchrow(QUERIES["run_trigger"], tenant, job_id))
+
+
+async def run_get(conn: Conn, tenant: str, run_id: int) -> RunRow | None:
+    """One run of `tenant`, or None."""
+    return _run(await conn.fetchrow(QUERIES["run_get"], tenant, run_id))
+
+
+async def runs_list(
+    conn: Conn, tenant: str, job_id: int, *, before_id: int | None, limit: int
+) -> list[RunRow]:
+    """Up to `limit` runs of a job with ids below `before_id`, newest first."""
+    records = await conn.fetch(QUERIES["runs_list"], tenant, job_id, before_id, limit)
+    return [msgspec.convert(dict(r), RunRow) for r in records]
+
+
+async def runs_prune(conn: Conn, older_than_days: int, limit: int, lock_key: int) -> int:
+    """Delete up to `limit` finished runs older than the retention, under the lock."""
+    deleted: int = await conn.fetchval(QUERIES["runs_prune"], older_than_days, limit, lock_key)
+    return deleted
+
+
+async def ping(conn: Conn) -> None:
+    """Fail unless the connection answers."""
+    await conn.fetchval(QUERIES["ping"])
 
 
 # API keys (auth.py, keys.py).

@@ -113,14 +113,19 @@ async def conn(pool: asyncpg.Pool[Any]) -> AsyncIterator[Any]:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     """Default settings on the test database."""
-    return Settings(database_url=database_url, worker_id="test-worker")
+    return Settings(database_url=database_url, worker_id="test-worker", role="api")
 
 
 @asynccontextmanager
-async def running_app(settings: Settings, pool: asyncpg.Pool[Any]) -> AsyncIterator[str]:
-    """Serve the app over real HTTP on a free loopback port; yield its base URL."""
+async def running_app(
+    settings: Settings, pool: asyncpg.Pool[Any], **app_options: Any
+) -> AsyncIterator[str]:
+    """Serve the app over real HTTP on a free loopback port; yield its base URL.
+
+    With settings.role "all" or "worker" the app runs a worker too (the default
+    settings fixture says "api": HTTP only)."""
     config = uvicorn.Config(
-        create_app(settings, pool=pool),
+        create_app(settings, pool=pool, **app_options),
         host="127.0.0.1",
         port=0,
         log_config=None,
@@ -145,7 +150,8 @@ async def running_app(settings: Settings, pool: asyncpg.Pool[Any]) -> AsyncItera
 @pytest.fixture(scope="session")
 async def api_url(database_url: str, pool: asyncpg.Pool[Any]) -> AsyncIterator[str]:
     """The app with default settings, served once for the whole run."""
-    async with running_app(Settings(database_url=database_url, worker_id="test-api"), pool) as url:
+    settings = Settings(database_url=database_url, worker_id="test-api", role="api")
+    async with running_app(settings, pool) as url:
         yield url
 
 

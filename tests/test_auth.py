@@ -57,7 +57,7 @@ async def test_only_the_hash_of_a_key_is_stored(pool: asyncpg.Pool[Any], clean: 
     key = await make_key(pool, "acme")
     row = await pool.fetchrow("SELECT * FROM api_keys")
     assert row is not None
-    assert key not in str(dict(row)) and key.split("_")[-1] not in str(dict(row))
+    assert key not in str(dict(row)) and key[13:] not in str(dict(row))
     assert bytes(row["key_hash"]) == hashlib.sha256(key.encode()).digest()
     assert row["prefix"] == auth.key_prefix(key)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scheduler_svc.db import SCHEMA_VERSION
+
 SEED_JOB = {"name": "Example Job", "attributes": {"key": "value"}, "interval": "* * * * *"}
 
 
@@ -121,7 +123,7 @@ def test_migrate_applies_the_schema(database_url: str, tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "schema at version 1"
+    assert result.stdout.strip().splitlines()[-1] == f"schema at version {SCHEMA_VERSION}"
 
 
 @pytest.mark.timeout(120)

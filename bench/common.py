@@ -1,0 +1,131 @@
+"""What the benchmarks share: a throwaway database and replicas run as real processes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+
+from scheduler_svc import db
+
+SERVER_URL = os.environ.get(
+    "SCHEDULER_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@asynccontextmanager
+async def bench_database() -> AsyncIterator[str]:
+    """A fresh database with the schema on SERVER_URL; dropped afterwards."""
+    name = f"scheduler_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(SERVER_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(SERVER_URL)._replace(path=f"/{name}"))
+    try:
+        conn = await asyncpg.connect(url)
+        await db.apply_schema(conn)
+        await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def replicas(
+    database_url: str, count: int, log_dir: Path, role: str = "worker", **env: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start `count` `scheduler-svc serve` processes; stop them all by pid on exit."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(count):
+            port = free_port()
+            log = (log_dir / f"replica-{i}.log").open("wb")
+            environ = {
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "SCHEDULER_WORKER_ID": f"replica-{i}",
+                "SCHEDULER_LOG_FORMAT": "json",
+                "SCHEDULER_SHUTDOWN_GRACE_S": "5",
+                **env,
+            }
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "scheduler_svc",
+                    "serve",
+                    "--role",
+                    role,
+                    "--port",
+                    str(port),
+                ],
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            process.port = port  # type: ignore[attr-defined]
+            processes.append(process)
+        for process in processes:
+            wait_ready(f"http://127.0.0.1:{process.port}", process)  # type: ignore[attr-defined]
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"replica exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0 to 100) by nearest rank."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> str:
+    """A plain-text table."""
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells[1:]]
+    return "\n".join(lines)

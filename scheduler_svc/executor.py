@@ -1,0 +1,260 @@
+"""Executors: lease pending runs, deliver them to their targets, record what came of it.
+
+Claiming takes a lease in one short statement (SKIP LOCKED, never more runs than
+free slots) and commits before any network I/O. Each run then executes in its own
+task under the job's timeout; results are written back in batches by one recorder,
+matching the lease so that a run another replica took over is never overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Literal
+
+import structlog
+
+from scheduler_svc import store
+from scheduler_svc.aio import wait_any
+from scheduler_svc.db import DATABASE_ERRORS, Pool
+from scheduler_svc.models import ClaimedRun, RunResult
+from scheduler_svc.targets import Deliverer, Delivery, Outcome
+
+log = structlog.get_logger("scheduler_svc.executor")
+
+# How long a stopping executor keeps trying to write its last results.
+FINAL_WRITE_S = 10.0
+# Results written per statement at most (larger batches only lengthen a transaction).
+RECORD_BATCH = 200
+
+
+def retry_delay_s(attempt: int, backoff_s: float, backoff_max_s: float) -> float:
+    """Seconds before the next attempt: min(max, base · 2^(attempt-1)), ±20 % jitter."""
+    base: float = min(backoff_max_s, backoff_s * 2.0 ** min(attempt - 1, 62))
+    return base * random.uniform(0.8, 1.2)
+
+
+def result_of(run: ClaimedRun, outcome: Outcome, duration_ms: float) -> RunResult:
+    """Decide a run's next state from one attempt's outcome and its job's retry policy."""
+    if outcome.ok:
+        return RunResult(
+            run_id=run.id,
+            status="succeeded",
+            delay_s=None,
+            error=None,
+            output=outcome.output,
+            duration_ms=duration_ms,
+        )
+    status: Literal["failed", "pending"]
+    delay_s: float | None
+    if not outcome.retryable or run.attempt >= run.max_attempts:
+        status, delay_s = "failed", None
+    elif outcome.retry_after_s is not None:
+        status, delay_s = "pending", min(outcome.retry_after_s, run.backoff_max_s)
+    else:
+        status, delay_s = "pending", retry_delay_s(run.attempt, run.backoff_s, run.backoff_max_s)
+    return RunResult(
+        run_id=run.id,
+        status=status,
+        delay_s=delay_s,
+        error=outcome.error,
+        output=outcome.output,
+        duration_ms=duration_ms,
+    )
+
+
+def delivery_of(run: ClaimedRun) -> Delivery:
+    """What the target of a claimed run needs."""
+    return Delivery(
+        run_id=run.id,
+        job_id=run.job_id,
+        job_name=run.name,
+        tenant=run.tenant,
+        scheduled_for=run.scheduled_for,
+        trigger=run.trigger,
+        attempt=run.attempt,
+        attributes=run.attributes,
+        target=run.target,
+        timeout_s=float(run.timeout_s),
+        backoff_max_s=run.backoff_max_s,
+    )
+
+
+class Executor:
+    """One replica's executors: up to `concurrency` runs at once."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        deliverer: Deliverer,
+        *,
+        worker_id: str,
+        concurrency: int = 32,
+        lease_margin_s: float = 10.0,
+        claim_batch: int = 100,
+        max_sleep_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._deliverer = deliverer
+        self.worker_id = worker_id
+        self._concurrency = concurrency
+        self._lease_margin_s = lease_margin_s
+        self._claim_batch = claim_batch
+        self._max_sleep_s = max_sleep_s
+        self.wake = asyncio.Event()  # set by NOTIFY scheduler_runs and by this replica's scheduler
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._results: list[RunResult] = []
+        self._results_ready = asyncio.Event()
+        self._recorder: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- the pass: claim, execute --------------------------------------------
+
+    async def claim_once(self, limit: int) -> list[ClaimedRun]:
+        """Lease up to `limit` claimable runs to this worker."""
+        return await store.runs_claim(self._pool, self.worker_id, limit, self._lease_margin_s)
+
+    async def execute(self, run: ClaimedRun) -> RunResult:
+        """Run one attempt under the job's timeout; never raises for the target's failures."""
+        with structlog.contextvars.bound_contextvars(
+            job_id=run.job_id,
+            run_id=run.id,
+            tick=run.scheduled_for.isoformat(),
+            attempt=run.attempt,
+            worker=self.worker_id,
+        ):
+            if run.lost_worker is not None:
+                log.warning("lease_taken_over", from_worker=run.lost_worker)
+            started = time.perf_counter()
+            if run.attempt > run.max_attempts:
+                outcome = Outcome(
+                    ok=False,
+                    error=f"its worker {run.lost_worker} stopped during the last attempt",
+                    retryable=False,
+                )
+            else:
+                outcome = await self._deliver(run)
+            duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            result = result_of(run, outcome, duration_ms)
+            log.info(
+                "run_attempted",
+                status=result.status,
+                duration_ms=duration_ms,
+                error=result.error,
+                retry_in_s=None if result.delay_s is None else round(result.delay_s, 3),
+            )
+            return result
+
+    async def _deliver(self, run: ClaimedRun) -> Outcome:
+        try:
+            async with asyncio.timeout(run.timeout_s):
+                return await self._deliverer.deliver(delivery_of(run))
+        except TimeoutError:
+            return Outcome(ok=False, error=f"timed out after {run.timeout_s} s", retryable=True)
+
+    # --- the loop ----------------------------------------------------------------
+
+    def _start(self, run: ClaimedRun) -> None:
+        async def execute_and_collect() -> None:
+            result = await self.execute(run)
+            self._results.append(result)
+            self._results_ready.set()
+
+        task = asyncio.create_task(execute_and_collect(), name=f"run-{run.id}")
+        self._inflight[run.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._inflight.pop(run.id, None)
+            self._slot_freed.set()
+
+        task.add_done_callback(done)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and start runs until `stop`; `drain` then finishes what was started."""
+        self._recorder = asyncio.create_task(self._record_until_closed(), name="recorder")
+        await self._claim_forever(stop)
+
+    async def _claim_forever(self, stop: asyncio.Event) -> None:
+        retry_s = 0.1
+        while not stop.is_set():
+            self.wake.clear()
+            self._slot_freed.clear()
+            free = self._concurrency - len(self._inflight)
+            if free <= 0:
+                await wait_any(self._max_sleep_s, stop, self._slot_freed)
+                continue
+            want = min(free, self._claim_batch)
+            try:
+                runs = await self.claim_once(want)
+                for run in runs:
+                    self._start(run)
+                if len(runs) == want:
+                    continue  # there may be more ready right now
+                due_in = await store.runs_next_due(self._pool)
+                timeout = self._max_sleep_s if due_in is None else min(due_in, self._max_sleep_s)
+                retry_s = 0.1
+            except DATABASE_ERRORS as exc:
+                log.warning("executor_database_error", error=str(exc), retry_in_s=retry_s)
+                timeout, retry_s = retry_s, min(retry_s * 2, 5.0)
+            await wait_any(timeout, stop, self.wake)
+
+    async def _record_until_closed(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            await self._flush()
+            if self._closing:
+                return
+
+    async def _flush(self) -> None:
+        """Write the collected results; on a database error keep them and try again."""
+        retry_s = 0.1
+        while self._results:
+            batch, self._results = self._results[:RECORD_BATCH], self._results[RECORD_BATCH:]
+            try:
+                kept = await store.runs_finish(self._pool, self.worker_id, batch)
+            except DATABASE_ERRORS as exc:
+                log.warning("record_database_error", error=str(exc), retry_in_s=retry_s)
+                self._results = batch + self._results
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, 5.0)
+                continue
+            for result in batch:
+                if result.run_id not in kept:
+                    log.warning("lease_lost", run_id=result.run_id, status=result.status)
+
+    async def drain(self, grace_s: float) -> None:
+        """Let in-flight runs finish for up to `grace_s`, record them, and put the rest
+        back as pending without using up their attempt."""
+        if self._inflight:
+            log.info("draining", runs=len(self._inflight), grace_s=grace_s)
+            await asyncio.wait(list(self._inflight.values()), timeout=grace_s)
+        unfinished = list(self._inflight)
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        # The last writes must happen even if whoever awaits drain is cancelled.
+        await asyncio.shield(self._finish(unfinished))
+
+    async def _finish(self, unfinished: list[int]) -> None:
+        self._closing = True
+        self._results_ready.set()
+        try:
+            async with asyncio.timeout(FINAL_WRITE_S):
+                if self._recorder is not None:
+                    await self._recorder
+                else:
+                    await self._flush()
+        except TimeoutError:
+            # Unrecorded runs keep their lease until it expires; then another
+            # replica runs them again: at least once, never lost.
+            log.warning("results_not_recorded", runs=len(self._results))
+        if unfinished:
+            try:
+                await store.runs_release(self._pool, self.worker_id, unfinished)
+                log.info("runs_released", runs=len(unfinished))
+            except DATABASE_ERRORS as exc:
+                # Their leases expire and another replica takes them over.
+                log.warning("release_failed", runs=len(unfinished), error=str(exc))

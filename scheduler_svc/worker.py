@@ -1,0 +1,102 @@
+"""One replica's background work: scheduler, executors, LISTEN wake-ups and maintenance.
+
+One TaskGroup owns every loop. Stopping sets one event: the loops stop claiming,
+then the executor drains its in-flight runs for the grace period and hands back
+what did not finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import structlog
+
+from scheduler_svc import db, maintenance, store
+from scheduler_svc.aio import wait_any
+from scheduler_svc.config import Settings
+from scheduler_svc.db import DATABASE_ERRORS, Pool
+from scheduler_svc.executor import Executor
+from scheduler_svc.scheduler import Scheduler
+from scheduler_svc.targets import Deliverer
+
+log = structlog.get_logger("scheduler_svc.worker")
+
+# How often the LISTEN connection checks that it is still connected.
+LISTEN_PING_S = 15.0
+
+
+class Worker:
+    """Scheduler and executors of one replica, woken by the database's notifications."""
+
+    def __init__(self, settings: Settings, pool: Pool, deliverer: Deliverer) -> None:
+        assert settings.database_url is not None
+        self._settings = settings
+        self._pool = pool
+        self.executor = Executor(
+            pool,
+            deliverer,
+            worker_id=settings.worker_id,
+            concurrency=settings.concurrency,
+            lease_margin_s=settings.lease_margin_s,
+        )
+        self.scheduler = Scheduler(pool, on_runs=self.executor.wake)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        """Start every loop in the background; the task fails if any loop fails."""
+        self._task = asyncio.create_task(self._run(), name="worker")
+        return self._task
+
+    async def _run(self) -> None:
+        log.info("worker_started", worker=self.executor.worker_id)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.scheduler.run(self._stop), name="scheduler")
+            group.create_task(self.executor.run(self._stop), name="executor")
+            group.create_task(self._listen(), name="listener")
+            group.create_task(
+                maintenance.run(self._pool, self._settings.run_retention_days, self._stop),
+                name="maintenance",
+            )
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming, drain in-flight runs for up to `grace_s`, hand back the rest."""
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.executor.drain(grace_s)
+        log.info("worker_stopped", worker=self.executor.worker_id)
+
+    async def _listen(self) -> None:
+        """Keep a LISTEN connection open and turn notifications into wake-ups."""
+        assert self._settings.database_url is not None
+        dsn, server_settings = db.connect_options(self._settings.database_url)
+        retry_s = 0.1
+        while not self._stop.is_set():
+            conn: asyncpg.Connection[Any] | None = None
+            try:
+                conn = await asyncpg.connect(dsn, server_settings=server_settings, timeout=10)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
+                await conn.add_listener("scheduler_jobs", lambda *_: self.scheduler.wake.set())
+                await conn.add_listener("scheduler_runs", lambda *_: self.executor.wake.set())
+                # Whatever changed while nobody listened is picked up now.
+                self.scheduler.wake.set()
+                self.executor.wake.set()
+                retry_s = 0.1
+                while not self._stop.is_set() and not lost.is_set():
+                    await wait_any(LISTEN_PING_S, self._stop, lost)
+                    if not self._stop.is_set() and not lost.is_set():
+                        async with asyncio.timeout(5):
+                            await store.ping(conn)
+                if lost.is_set():
+                    log.warning("listen_connection_lost")
+            except DATABASE_ERRORS as exc:
+                log.warning("listen_database_error", error=str(exc), retry_in_s=retry_s)
+                await wait_any(retry_s, self._stop)
+                retry_s = min(retry_s * 2, 5.0)
+            finally:
+                if conn is not None:
+                    conn.terminate()

@@ -1,0 +1,46 @@
+"""Build rows for tests: make_job(pool, schedule="@every 1s", next_run_at=...)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from scheduler_svc import store
+from scheduler_svc.models import JobRow, JobSpec, RunRow
+
+DEFAULTS: dict[str, Any] = {
+    "name": "job",
+    "attributes": {},
+    "schedule": "@every 1s",
+    "timezone": "UTC",
+    "target": {"type": "log"},
+    "max_attempts": 3,
+    "backoff_s": 10.0,
+    "backoff_max_s": 3600.0,
+    "timeout_s": 30,
+    "misfire_policy": "run_once",
+    "misfire_grace_s": 60,
+    "overlap": "allow",
+    "paused": False,
+}
+
+
+async def make_job(
+    conn: store.Conn,
+    *,
+    next_run_at: datetime | None,
+    tenant: str = "default",
+    **fields: Any,
+) -> JobRow:
+    """Insert an active job due at `next_run_at` (fields as in the API, overlap 'allow')."""
+    spec = JobSpec(**{**DEFAULTS, **fields})
+    status = "paused" if spec.paused else "active"
+    row = await store.job_insert(conn, tenant, spec, status=status, next_run_at=next_run_at)
+    assert row is not None
+    return row
+
+
+async def runs_of(conn: store.Conn, job_id: int) -> list[RunRow]:
+    """Every run of a job, oldest tick first."""
+    rows = await store.runs_list(conn, "default", job_id, before_id=None, limit=10_000)
+    return sorted(rows, key=lambda r: (r.scheduled_for, r.id))

@@ -1,0 +1,305 @@
+"""Executors against a real database: leases, retries, timeouts, takeover, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from scheduler_svc import store
+from scheduler_svc.executor import Executor, result_of, retry_delay_s
+from scheduler_svc.models import ClaimedRun, RunRow
+from scheduler_svc.scheduler import tick_once
+from scheduler_svc.targets import Deliverer, HandlerContext, Outcome
+from tests.factories import make_job, runs_of
+
+
+@pytest.fixture(autouse=True)
+async def _clean(clean: None) -> None:
+    """Every test here starts from empty tables."""
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+Handler = Callable[[HandlerContext], Any]
+
+
+def executor(
+    pool: Any,
+    http: httpx.AsyncClient,
+    handlers: dict[str, Handler] | None = None,
+    worker: str = "w1",
+    **options: Any,
+) -> Executor:
+    deliverer = Deliverer(http, allow_private=True, handlers=handlers or {})
+    return Executor(pool, deliverer, worker_id=worker, **options)
+
+
+async def due_run(pool: Any, **job_fields: Any) -> tuple[int, RunRow]:
+    """A job with one pending run, due now."""
+    now = await store.db_now(pool)
+    fields = {"schedule": "@every 1h", **job_fields}
+    job = await make_job(pool, next_run_at=now - timedelta(seconds=1), **fields)
+    await tick_once(pool)
+    [run] = await runs_of(pool, job.id)
+    return job.id, run
+
+
+async def wait_for_run(
+    pool: Any, run_id: int, done: Callable[[RunRow], bool], timeout_s: float = 15
+) -> RunRow:
+    """Poll the run until `done(run)` holds, failing after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        run = await store.run_get(pool, "default", run_id)
+        assert run is not None
+        if done(run):
+            return run
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"run {run_id} stuck at {run.status} (attempt {run.attempt})")
+        await asyncio.sleep(0.02)
+
+
+def final(run: RunRow) -> bool:
+    return run.status in ("succeeded", "failed", "skipped")
+
+
+async def run_until_final(pool: Any, ex: Executor, run_id: int) -> RunRow:
+    """Run the executor's loop until the run is final; then stop and drain it."""
+    stop = asyncio.Event()
+    loop = asyncio.create_task(ex.run(stop))
+    try:
+        return await wait_for_run(pool, run_id, final)
+    finally:
+        stop.set()
+        await loop
+        await ex.drain(1)
+
+
+async def test_claim_leases_a_run_to_one_worker_only(pool: Any, http: httpx.AsyncClient) -> None:
+    _, run = await due_run(pool)
+    first, second = executor(pool, http, worker="a"), executor(pool, http, worker="b")
+    claims = await asyncio.gather(first.claim_once(10), second.claim_once(10))
+    claimed = [c for batch in claims for c in batch]
+    assert [c.id for c in claimed] == [run.id]
+    leased = await store.run_get(pool, "default", run.id)
+    assert leased is not None
+    assert (leased.status, leased.attempt) == ("running", 1)
+    assert leased.worker in ("a", "b") and leased.lease_expires_at is not None
+    assert leased.lease_expires_at - leased.started_at >= timedelta(seconds=30)  # timeout + margin
+
+
+async def test_claim_takes_no_more_than_asked(pool: Any, http: httpx.AsyncClient) -> None:
+    now = await store.db_now(pool)
+    for _ in range(5):
+        await make_job(pool, schedule="@every 1h", next_run_at=now - timedelta(seconds=1))
+    await tick_once(pool)
+    assert len(await executor(pool, http).claim_once(3)) == 3
+
+
+async def test_log_run_succeeds_and_is_recorded(pool: Any, http: httpx.AsyncClient) -> None:
+    _, run = await due_run(pool, attributes={"k": "v"})
+    ex = executor(pool, http)
+    done = await run_until_final(pool, ex, run.id)
+    assert (done.status, done.attempt, done.worker, done.error) == ("succeeded", 1, "w1", None)
+    assert done.finished_at is not None and done.duration_ms is not None
+    job = await store.job_get(pool, "default", done.job_id)
+    assert job is not None
+    assert (job.last_run_status, job.last_run_at) == ("succeeded", done.started_at)
+
+
+async def test_failing_handler_is_retried_then_failed(pool: Any, http: httpx.AsyncClient) -> None:
+    calls: list[int] = []
+
+    async def boom(ctx: HandlerContext) -> None:
+        calls.append(ctx.attempt)
+        raise RuntimeError("the database of the customer is down")
+
+    _, run = await due_run(
+        pool, target={"type": "handler", "name": "boom"}, max_attempts=3, backoff_s=0.05
+    )
+    ex = executor(pool, http, handlers={"boom": boom})
+    done = await run_until_final(pool, ex, run.id)
+    assert calls == [1, 2, 3]
+    assert (done.status, done.attempt) == ("failed", 3)
+    assert done.error == "RuntimeError: the database of the customer is down"
+
+
+async def test_retry_waits_pending_with_next_attempt_at(pool: Any, http: httpx.AsyncClient) -> None:
+    async def boom(ctx: HandlerContext) -> None:
+        raise RuntimeError("nope")
+
+    _, run = await due_run(pool, target={"type": "handler", "name": "boom"}, backoff_s=100)
+    ex = executor(pool, http, handlers={"boom": boom})
+    [claimed] = await ex.claim_once(1)
+    result = await ex.execute(claimed)
+    assert result.status == "pending"
+    assert result.delay_s is not None and 80 <= result.delay_s <= 120
+    assert await store.runs_finish(pool, "w1", [result]) == {run.id}
+    waiting = await store.run_get(pool, "default", run.id)
+    assert waiting is not None
+    assert (waiting.status, waiting.attempt) == ("pending", 1)
+    expected = await store.db_now(pool) + timedelta(seconds=result.delay_s)
+    assert abs(waiting.next_attempt_at - expected) < timedelta(seconds=2)
+    assert await ex.claim_once(1) == []  # not before its time
+
+
+async def test_timeout_cancels_the_attempt_and_counts_as_failure(
+    pool: Any, http: httpx.AsyncClient
+) -> None:
+    cancelled = asyncio.Event()
+
+    async def hang(ctx: HandlerContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    await due_run(pool, target={"type": "handler", "name": "hang"}, timeout_s=1, max_attempts=1)
+    ex = executor(pool, http, handlers={"hang": hang})
+    [claimed] = await ex.claim_once(1)
+    result = await ex.execute(claimed)
+    assert cancelled.is_set()
+    assert (result.status, result.error) == ("failed", "timed out after 1 s")
+    assert 900 <= result.duration_ms < 5000
+
+
+async def test_result_for_another_workers_lease_is_not_recorded(
+    pool: Any, http: httpx.AsyncClient
+) -> None:
+    _, run = await due_run(pool)
+    ex = executor(pool, http, worker="a")
+    [claimed] = await ex.claim_once(1)
+    result = await ex.execute(claimed)
+    assert await store.runs_finish(pool, "someone-else", [result]) == set()
+    still = await store.run_get(pool, "default", run.id)
+    assert still is not None and still.status == "running"
+
+
+async def test_expired_lease_is_taken_over_as_the_next_attempt(
+    pool: Any, http: httpx.AsyncClient
+) -> None:
+    _, run = await due_run(pool, timeout_s=1)
+    dead = executor(pool, http, worker="dead", lease_margin_s=0)
+    [claimed] = await dead.claim_once(1)  # ... and the worker dies before finishing
+    assert claimed.attempt == 1
+    survivor = executor(pool, http, worker="alive", lease_margin_s=0)
+    deadline = asyncio.get_running_loop().time() + 10
+    taken: list[ClaimedRun] = []
+    while not taken:
+        assert asyncio.get_running_loop().time() < deadline, "the lease never expired"
+        taken = await survivor.claim_once(1)
+        if not taken:
+            await asyncio.sleep(0.05)
+    assert (taken[0].id, taken[0].attempt, taken[0].lost_worker) == (run.id, 2, "dead")
+    result = await survivor.execute(taken[0])
+    assert await store.runs_finish(pool, "alive", [result]) == {run.id}
+    # The dead worker's late result, should it ever come, changes nothing.
+    late = await dead.execute(claimed)
+    assert await store.runs_finish(pool, "dead", [late]) == set()
+    done = await store.run_get(pool, "default", run.id)
+    assert done is not None
+    assert (done.status, done.worker, done.attempt) == ("succeeded", "alive", 2)
+
+
+async def test_drain_hands_back_unfinished_runs_without_using_an_attempt(
+    pool: Any, http: httpx.AsyncClient
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(ctx: HandlerContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    _, run = await due_run(pool, target={"type": "handler", "name": "slow"}, timeout_s=60)
+    ex = executor(pool, http, handlers={"slow": slow})
+    stop = asyncio.Event()
+    loop = asyncio.create_task(ex.run(stop))
+    await asyncio.wait_for(started.wait(), 10)
+    stop.set()
+    await loop
+    await ex.drain(0.2)
+    back = await store.run_get(pool, "default", run.id)
+    assert back is not None
+    assert (back.status, back.attempt, back.lease_expires_at) == ("pending", 0, None)
+
+
+async def test_drain_waits_for_runs_that_finish_within_the_grace(
+    pool: Any, http: httpx.AsyncClient
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def gated(ctx: HandlerContext) -> dict[str, int]:
+        started.set()
+        await release.wait()
+        return {"rows": 3}
+
+    _, run = await due_run(pool, target={"type": "handler", "name": "gated"})
+    ex = executor(pool, http, handlers={"gated": gated})
+    stop = asyncio.Event()
+    loop = asyncio.create_task(ex.run(stop))
+    await asyncio.wait_for(started.wait(), 10)
+    stop.set()
+    await loop
+    draining = asyncio.create_task(ex.drain(10))
+    release.set()
+    await draining
+    done = await store.run_get(pool, "default", run.id)
+    assert done is not None
+    assert (done.status, done.output) == ("succeeded", {"rows": 3})
+
+
+def claimed_run(**fields: Any) -> ClaimedRun:
+    base: dict[str, Any] = {
+        "id": 1,
+        "job_id": 1,
+        "tenant": "default",
+        "scheduled_for": datetime(2031, 1, 1, tzinfo=UTC),
+        "trigger": "schedule",
+        "attempt": 1,
+        "started_at": datetime(2031, 1, 1, tzinfo=UTC),
+        "lost_worker": None,
+        "name": "job",
+        "attributes": {},
+        "target": {"type": "log"},
+        "timeout_s": 30,
+        "max_attempts": 3,
+        "backoff_s": 10.0,
+        "backoff_max_s": 3600.0,
+    }
+    return ClaimedRun(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("attempt", "low", "high"),
+    [(1, 8, 12), (2, 16, 24), (3, 32, 48), (9, 2048, 3072), (20, 2880, 4320)],
+)
+def test_backoff_doubles_with_jitter_up_to_the_cap(attempt: int, low: float, high: float) -> None:
+    delays = [retry_delay_s(attempt, 10, 3600) for _ in range(200)]
+    assert all(low <= d <= high for d in delays)
+    assert max(delays) - min(delays) > (high - low) / 4  # jitter is really there
+
+
+def test_retry_after_is_honoured_up_to_the_cap() -> None:
+    outcome = Outcome(ok=False, error="HTTP 429", retry_after_s=120)
+    assert result_of(claimed_run(), outcome, 1.0).delay_s == 120
+    assert result_of(claimed_run(backoff_max_s=60), outcome, 1.0).delay_s == 60
+
+
+def test_non_retryable_failure_fails_at_once() -> None:
+    outcome = Outcome(ok=False, error="HTTP 404", retryable=False)
+    assert result_of(claimed_run(attempt=1), outcome, 1.0).status == "failed"
+
+
+def test_last_attempt_failure_is_final() -> None:
+    outcome = Outcome(ok=False, error="HTTP 503")
+    assert result_of(claimed_run(attempt=3), outcome, 1.0).status == "failed"
+    assert result_of(claimed_run(attempt=2), outcome, 1.0).status == "pending"

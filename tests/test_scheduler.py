@@ -1,0 +1,240 @@
+"""The scheduler pass against a real database: one run per tick, misfires, overlap, DST."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+
+from scheduler_svc import store
+from scheduler_svc.scheduler import OVERLAP_SKIPPED, tick_once
+from tests.factories import make_job, runs_of
+
+T0 = datetime(2031, 3, 4, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+async def _clean(clean: None) -> None:
+    """Every test here starts from empty tables."""
+
+
+async def test_due_tick_becomes_one_pending_run_and_the_job_advances(pool: Any) -> None:
+    job = await make_job(pool, schedule="@every 10s", next_run_at=T0)
+    result = await tick_once(pool, now=T0 + timedelta(seconds=1))
+    assert (result.jobs, result.runs) == (1, 1)
+    [run] = await runs_of(pool, job.id)
+    assert (run.scheduled_for, run.status, run.trigger, run.attempt) == (
+        T0,
+        "pending",
+        "schedule",
+        0,
+    )
+    advanced = await store.job_get(pool, "default", job.id)
+    assert advanced is not None
+    assert advanced.next_run_at == T0 + timedelta(seconds=10)
+
+
+async def test_job_not_yet_due_is_left_alone(pool: Any) -> None:
+    job = await make_job(pool, next_run_at=T0)
+    assert (await tick_once(pool, now=T0 - timedelta(microseconds=1))).jobs == 0
+    assert await runs_of(pool, job.id) == []
+
+
+async def test_paused_jobs_are_not_claimed(pool: Any) -> None:
+    await make_job(pool, next_run_at=None, paused=True)
+    assert (await tick_once(pool, now=T0)).jobs == 0
+
+
+async def test_racing_passes_materialize_every_tick_exactly_once(pool: Any) -> None:
+    jobs = [await make_job(pool, schedule="@every 1s", next_run_at=T0) for _ in range(60)]
+    now = T0 + timedelta(seconds=5)
+    # Six passes at once on separate connections, with small batches so they interleave.
+    results = await asyncio.gather(*(tick_once(pool, batch=7, now=now) for _ in range(6)))
+    while any(r.full for r in results):
+        results = await asyncio.gather(*(tick_once(pool, batch=7, now=now) for _ in range(6)))
+    rows = await pool.fetch("SELECT job_id, scheduled_for FROM job_runs")
+    per_tick = Counter((r["job_id"], r["scheduled_for"]) for r in rows)
+    assert per_tick and max(per_tick.values()) == 1
+    # Every job got its six on-time ticks (T0 … T0+5s), nothing more, nothing less.
+    assert len(per_tick) == 60 * 6
+    for job in jobs:
+        ticks = sorted(t for (job_id, t) in per_tick if job_id == job.id)
+        assert ticks == [T0 + timedelta(seconds=i) for i in range(6)]
+
+
+async def test_unique_tick_constraint_drops_a_second_materialization(pool: Any) -> None:
+    job = await make_job(pool, next_run_at=T0)
+    await tick_once(pool, now=T0)
+    # Someone rewinds the job (a stale replica, a restore): the tick is not run twice.
+    await pool.execute("UPDATE jobs SET next_run_at = $1", T0)
+    result = await tick_once(pool, now=T0)
+    assert (result.jobs, result.runs) == (1, 0)
+    assert len(await runs_of(pool, job.id)) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_ticks"),
+    [
+        # Down for an hour, every minute, grace 60 s: only the last minute is on time.
+        ("run_once", [T0 + timedelta(minutes=59), T0 + timedelta(minutes=60)]),
+        ("skip", [T0 + timedelta(minutes=60)]),
+        ("run_all", [T0 + timedelta(minutes=m) for m in range(61)]),
+    ],
+)
+async def test_misfire_policy_after_downtime(
+    pool: Any, policy: str, expected_ticks: list[datetime]
+) -> None:
+    job = await make_job(
+        pool, schedule="* * * * *", next_run_at=T0, misfire_policy=policy, misfire_grace_s=60
+    )
+    now = T0 + timedelta(minutes=60, seconds=30)
+    await tick_once(pool, now=now)
+    assert [r.scheduled_for for r in await runs_of(pool, job.id)] == expected_ticks
+    advanced = await store.job_get(pool, "default", job.id)
+    assert advanced is not None and advanced.next_run_at == T0 + timedelta(minutes=61)
+
+
+async def test_run_all_runs_at_most_a_hundred_missed_ticks(pool: Any) -> None:
+    job = await make_job(pool, schedule="@every 1s", next_run_at=T0, misfire_policy="run_all")
+    await tick_once(pool, now=T0 + timedelta(hours=1))
+    runs = await runs_of(pool, job.id)
+    assert len(runs) == 100
+    assert runs[-1].scheduled_for == T0 + timedelta(hours=1)  # the latest are kept
+
+
+async def test_overlap_forbid_records_a_skipped_run_with_the_reason(pool: Any) -> None:
+    job = await make_job(pool, schedule="@every 10s", next_run_at=T0, overlap="forbid")
+    await tick_once(pool, now=T0)  # first tick: pending, nobody runs it
+    await tick_once(pool, now=T0 + timedelta(seconds=10))
+    first, second = await runs_of(pool, job.id)
+    assert first.status == "pending"
+    assert (second.status, second.error) == ("skipped", OVERLAP_SKIPPED)
+    assert second.finished_at is not None
+
+
+async def test_overlap_forbid_skips_all_but_one_tick_of_a_pass(pool: Any) -> None:
+    job = await make_job(
+        pool, schedule="@every 1s", next_run_at=T0, overlap="forbid", misfire_policy="run_all"
+    )
+    await tick_once(pool, now=T0 + timedelta(seconds=3))
+    statuses = [r.status for r in await runs_of(pool, job.id)]
+    assert statuses == ["pending", "skipped", "skipped", "skipped"]
+
+
+async def test_overlap_allow_queues_every_tick(pool: Any) -> None:
+    job = await make_job(pool, schedule="@every 10s", next_run_at=T0, overlap="allow")
+    await tick_once(pool, now=T0)
+    await tick_once(pool, now=T0 + timedelta(seconds=10))
+    assert [r.status for r in await runs_of(pool, job.id)] == ["pending", "pending"]
+
+
+async def test_one_off_job_completes_after_its_tick(pool: Any) -> None:
+    job = await make_job(pool, schedule="@at 2031-03-04T12:00:00Z", next_run_at=T0)
+    await tick_once(pool, now=T0 + timedelta(seconds=2))
+    done = await store.job_get(pool, "default", job.id)
+    assert done is not None
+    assert (done.status, done.next_run_at) == ("completed", None)
+    assert len(await runs_of(pool, job.id)) == 1
+    assert (await tick_once(pool, now=T0 + timedelta(days=1))).jobs == 0
+
+
+async def test_scheduler_advance_does_not_wake_other_schedulers(
+    pool: Any, database_url: str
+) -> None:
+    from scheduler_svc.db import connect_options
+
+    listener = await asyncpg.connect(connect_options(database_url)[0])
+    heard: list[str] = []
+    got = asyncio.Event()
+
+    def on_notify(*args: Any) -> None:
+        heard.append(args[2])
+        got.set()
+
+    await listener.add_listener("scheduler_jobs", on_notify)
+    await listener.add_listener("scheduler_runs", on_notify)
+    try:
+        await make_job(pool, next_run_at=T0)  # an API-like insert: wakes schedulers
+        await asyncio.wait_for(got.wait(), 5)
+        assert heard == ["scheduler_jobs"]
+        heard.clear()
+        got.clear()
+        await tick_once(pool, now=T0)  # runs inserted: wakes executors, not schedulers
+        await asyncio.wait_for(got.wait(), 5)
+        await store.ping(listener)  # a round trip: any other notification has arrived
+        assert heard == ["scheduler_runs"]
+    finally:
+        await listener.close()
+
+
+async def _fire_times(pool: Any, job_id: int, until: datetime) -> list[datetime]:
+    """Drive the scheduler through simulated time, pass after pass, up to `until`."""
+    while True:
+        job = await store.job_get(pool, "default", job_id)
+        assert job is not None
+        if job.next_run_at is None or job.next_run_at > until:
+            break
+        await tick_once(pool, now=job.next_run_at)
+    return [r.scheduled_for for r in await runs_of(pool, job_id)]
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def local(*args: int, fold: int = 0) -> datetime:
+    return datetime(*args, tzinfo=NEW_YORK, fold=fold).astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "start", "until", "expected"),
+    [
+        # Fall back (2025-11-02, 02:00 EDT → 01:00 EST): 01:30 fires once, its first time.
+        (
+            "30 1 * * *",
+            local(2025, 11, 1, 0, 0),
+            local(2025, 11, 3, 12, 0),
+            [local(2025, 11, 1, 1, 30), local(2025, 11, 2, 1, 30), local(2025, 11, 3, 1, 30)],
+        ),
+        # Spring forward (2025-03-09, 02:00 EST → 03:00 EDT): 02:30 does not exist and
+        # fires at the first instant after the gap, 03:00 EDT.
+        (
+            "30 2 * * *",
+            local(2025, 3, 8, 0, 0),
+            local(2025, 3, 10, 12, 0),
+            [
+                local(2025, 3, 8, 2, 30),
+                datetime(2025, 3, 9, 7, 0, tzinfo=UTC),
+                local(2025, 3, 10, 2, 30),
+            ],
+        ),
+    ],
+)
+async def test_dst_days_through_the_engine(
+    pool: Any, schedule: str, start: datetime, until: datetime, expected: list[datetime]
+) -> None:
+    job = await make_job(
+        pool, schedule=schedule, timezone="America/New_York", next_run_at=None, paused=True
+    )
+    from scheduler_svc import schedule as schedule_math
+
+    first = schedule_math.next_fire(schedule_math.parse(schedule), NEW_YORK, start)
+    await pool.execute("UPDATE jobs SET status = 'active', next_run_at = $1", first)
+    assert await _fire_times(pool, job.id, until) == expected
+
+
+@pytest.mark.parametrize(("day", "count"), [((2025, 11, 2), 25), ((2025, 3, 9), 23)])
+async def test_hourly_cron_fires_every_real_hour_on_dst_days(
+    pool: Any, day: tuple[int, int, int], count: int
+) -> None:
+    start = local(*day, 0, 0)
+    end = local(day[0], day[1], day[2] + 1, 0, 0)
+    job = await make_job(pool, schedule="0 * * * *", timezone="America/New_York", next_run_at=start)
+    fires = [t for t in await _fire_times(pool, job.id, end) if t < end]
+    assert len(fires) == count
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(fires))

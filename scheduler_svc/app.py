@@ -210,7 +210,9 @@ def create_app(
                 worker_pool = pool or await open_pool(max_size=4, durable=False)
                 worker = Worker(settings, worker_pool, deliverer)
                 worker.start().add_done_callback(partial(_stop_process_if_failed, app))
-                stack.push_async_callback(worker.stop, settings.shutdown_grace_s)
+                stack.push_async_callback(worker.stop)
+                # The CLI stops it at the signal, before the HTTP connections drain.
+                app.state.worker = worker
             yield
 
     rules = jobs.Rules(

@@ -6,20 +6,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 import structlog
 import uvicorn
+from litestar import Litestar
 
 from scheduler_svc import auth, db, keys, logs, store
 from scheduler_svc.app import create_app
 from scheduler_svc.config import ConfigError, Settings
 from scheduler_svc.db import Pool
 from scheduler_svc.pg_embedded import EmbeddedPostgres
+from scheduler_svc.worker import Worker
 
 log = structlog.get_logger("scheduler_svc.cli")
 T = TypeVar("T")
@@ -112,11 +116,28 @@ async def _migrate(url: str) -> int:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, but a stop by SIGTERM/SIGINT after a full drain exits 0.
+    """uvicorn's server, with two changes to how SIGTERM/SIGINT stop it.
 
-    uvicorn raises the captured signal again once it has shut down, so the process
-    would die of it (exit 143); for us that stop is the normal end.
+    The worker stops claiming runs at the signal, not once uvicorn has waited for
+    the HTTP connections (then the lifespan would start a second grace period). And
+    a stop by signal after a full drain exits 0: uvicorn raises the captured signal
+    again once it has shut down, so the process would die of it (exit 143).
     """
+
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
+        self._app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        worker: Worker | None = getattr(self._app.state, "worker", None)
+        if worker is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(worker.begin_stop)
+        super().handle_exit(sig, frame)
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -156,7 +177,7 @@ def serve(settings: Settings) -> None:
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         )
-        Server(config).run()
+        Server(config, app).run()
         if getattr(app.state, "worker_failed", False):
             raise CommandError("stopped because the worker failed (see the log above)")
     finally:

@@ -1,9 +1,9 @@
 """Executors: lease pending runs, deliver them to their targets, record what came of it.
 
-Claiming takes a lease in one short statement (SKIP LOCKED, never more runs than
-free slots) and commits before any network I/O. Each run then executes in its own
-task under the job's timeout; results are written back in batches by one recorder,
-matching the lease so that a run another replica took over is never overwritten.
+One statement at a time both records the results of finished attempts (matching
+the lease, so that a run another replica took over is never overwritten) and leases
+more runs (SKIP LOCKED, never more than free slots); it commits before any network
+I/O. Each run then executes in its own task under the job's timeout.
 """
 
 from __future__ import annotations
@@ -104,17 +104,33 @@ class Executor:
         self._max_sleep_s = max_sleep_s
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_runs and by this replica's scheduler
         self._inflight: dict[int, asyncio.Task[None]] = {}
-        self._slot_freed = asyncio.Event()
         self._results: list[RunResult] = []
-        self._results_ready = asyncio.Event()
-        self._recorder: asyncio.Task[None] | None = None
-        self._closing = False
+        self._attempt_done = asyncio.Event()  # a result to record, and a slot free
 
-    # --- the pass: claim, execute --------------------------------------------
+    # --- the pass: exchange, execute -------------------------------------------
+
+    async def exchange_once(self, claim: int) -> store.Exchange:
+        """Record the results collected so far and lease up to `claim` more runs.
+
+        The leased runs are returned, not started. Results the database did not take
+        stay collected for the next exchange.
+        """
+        batch, self._results = self._results[:RECORD_BATCH], self._results[RECORD_BATCH:]
+        try:
+            exchange = await store.runs_exchange(
+                self._pool, self.worker_id, batch, claim, self._lease_margin_s
+            )
+        except BaseException:
+            self._results = batch + self._results
+            raise
+        for result in batch:
+            if result.run_id not in exchange.recorded:
+                log.warning("lease_lost", run_id=result.run_id, status=result.status)
+        return exchange
 
     async def claim_once(self, limit: int) -> list[ClaimedRun]:
-        """Lease up to `limit` claimable runs to this worker."""
-        return await store.runs_claim(self._pool, self.worker_id, limit, self._lease_margin_s)
+        """Lease up to `limit` claimable runs to this worker (recording what is collected)."""
+        return (await self.exchange_once(limit)).leased
 
     async def execute(self, run: ClaimedRun) -> RunResult:
         """Run one attempt under the job's timeout; never raises for the target's failures."""
@@ -159,71 +175,47 @@ class Executor:
     def _start(self, run: ClaimedRun) -> None:
         async def execute_and_collect() -> None:
             result = await self.execute(run)
+            # Only now look up the list: exchange_once replaces it while we await.
             self._results.append(result)
-            self._results_ready.set()
 
         task = asyncio.create_task(execute_and_collect(), name=f"run-{run.id}")
         self._inflight[run.id] = task
 
         def done(_: asyncio.Task[None]) -> None:
             self._inflight.pop(run.id, None)
-            self._slot_freed.set()
+            self._attempt_done.set()
 
         task.add_done_callback(done)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Claim and start runs until `stop`; `drain` then finishes what was started."""
-        self._recorder = asyncio.create_task(self._record_until_closed(), name="recorder")
-        await self._claim_forever(stop)
+        """Exchange results for new runs until `stop`; `drain` then finishes the rest.
 
-    async def _claim_forever(self, stop: asyncio.Event) -> None:
+        One round trip both records what finished and leases more, never more than
+        the free slots. With nothing to do it sleeps until a run comes due, a NOTIFY
+        wakes it, or an attempt finishes.
+        """
         retry_s = 0.1
         while not stop.is_set():
             self.wake.clear()
-            self._slot_freed.clear()
-            free = self._concurrency - len(self._inflight)
-            if free <= 0:
-                await wait_any(self._max_sleep_s, stop, self._slot_freed)
-                continue
-            want = min(free, self._claim_batch)
+            self._attempt_done.clear()
+            claim = min(self._concurrency - len(self._inflight), self._claim_batch)
+            sleep_s = self._max_sleep_s
             try:
-                runs = await self.claim_once(want)
-                for run in runs:
-                    self._start(run)
-                if len(runs) == want:
-                    continue  # there may be more ready right now
-                due_in = await store.runs_next_due(self._pool)
-                timeout = self._max_sleep_s if due_in is None else min(due_in, self._max_sleep_s)
+                if claim > 0 or self._results:
+                    exchange = await self.exchange_once(claim)
+                    for run in exchange.leased:
+                        self._start(run)
+                    if self._results or (claim > 0 and len(exchange.leased) == claim):
+                        continue  # more to record, or more may be ready right now
+                    if exchange.next_due_in_s is not None:
+                        sleep_s = min(exchange.next_due_in_s, self._max_sleep_s)
                 retry_s = 0.1
             except DATABASE_ERRORS as exc:
                 log.warning("executor_database_error", error=str(exc), retry_in_s=retry_s)
-                timeout, retry_s = retry_s, min(retry_s * 2, 5.0)
-            await wait_any(timeout, stop, self.wake)
-
-    async def _record_until_closed(self) -> None:
-        while True:
-            await self._results_ready.wait()
-            self._results_ready.clear()
-            await self._flush()
-            if self._closing:
-                return
-
-    async def _flush(self) -> None:
-        """Write the collected results; on a database error keep them and try again."""
-        retry_s = 0.1
-        while self._results:
-            batch, self._results = self._results[:RECORD_BATCH], self._results[RECORD_BATCH:]
-            try:
-                kept = await store.runs_finish(self._pool, self.worker_id, batch)
-            except DATABASE_ERRORS as exc:
-                log.warning("record_database_error", error=str(exc), retry_in_s=retry_s)
-                self._results = batch + self._results
-                await asyncio.sleep(retry_s)
-                retry_s = min(retry_s * 2, 5.0)
-                continue
-            for result in batch:
-                if result.run_id not in kept:
-                    log.warning("lease_lost", run_id=result.run_id, status=result.status)
+                sleep_s, retry_s = retry_s, min(retry_s * 2, 5.0)
+            # With every slot busy there is nothing to claim: wait for an attempt to end.
+            wake_on = (self.wake, self._attempt_done) if claim > 0 else (self._attempt_done,)
+            await wait_any(sleep_s, stop, *wake_on)
 
     async def drain(self, grace_s: float) -> None:
         """Let in-flight runs finish for up to `grace_s`, record them, and put the rest
@@ -239,14 +231,16 @@ class Executor:
         await asyncio.shield(self._finish(unfinished))
 
     async def _finish(self, unfinished: list[int]) -> None:
-        self._closing = True
-        self._results_ready.set()
         try:
             async with asyncio.timeout(FINAL_WRITE_S):
-                if self._recorder is not None:
-                    await self._recorder
-                else:
-                    await self._flush()
+                retry_s = 0.1
+                while self._results:
+                    try:
+                        await self.exchange_once(0)
+                    except DATABASE_ERRORS as exc:
+                        log.warning("record_database_error", error=str(exc))
+                        await asyncio.sleep(retry_s)
+                        retry_s = min(retry_s * 2, 2.0)
         except TimeoutError:
             # Unrecorded runs keep their lease until it expires; then another
             # replica runs them again: at least once, never lost.

@@ -329,7 +329,7 @@ class ClaimedRun(Struct, frozen=True, kw_only=True):
 
 
 class RunResult(Struct, frozen=True, kw_only=True):
-    """What an attempt came to, as runs_finish records it."""
+    """What an attempt came to, as runs_exchange records it."""
 
     run_id: int
     status: Literal["succeeded", "failed", "pending"]

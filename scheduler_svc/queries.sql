@@ -106,14 +106,18 @@ FOR UPDATE OF j SKIP LOCKED;
 -- tick. A tick some replica already materialized conflicts on job_runs_one_per_tick
 -- and is dropped: that, not luck, is what makes a tick run once. Returns how many
 -- runs were inserted.
-WITH silence AS (
-    -- This transaction is the scheduler's own: the jobs trigger stays quiet.
-    SELECT set_config('scheduler.advancing', 'on', true)
+WITH this_transaction AS (
+    -- The scheduler's own transaction: the jobs trigger stays quiet. And it commits
+    -- durably even on the worker's asynchronous-commit pool: a tick materialized,
+    -- delivered and then forgotten in a crash would be materialized again as a new
+    -- run, under a new idempotency key.
+    SELECT set_config('scheduler.advancing', 'on', true),
+           set_config('synchronous_commit', 'on', true)
 ), advanced AS (
     UPDATE jobs j
     SET next_run_at = a.next_run_at, status = a.status
     FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS a(id, next_run_at, status),
-         silence
+         this_transaction
     -- The ANY repeats the join on purpose: it lets the planner look the rows up by
     -- primary key whatever its statistics say (stale ones made it scan the table).
     WHERE j.id = a.id AND j.id = ANY($1::bigint[])
@@ -137,74 +141,84 @@ SELECT extract(epoch FROM min(next_run_at) - now())::float8
 FROM jobs
 WHERE status = 'active';
 
--- runs_claim --
--- Lease up to $2 runs to worker $1: pending runs whose attempt is due, and running
--- runs whose lease expired (their worker died), which restart as a next attempt.
--- The lease lasts the job's timeout plus a margin ($3 seconds).
-WITH due AS (
+-- runs_exchange --
+-- An executor's one round trip. It records what attempts came to ($2 … $7) for
+-- runs still leased to worker $1: succeeded or failed (final), or pending again
+-- after a delay (a retry). And it leases up to $8 more runs: pending runs whose
+-- attempt is due, and running runs whose lease expired (their worker died), which
+-- restart as their next attempt; a lease lasts the job's timeout plus $9 seconds.
+-- Returns one row: the ids recorded (a result missing there lost its lease, or its
+-- job, meanwhile), the runs leased, as JSON, and how many seconds until a run not
+-- leased now becomes claimable (a later attempt, or a lease that runs out).
+WITH outcome AS (
+    SELECT *
+    FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::text[], $6::jsonb[],
+                $7::float8[]) AS o(id, status, delay_s, error, output, duration_ms)
+), finished AS (
+    UPDATE job_runs r
+    SET status = o.status,
+        next_attempt_at = CASE WHEN o.status = 'pending'
+                               THEN now() + make_interval(secs => o.delay_s)
+                               ELSE r.next_attempt_at END,
+        finished_at = CASE WHEN o.status = 'pending' THEN NULL ELSE now() END,
+        error = o.error, output = o.output, duration_ms = o.duration_ms,
+        lease_expires_at = NULL
+    FROM outcome o
+    -- The ANY repeats the join so the rows are found by primary key whatever the
+    -- planner's statistics say; "leased" is tested by lease_expires_at (equivalent,
+    -- by a CHECK) rather than by status, which would tempt it into scanning the
+    -- partial index of running runs when it wrongly believes that index is small.
+    WHERE r.id = o.id AND r.id = ANY($2::bigint[])
+      AND r.worker = $1 AND r.lease_expires_at IS NOT NULL
+    RETURNING r.id
+), due AS (
     SELECT id, NULL::text AS lost_worker FROM job_runs
     WHERE status = 'pending' AND next_attempt_at <= now()
     ORDER BY next_attempt_at
-    LIMIT $2
+    LIMIT $8
     FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT id, worker AS lost_worker FROM job_runs
     WHERE status = 'running' AND lease_expires_at < now()
+      -- Not one this statement records: a row cannot be updated twice in one statement.
+      AND id <> ALL($2::bigint[])
     ORDER BY lease_expires_at
-    LIMIT $2
+    LIMIT $8
     FOR UPDATE SKIP LOCKED
 ), candidates AS (
     -- Expired leases first: they have waited longest.
-    (SELECT * FROM expired) UNION ALL (SELECT * FROM due) LIMIT $2
+    (SELECT * FROM expired) UNION ALL (SELECT * FROM due) LIMIT $8
+), claimed AS (
+    UPDATE job_runs r
+    SET status = 'running', attempt = r.attempt + 1, worker = $1, started_at = now(),
+        finished_at = NULL, lease_expires_at = now() + make_interval(secs => j.timeout_s + $9)
+    FROM candidates c, jobs j
+    -- As above: found by primary key, whatever the planner believes.
+    WHERE r.id = c.id AND r.id = ANY(ARRAY(SELECT id FROM candidates)) AND j.id = r.job_id
+    RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.attempt, r.started_at,
+              c.lost_worker, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
+              j.backoff_s, j.backoff_max_s
 )
-UPDATE job_runs r
-SET status = 'running', attempt = r.attempt + 1, worker = $1, started_at = now(),
-    finished_at = NULL, lease_expires_at = now() + make_interval(secs => j.timeout_s + $3)
-FROM candidates c, jobs j
--- ANY(ARRAY(...)) repeats the join so the rows are found by primary key, whatever
--- the planner believes about how many runs are pending or running.
-WHERE r.id = c.id AND r.id = ANY(ARRAY(SELECT id FROM candidates)) AND j.id = r.job_id
-RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.attempt, r.started_at,
-          c.lost_worker, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
-          j.backoff_s, j.backoff_max_s;
-
--- runs_finish --
--- Record what attempts came to, for runs still leased to worker $1: succeeded or
--- failed (final), or pending again after a delay (a retry). Returns the ids that
--- matched; a run missing there lost its lease (or its job was deleted) meanwhile.
-UPDATE job_runs r
-SET status = o.status,
-    next_attempt_at = CASE WHEN o.status = 'pending'
-                           THEN now() + make_interval(secs => o.delay_s)
-                           ELSE r.next_attempt_at END,
-    finished_at = CASE WHEN o.status = 'pending' THEN NULL ELSE now() END,
-    error = o.error, output = o.output, duration_ms = o.duration_ms,
-    lease_expires_at = NULL
-FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::text[], $6::jsonb[], $7::float8[])
-     AS o(id, status, delay_s, error, output, duration_ms)
--- The ANY repeats the join so the rows are found by primary key whatever the
--- planner's statistics say; "leased" is tested by lease_expires_at (equivalent, by
--- a CHECK) rather than by status, which would tempt it into scanning the partial
--- index of running runs when it wrongly believes that index is small.
-WHERE r.id = o.id AND r.id = ANY($2::bigint[])
-  AND r.worker = $1 AND r.lease_expires_at IS NOT NULL
-RETURNING r.id;
+SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
+       (SELECT coalesce(json_agg(claimed), '[]')::text FROM claimed) AS claimed,
+       extract(epoch FROM least(
+           (SELECT min(next_attempt_at) FROM job_runs
+            WHERE status = 'pending' AND next_attempt_at > now()),
+           (SELECT min(lease_expires_at) FROM job_runs
+            WHERE status = 'running' AND lease_expires_at >= now())
+       ) - now())::float8 AS next_due_in_s;
 
 -- runs_release --
 -- At shutdown: hand runs that did not finish back as pending, due now, without
--- using up their attempt.
-UPDATE job_runs
-SET status = 'pending', attempt = attempt - 1, next_attempt_at = now(),
-    lease_expires_at = NULL, started_at = NULL
-WHERE id = ANY($2::bigint[]) AND worker = $1 AND lease_expires_at IS NOT NULL;
-
--- runs_next_due --
--- Seconds until the next run becomes claimable (a pending attempt comes due or a
--- lease expires), by the database clock; NULL when none will.
-SELECT extract(epoch FROM least(
-    (SELECT min(next_attempt_at) FROM job_runs WHERE status = 'pending'),
-    (SELECT min(lease_expires_at) FROM job_runs WHERE status = 'running')
-) - now())::float8;
+-- using up their attempt, and wake the other replicas' executors to take them.
+WITH released AS (
+    UPDATE job_runs
+    SET status = 'pending', attempt = attempt - 1, next_attempt_at = now(),
+        lease_expires_at = NULL, started_at = NULL
+    WHERE id = ANY($2::bigint[]) AND worker = $1 AND lease_expires_at IS NOT NULL
+    RETURNING 1
+)
+SELECT pg_notify('scheduler_runs', '') FROM released LIMIT 1;
 
 -- run_trigger --
 -- A manual run of one of this tenant's jobs, due now, outside the schedule.

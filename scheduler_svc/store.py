@@ -219,18 +219,25 @@ async def jobs_next_due(conn: Conn) -> float | None:
     return seconds
 
 
-async def runs_claim(
-    conn: Conn, worker: str, limit: int, lease_margin_s: float
-) -> list[ClaimedRun]:
-    """Lease up to `limit` due runs (or runs with an expired lease) to `worker`."""
-    records = await conn.fetch(QUERIES["runs_claim"], worker, limit, lease_margin_s)
-    return [msgspec.convert(dict(r), ClaimedRun) for r in records]
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What an executor's round trip came to."""
+
+    recorded: set[int]  # ids whose results were written; the others lost their lease
+    leased: list[ClaimedRun]  # runs now leased to this worker
+    next_due_in_s: float | None  # until a run not leased now becomes claimable
 
 
-async def runs_finish(conn: Conn, worker: str, results: list[RunResult]) -> set[int]:
-    """Record attempt results of runs leased to `worker`; return the ids still leased."""
-    records = await conn.fetch(
-        QUERIES["runs_finish"],
+async def runs_exchange(
+    conn: Conn,
+    worker: str,
+    results: list[RunResult],
+    claim: int,
+    lease_margin_s: float,
+) -> Exchange:
+    """Record `results` of runs leased to `worker` and lease up to `claim` more runs."""
+    record = await conn.fetchrow(
+        QUERIES["runs_exchange"],
         worker,
         [r.run_id for r in results],
         [r.status for r in results],
@@ -238,19 +245,20 @@ async def runs_finish(conn: Conn, worker: str, results: list[RunResult]) -> set[
         [r.error for r in results],
         [r.output for r in results],
         [r.duration_ms for r in results],
+        claim,
+        lease_margin_s,
     )
-    return {r["id"] for r in records}
+    assert record is not None
+    return Exchange(
+        recorded=set(record["finished"]),
+        leased=msgspec.json.decode(record["claimed"], type=list[ClaimedRun]),
+        next_due_in_s=record["next_due_in_s"],
+    )
 
 
 async def runs_release(conn: Conn, worker: str, run_ids: list[int]) -> None:
     """Hand unfinished runs back as pending, due now, their attempt not used up."""
     await conn.execute(QUERIES["runs_release"], worker, run_ids)
-
-
-async def runs_next_due(conn: Conn) -> float | None:
-    """Seconds until a run becomes claimable (negative if one is); None if none will."""
-    seconds: float | None = await conn.fetchval(QUERIES["runs_next_due"])
-    return seconds
 
 
 def _run(record: asyncpg.Record | None) -> RunRow | None:

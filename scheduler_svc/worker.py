@@ -44,6 +44,7 @@ class Worker:
         self.scheduler = Scheduler(pool, on_runs=self.executor.wake)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
         """Start every loop in the background; the task fails if any loop fails."""
@@ -61,12 +62,22 @@ class Worker:
                 name="maintenance",
             )
 
-    async def stop(self, grace_s: float) -> None:
-        """Stop claiming, drain in-flight runs for up to `grace_s`, hand back the rest."""
-        self._stop.set()
+    def begin_stop(self) -> asyncio.Task[None]:
+        """Stop claiming now and drain in the background; calling it again changes nothing."""
+        if self._stopping is None:
+            self._stop.set()
+            self._stopping = asyncio.create_task(self._drain(), name="worker-stop")
+        return self._stopping
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight runs finish for up to the shutdown grace, and
+        hand back the rest."""
+        await self.begin_stop()
+
+    async def _drain(self) -> None:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.executor.drain(grace_s)
+        await self.executor.drain(self._settings.shutdown_grace_s)
         log.info("worker_stopped", worker=self.executor.worker_id)
 
     async def _listen(self) -> None:

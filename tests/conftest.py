@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,7 +49,7 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server_url() -> Iterator[str]:
     """A URL of a PostgreSQL server on which the tests may create databases."""
     url = os.environ.get(SERVER_URL_ENV)
     if url:
@@ -58,11 +61,26 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()
         return
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"), cleanup="delete")
+    with embedded_data_dir() as data_dir:
+        embedded = EmbeddedPostgres(data_dir, cleanup="delete")
+        try:
+            yield embedded.admin_url()
+        finally:
+            embedded.stop()
+
+
+@contextmanager
+def embedded_data_dir() -> Iterator[Path]:
+    """A directory for an embedded server's data, removed afterwards.
+
+    Not under pytest's tmp_path: as root, the server runs as its own user, and every
+    pytest session that starts makes pytest's temporary root private again.
+    """
+    path = Path(tempfile.mkdtemp(prefix="scheduler-test-pg-"))
     try:
-        yield embedded.admin_url()
+        yield path
     finally:
-        embedded.stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def with_database(url: str, name: str) -> str:

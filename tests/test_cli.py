@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from scheduler_svc.db import SCHEMA_VERSION
+from tests.conftest import embedded_data_dir
 
 SEED_JOB = {"name": "Example Job", "attributes": {"key": "value"}, "interval": "* * * * *"}
 
@@ -43,11 +44,13 @@ def wait_ready(url: str, process: subprocess.Popen[str], deadline_s: float = 90)
 
 
 @contextmanager
-def service(tmp_path: Path, port: int, **env: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """Run `scheduler-svc serve` with no DATABASE_URL: the embedded database in tmp_path."""
+def service(
+    tmp_path: Path, data_dir: Path, port: int, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run `scheduler-svc serve` with no DATABASE_URL: the embedded database in data_dir."""
     environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     environ.update(
-        SCHEDULER_DATA_DIR=str(tmp_path / "data"),
+        SCHEDULER_DATA_DIR=str(data_dir),
         SCHEDULER_LOG_FORMAT="json",
         SCHEDULER_SHUTDOWN_GRACE_S="5",
         **env,
@@ -91,7 +94,7 @@ def postmaster_running(data_dir: Path) -> bool:
 @pytest.mark.timeout(240)
 def test_serve_with_embedded_database_keeps_jobs_across_restarts(tmp_path: Path) -> None:
     port = free_port()
-    with service(tmp_path, port) as (url, process):
+    with embedded_data_dir() as data_dir, service(tmp_path, data_dir, port) as (url, process):
         response = httpx.post(f"{url}/jobs", json=SEED_JOB, timeout=10)
         assert response.status_code == 201, response.text
         job = response.json()
@@ -99,10 +102,10 @@ def test_serve_with_embedded_database_keeps_jobs_across_restarts(tmp_path: Path)
         assert httpx.get(f"{url}/jobs/{job['id']}", timeout=10).json() == job
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-    assert not postmaster_running(tmp_path / "data"), "the embedded server outlived the service"
+        assert not postmaster_running(data_dir), "the embedded server outlived the service"
 
-    with service(tmp_path, port) as (url, _):
-        assert httpx.get(f"{url}/jobs/{job['id']}", timeout=10).json() == job
+        with service(tmp_path, data_dir, port) as (url, _):
+            assert httpx.get(f"{url}/jobs/{job['id']}", timeout=10).json() == job
 
     lines = (tmp_path / "service.log").read_text().splitlines()
     assert lines, "the service wrote no log"

@@ -12,7 +12,7 @@ import pytest
 
 from scheduler_svc import store
 from scheduler_svc.executor import Executor, result_of, retry_delay_s
-from scheduler_svc.models import ClaimedRun, RunRow
+from scheduler_svc.models import ClaimedRun, RunResult, RunRow
 from scheduler_svc.scheduler import tick_once
 from scheduler_svc.targets import Deliverer, HandlerContext, Outcome
 from tests.factories import make_job, runs_of
@@ -66,6 +66,11 @@ async def wait_for_run(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"run {run_id} stuck at {run.status} (attempt {run.attempt})")
         await asyncio.sleep(0.02)
+
+
+async def record(pool: Any, worker: str, results: list[RunResult]) -> set[int]:
+    """Record results as `worker`; return the run ids the database took."""
+    return (await store.runs_exchange(pool, worker, results, 0, 10)).recorded
 
 
 def final(run: RunRow) -> bool:
@@ -143,7 +148,7 @@ async def test_retry_waits_pending_with_next_attempt_at(pool: Any, http: httpx.A
     result = await ex.execute(claimed)
     assert result.status == "pending"
     assert result.delay_s is not None and 80 <= result.delay_s <= 120
-    assert await store.runs_finish(pool, "w1", [result]) == {run.id}
+    assert await record(pool, "w1", [result]) == {run.id}
     waiting = await store.run_get(pool, "default", run.id)
     assert waiting is not None
     assert (waiting.status, waiting.attempt) == ("pending", 1)
@@ -179,7 +184,7 @@ async def test_result_for_another_workers_lease_is_not_recorded(
     ex = executor(pool, http, worker="a")
     [claimed] = await ex.claim_once(1)
     result = await ex.execute(claimed)
-    assert await store.runs_finish(pool, "someone-else", [result]) == set()
+    assert await record(pool, "someone-else", [result]) == set()
     still = await store.run_get(pool, "default", run.id)
     assert still is not None and still.status == "running"
 
@@ -201,10 +206,10 @@ async def test_expired_lease_is_taken_over_as_the_next_attempt(
             await asyncio.sleep(0.05)
     assert (taken[0].id, taken[0].attempt, taken[0].lost_worker) == (run.id, 2, "dead")
     result = await survivor.execute(taken[0])
-    assert await store.runs_finish(pool, "alive", [result]) == {run.id}
+    assert await record(pool, "alive", [result]) == {run.id}
     # The dead worker's late result, should it ever come, changes nothing.
     late = await dead.execute(claimed)
-    assert await store.runs_finish(pool, "dead", [late]) == set()
+    assert await record(pool, "dead", [late]) == set()
     done = await store.run_get(pool, "default", run.id)
     assert done is not None
     assert (done.status, done.worker, done.attempt) == ("succeeded", "alive", 2)

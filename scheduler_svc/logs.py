@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -150,13 +151,24 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 _MASK = "***"
 
 
+@functools.lru_cache(maxsize=4096)
+def _sensitive(key: str) -> bool:
+    return _SENSITIVE_KEY.search(key) is not None
+
+
 class Redactor:
     """structlog processor: masks credentials in every value of an event, nested ones and
-    exception text included, and any occurrence of the configured secrets."""
+    exception text included, and any occurrence of the configured secrets.
+
+    It runs on every line, so a clean string costs one search of one pattern and key
+    names are judged once.
+    """
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         # Masking a value of a few characters would mangle ordinary words instead.
         self.secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
+        suspects = [r"(?i:bearer|basic)\s", r"sch_[a-z0-9]{8}_", r"://[^:/@\s]+:[^@\s]+@"]
+        self._suspect = re.compile("|".join(suspects + [re.escape(s) for s in self.secrets]))
 
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
@@ -164,10 +176,10 @@ class Redactor:
         return {key: self._value(key, value) for key, value in event_dict.items()}
 
     def _value(self, key: Any, value: Any) -> Any:
-        if isinstance(key, str) and value and _SENSITIVE_KEY.search(key):
+        if isinstance(key, str) and value and _sensitive(key):
             return _MASK
         if isinstance(value, str):
-            return self._text(value)
+            return value if self._suspect.search(value) is None else self._text(value)
         if isinstance(value, dict):
             return {k: self._value(k, v) for k, v in value.items()}
         if isinstance(value, list | tuple):

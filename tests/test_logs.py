@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ from scheduler_svc import logs
 from scheduler_svc.config import Settings
 from tests.conftest import running_app
 from tests.principals import bearer, make_key
+from tests.webhook_receiver import Reply, serve_receiver
 
 WEBHOOK_SECRET = "whsec-0123456789abcdef-do-not-log"
 TARGET_TOKEN = "Bearer target-credential-s3cret-value"
@@ -127,3 +129,37 @@ def test_settings_never_show_their_credentials() -> None:
     )
     for secret in ("db-pa55word", "jwt-secret", WEBHOOK_SECRET):
         assert secret not in repr(settings)
+
+
+async def test_no_secret_reaches_the_log_of_a_delivery(
+    make_settings: Any, pool: asyncpg.Pool[Any], clean: None
+) -> None:
+    # The executor's side: a signed webhook with credential headers, failing loudly.
+    settings = make_settings(role="all", webhook_secret=WEBHOOK_SECRET, webhook_allow_private=True)
+    with captured_logs() as stream:
+        async with (
+            serve_receiver() as receiver,
+            running_app(settings, pool) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            receiver.reply_with(Reply(500, body=f"echo: {TARGET_TOKEN}".encode()))
+            target = {
+                "type": "http",
+                "url": receiver.url("/hook"),
+                "headers": {"Authorization": TARGET_TOKEN, "Cookie": COOKIE},
+            }
+            job = await http.post(
+                "/jobs", json={"name": "j", "schedule": "@yearly", "target": target}
+            )
+            assert job.status_code == 201, job.text
+            await http.post(f"/jobs/{job.json()['id']}/trigger")
+            (delivery,) = await receiver.wait_for(1, timeout=10)
+            deadline = asyncio.get_running_loop().time() + 10
+            while '"run_attempted"' not in stream.getvalue():  # the attempt's own line
+                assert asyncio.get_running_loop().time() < deadline, stream.getvalue()
+                await asyncio.sleep(0.02)
+    assert delivery.headers["authorization"] == TARGET_TOKEN  # delivered with the credential
+    assert delivery.headers["x-scheduler-signature"].startswith("t=")  # and signed
+    output = stream.getvalue()
+    for secret in ("target-credential-s3cret", "cookie-s3cret", WEBHOOK_SECRET):
+        assert secret not in output

@@ -77,7 +77,9 @@ def fuzzed_service(
     log_path = tmp_path / "service.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "scheduler_svc", "serve", "--port", str(port)],
+            # HTTP only: a worker would run the fuzzed jobs, and their webhooks name
+            # hosts on the internet.
+            [sys.executable, "-m", "scheduler_svc", "serve", "--port", str(port), "--role", "api"],
             env=env,
             cwd=tmp_path,
             stdout=log,

@@ -89,8 +89,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS job_runs_one_per_tick
     ON job_runs (job_id, scheduled_for) WHERE trigger = 'schedule';
 -- Executors claim pending runs by due time.
 CREATE INDEX IF NOT EXISTS job_runs_pending ON job_runs (next_attempt_at) WHERE status = 'pending';
--- Lease takeover: running runs whose lease has expired.
-CREATE INDEX IF NOT EXISTS job_runs_leases ON job_runs (lease_expires_at) WHERE status = 'running';
+-- Lease takeover: running runs whose lease has expired. Keyed on the lease alone
+-- (set exactly while running, by the CHECK above) so that queries about leases can
+-- only use this index, never the larger job_runs_active, whatever the statistics say.
+DROP INDEX IF EXISTS job_runs_leases;
+CREATE INDEX IF NOT EXISTS job_runs_leased ON job_runs (lease_expires_at)
+    WHERE lease_expires_at IS NOT NULL;
 -- A job's history, newest first.
 CREATE INDEX IF NOT EXISTS job_runs_job_id ON job_runs (job_id, id DESC);
 -- Retention pruning by age. BRIN: runs are appended in created_at order, so a few
@@ -100,6 +104,12 @@ CREATE INDEX IF NOT EXISTS job_runs_created_brin ON job_runs USING brin (created
 -- Overlap check: does a job have a run waiting or under way?
 CREATE INDEX IF NOT EXISTS job_runs_active ON job_runs (job_id)
     WHERE status IN ('pending', 'running');
+
+-- job_runs is a queue: most of its rows change state within seconds. Analyze and
+-- vacuum it after a small share of changes, so that plans follow how many runs are
+-- pending or running and dead row versions do not pile up between passes.
+ALTER TABLE job_runs SET (autovacuum_analyze_scale_factor = 0.02,
+                          autovacuum_vacuum_scale_factor = 0.05);
 
 -- A job's last run is derived from its runs, not stored on the job: executors never
 -- write job rows, so they never contend with the scheduler's locks on them.

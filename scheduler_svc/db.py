@@ -67,22 +67,17 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
 async def create_pool(dsn: str, *, max_size: int = 10, durable: bool = True) -> Pool:
     """Open a pool to `dsn` with JSON codecs installed on every connection.
 
-    `durable=False` commits without waiting for the WAL flush. The worker's pool is
-    opened so: a commit lost to a database crash only repeats work (a tick is
-    materialized again from the unadvanced job, a run leased or recorded again from
-    its old state), which at-least-once delivery allows, and it saves an fsync per
-    batch. The API's pool stays durable: a 201 means the job is on disk.
+    `durable=False` commits without waiting for the WAL flush: the worker's pool. A
+    lease or a result lost to a database crash only repeats an attempt (under the
+    same idempotency key), which at-least-once delivery allows, and it saves an fsync
+    per batch. The scheduler's transactions ask for a durable commit themselves
+    (ticks_record), and the API's pool stays durable: a 201 means the job is on disk.
     """
     url, server_settings = connect_options(dsn)
     if not durable:
         server_settings = {
             **server_settings,
             "synchronous_commit": "off",
-            # Plan each batch for the table as it is now: a generic plan cached while
-            # job_runs was small keeps scanning it whole once it is large (seen: 10x
-            # slower until autovacuum's next ANALYZE). Planning costs a fraction of a
-            # millisecond per batch.
-            "plan_cache_mode": "force_custom_plan",
         }
     pool = await asyncpg.create_pool(
         url,

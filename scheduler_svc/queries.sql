@@ -178,8 +178,9 @@ WITH outcome AS (
     LIMIT $8
     FOR UPDATE SKIP LOCKED
 ), expired AS (
+    -- A lease is set exactly while a run is running (a CHECK says so).
     SELECT id, worker AS lost_worker FROM job_runs
-    WHERE status = 'running' AND lease_expires_at < now()
+    WHERE lease_expires_at < now()
       -- Not one this statement records: a row cannot be updated twice in one statement.
       AND id <> ALL($2::bigint[])
     ORDER BY lease_expires_at
@@ -204,8 +205,7 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
        extract(epoch FROM least(
            (SELECT min(next_attempt_at) FROM job_runs
             WHERE status = 'pending' AND next_attempt_at > now()),
-           (SELECT min(lease_expires_at) FROM job_runs
-            WHERE status = 'running' AND lease_expires_at >= now())
+           (SELECT min(lease_expires_at) FROM job_runs WHERE lease_expires_at >= now())
        ) - now())::float8 AS next_due_in_s;
 
 -- runs_release --

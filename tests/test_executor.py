@@ -308,3 +308,42 @@ def test_last_attempt_failure_is_final() -> None:
     outcome = Outcome(ok=False, error="HTTP 503")
     assert result_of(claimed_run(attempt=3), outcome, 1.0).status == "failed"
     assert result_of(claimed_run(attempt=2), outcome, 1.0).status == "pending"
+
+
+async def test_every_run_of_a_busy_loop_is_recorded(pool: Any, http: httpx.AsyncClient) -> None:
+    """Results that arrive while an exchange is in flight are recorded by the next one."""
+    release = asyncio.Event()
+
+    async def slow_to_finish(ctx: HandlerContext) -> int:
+        await release.wait()
+        return ctx.run_id
+
+    now = await store.db_now(pool)
+    jobs = [
+        await make_job(
+            pool,
+            schedule="@every 1h",
+            next_run_at=now - timedelta(seconds=1),
+            target={"type": "handler", "name": "slow"},
+        )
+        for _ in range(60)
+    ]
+    await tick_once(pool)
+    ex = executor(pool, http, handlers={"slow": slow_to_finish}, concurrency=8, claim_batch=3)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(ex.run(stop))
+    # Several exchanges go by while the first attempts are still under way.
+    deadline = asyncio.get_running_loop().time() + 20
+    while await pool.fetchval("SELECT count(*) FROM job_runs WHERE status = 'running'") < 8:
+        assert asyncio.get_running_loop().time() < deadline, "the slots never filled"
+        await asyncio.sleep(0.02)
+    release.set()
+    while await pool.fetchval("SELECT count(*) FROM job_runs WHERE status = 'succeeded'") < 60:
+        assert asyncio.get_running_loop().time() < deadline, "some results were never recorded"
+        await asyncio.sleep(0.02)
+    stop.set()
+    await loop
+    await ex.drain(1)
+    outputs = await pool.fetch("SELECT id, output, attempt FROM job_runs")
+    assert all(r["output"] == r["id"] and r["attempt"] == 1 for r in outputs)
+    assert len({r["id"] for r in outputs}) == len(jobs)

@@ -22,6 +22,7 @@ from litestar.params import (
 )
 
 from scheduler_svc import jobs, schedule, store
+from scheduler_svc.apidoc import problem_responses
 from scheduler_svc.db import Pool
 from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
 from scheduler_svc.models import (
@@ -67,11 +68,39 @@ async def strict_body(request: Request[Any, Any, Any], body_type: type[T]) -> T:
     Litestar converts bodies leniently ("10" becomes 10.0, "true" becomes True); the
     API promises exact types, so handlers decode the (cached) body again, strictly.
     """
+    raw = await request.body()
     try:
-        body: T = msgspec.json.decode(await request.body(), type=body_type)
+        body: T = msgspec.json.decode(raw, type=body_type)
     except msgspec.ValidationError as exc:
         raise InvalidRequest([FieldError.from_msgspec(str(exc))]) from None
+    # PostgreSQL stores no NUL character in text or jsonb: refuse it here, by field, rather
+    # than fail at the INSERT. In JSON a NUL can only arrive escaped, so most bodies skip this.
+    if b"\\u0000" in raw:
+        field = nul_field(msgspec.json.decode(raw))
+        if field is not None:
+            raise InvalidRequest.field(field, NO_NUL)
     return body
+
+
+NO_NUL = "must not contain the NUL character (\\u0000), which cannot be stored"
+
+
+def nul_field(value: Any, path: str = "") -> str | None:
+    """The path (`a.b[0]`) of the first string or key within `value` holding a NUL, or None."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else key
+            if "\x00" in key:
+                return inner
+            if (found := nul_field(item, inner)) is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := nul_field(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
 
 
 def etag(row: JobRow) -> str:
@@ -118,7 +147,13 @@ class JobsController(Controller):
     path = "/jobs"
     tags = ["jobs"]  # noqa: RUF012 - Litestar reads it as a class attribute
 
-    @post("/", operation_id="createJob", summary="Create a job", status_code=201)
+    @post(
+        "/",
+        operation_id="createJob",
+        summary="Create a job",
+        status_code=201,
+        responses=problem_responses(409),
+    )
     async def create_job(
         self,
         data: JSONBody[JobCreate],
@@ -144,7 +179,9 @@ class JobsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
         status: FromQuery[JobStatus | None] = None,
-        name: Annotated[str | None, QueryParameter(min_length=1, max_length=200)] = None,
+        name: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+        ] = None,
     ) -> Response[list[JobOut]]:
         before_id = decode_cursor(cursor) if cursor is not None else None
         rows = await store.jobs_list(
@@ -161,7 +198,12 @@ class JobsController(Controller):
             raise NotFound(f"job {job_id} does not exist")
         return _job_response(row)
 
-    @patch("/{job_id:int}", operation_id="updateJob", summary="Change a job's fields")
+    @patch(
+        "/{job_id:int}",
+        operation_id="updateJob",
+        summary="Change a job's fields",
+        responses=problem_responses(412),
+    )
     async def update_job(
         self,
         job_id: JobId,

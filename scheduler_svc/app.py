@@ -20,6 +20,7 @@ import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.problem_details import (
@@ -30,20 +31,20 @@ from litestar.plugins.problem_details import (
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from scheduler_svc import db, jobs, logs, store
+from scheduler_svc import auth, db, jobs, logs, store
 from scheduler_svc.api import JobsController, PoolDep, get_run, preview_schedule
+from scheduler_svc.apidoc import ProblemDocsPlugin, StrictStructSchemaPlugin
 from scheduler_svc.config import Settings
 from scheduler_svc.db import Pool
 from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError
 from scheduler_svc.models import Status
 from scheduler_svc.netguard import webhook_client
+from scheduler_svc.ratelimit import rate_limit_config
 from scheduler_svc.targets import Deliverer, Handler
 from scheduler_svc.worker import Worker
 
 log = structlog.get_logger("scheduler_svc.app")
 
-# Every job and run belongs to a tenant; until keys name one, everything is this tenant's.
-DEFAULT_TENANT = "default"
 SWAGGER_ASSETS = "/api/assets"
 
 
@@ -101,6 +102,20 @@ def _from_domain(exc: SchedulerError) -> ProblemDetailsException:
         status_code=exc.status_code,
         detail=exc.detail,
         extra=extra,
+    )
+
+
+def _from_unstorable(exc: asyncpg.DataError) -> ProblemDetailsException:
+    """Text the database cannot store (a NUL character) that validation let through: the
+    request is at fault, not the server."""
+    log.warning("unstorable_text", error=type(exc).__name__)
+    message = "contains text the database cannot store, such as the NUL character (\\u0000)"
+    return ProblemDetailsException(
+        type_=_problem_type("invalid-request"),
+        title="Invalid request",
+        status_code=400,
+        detail=f"body: {message}",
+        extra={"errors": [{"field": "body", "message": message}]},
     )
 
 
@@ -209,8 +224,9 @@ def create_app(
         pool_: Pool = request.app.state.pool
         return pool_
 
-    def provide_tenant() -> str:
-        return DEFAULT_TENANT
+    def provide_tenant(request: Request[Any, Any, Any]) -> str:
+        # The principal's tenant (auth.py); every store query is scoped by it.
+        return auth.tenant_of(request)
 
     def provide_rules() -> jobs.Rules:
         return rules
@@ -237,8 +253,16 @@ def create_app(
             "rules": Provide(provide_rules, sync_to_thread=False),
         },
         lifespan=[lifespan],
-        middleware=[logs.request_logging],
+        # Outermost first: log every request, then resolve its principal, then count it.
+        middleware=[
+            logs.request_logging,
+            DefineMiddleware(auth.AuthMiddleware, authenticator=auth.Authenticator(settings)),
+            rate_limit_config(settings.rate_limit).middleware,
+        ],
+        guards=[auth.require_scope],
         plugins=[
+            ProblemDocsPlugin(),
+            StrictStructSchemaPlugin(),
             ProblemDetailsPlugin(
                 ProblemDetailsConfig(
                     enable_for_all_http_exceptions=True,
@@ -246,9 +270,11 @@ def create_app(
                         HTTPException: _from_http,
                         ValidationException: _from_validation,
                         SchedulerError: _from_domain,
+                        asyncpg.CharacterNotInRepertoireError: _from_unstorable,
+                        asyncpg.UntranslatableCharacterError: _from_unstorable,
                     },
                 )
-            )
+            ),
         ],
         exception_handlers={Exception: _internal_error},
         request_max_body_size=settings.max_body_bytes,

@@ -1,4 +1,5 @@
-"""The `scheduler-svc` command: serve, migrate. Errors are one line on stderr, never a traceback."""
+"""The `scheduler-svc` command: serve, migrate, keys. Errors are one line on stderr, never a
+traceback."""
 
 from __future__ import annotations
 
@@ -7,31 +8,40 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 import uvicorn
 from litestar import Litestar
 
-from scheduler_svc import db, logs
+from scheduler_svc import auth, db, keys, logs, store
 from scheduler_svc.app import create_app
 from scheduler_svc.config import ConfigError, Settings
+from scheduler_svc.db import Pool
 from scheduler_svc.pg_embedded import EmbeddedPostgres
 from scheduler_svc.worker import Worker
 
 log = structlog.get_logger("scheduler_svc.cli")
+T = TypeVar("T")
 
 
 class CommandError(Exception):
     """A failure to report in one line and exit 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scheduler-svc",
         description="Job scheduler on PostgreSQL. Configuration: SCHEDULER_* variables, .env.",
     )
@@ -45,7 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--concurrency", type=int, help="runs executing at once (SCHEDULER_CONCURRENCY)"
     )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve without authentication on a non-loopback address while no key exists",
+    )
     commands.add_parser("migrate", help="apply schema.sql to the database and exit")
+    keys.add_commands(commands)
     return parser
 
 
@@ -57,7 +73,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "SCHEDULER_CONCURRENCY": getattr(args, "concurrency", None),
     }
     flags = {k: str(v) for k, v in overrides.items() if v is not None}
-    return Settings.from_env({**os.environ, **flags})
+    settings = Settings.from_env({**os.environ, **flags})
+    return replace(settings, insecure=bool(getattr(args, "insecure", False)))
 
 
 def _with_database(settings: Settings) -> tuple[Settings, EmbeddedPostgres | None]:
@@ -75,7 +92,8 @@ def _with_database(settings: Settings) -> tuple[Settings, EmbeddedPostgres | Non
     return replace(settings, database_url=url), embedded
 
 
-async def _migrate(url: str) -> int:
+async def _with_pool(url: str, action: Callable[[Pool], Awaitable[T]]) -> T:
+    """Run `action` on a one-connection pool to `url`; connection failures are CommandErrors."""
     try:
         pool = await db.create_pool(url, max_size=1)
     except (TimeoutError, OSError) as exc:
@@ -83,10 +101,18 @@ async def _migrate(url: str) -> int:
     except Exception as exc:  # asyncpg's own errors: bad password, no such database, ...
         raise CommandError(f"could not connect to the database: {exc}") from None
     try:
-        async with pool.acquire() as conn:
-            return await db.apply_schema(conn)
+        return await action(pool)
     finally:
         await pool.close()
+
+
+async def _apply_schema(pool: Pool) -> int:
+    async with pool.acquire() as conn:
+        return await db.apply_schema(conn)
+
+
+async def _migrate(url: str) -> int:
+    return await _with_pool(url, _apply_schema)
 
 
 class Server(uvicorn.Server):
@@ -128,6 +154,10 @@ def serve(settings: Settings) -> None:
     try:
         assert settings.database_url is not None
         schema_version = asyncio.run(_migrate(settings.database_url))
+        # No key, no JWT: open on loopback only, unless --insecure (auth.check_start).
+        auth.check_start(
+            settings, asyncio.run(_with_pool(settings.database_url, store.api_keys_exist))
+        )
         log.info(
             "starting",
             host=settings.host,
@@ -155,6 +185,29 @@ def serve(settings: Settings) -> None:
             embedded.stop()
 
 
+def manage_keys(settings: Settings, args: argparse.Namespace) -> None:
+    """`keys create|list|revoke` on DATABASE_URL or the embedded database, schema applied."""
+    try:
+        keys.check(args)
+    except keys.KeysError as exc:
+        raise CommandError(str(exc)) from None
+
+    async def run(pool: Pool) -> list[str]:
+        await _apply_schema(pool)
+        return await keys.run(pool, args)
+
+    settings, embedded = _with_database(settings)
+    assert settings.database_url is not None
+    try:
+        lines = asyncio.run(_with_pool(settings.database_url, run))
+    except keys.KeysError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print("\n".join(lines))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `scheduler-svc` console script."""
     args = _parser().parse_args(argv)
@@ -162,7 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = _settings(args)
     except ConfigError as exc:
         sys.exit(f"scheduler-svc: {exc}")
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(
+        settings.log_format,
+        settings.log_level,
+        secrets=(settings.webhook_secret, settings.jwt_secret),
+    )
     if settings.unknown_variables:
         log.warning("unknown_variables", names=list(settings.unknown_variables))
     try:
@@ -177,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if embedded is not None:
                     embedded.stop()
             print(f"schema at version {version}")
-    except CommandError as exc:
+        elif args.command == "keys":
+            manage_keys(settings, args)
+    except (CommandError, ConfigError) as exc:
         sys.exit(f"scheduler-svc: {exc}")
     except KeyboardInterrupt:
         pass

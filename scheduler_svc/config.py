@@ -38,7 +38,8 @@ class RateLimit:
 class Settings:
     """Every knob of the service, typed and validated; see the README's configuration table."""
 
-    database_url: str | None = None
+    # repr=False on credentials: a Settings that ends up in a log or traceback shows none.
+    database_url: str | None = field(default=None, repr=False)
     data_dir: Path = Path(".scheduler-data")
     host: str = "127.0.0.1"
     port: int = 3000
@@ -52,15 +53,20 @@ class Settings:
     log_format: LogFormat | None = None
     log_level: str = "info"
     api_keys_required: bool = False
-    jwt_secret: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key: str | None = None
     jwt_tenant_claim: str = "tenant"
+    # When set, a JWT's `aud` must name it (for issuers that sign tokens for other services too).
+    jwt_audience: str | None = None
     rate_limit: RateLimit = RateLimit(6000, "minute")
     max_body_bytes: int = 65536
-    webhook_secret: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
     min_interval_s: float = 1.0
     run_retention_days: int = 30
+    # `serve --insecure`: serve without authentication on a non-loopback address. A flag
+    # only, never read from the environment, so it cannot be left on by accident.
+    insecure: bool = False
     # SCHEDULER_* variables that mean nothing to us (typos, usually): logged at start.
     unknown_variables: tuple[str, ...] = ()
 
@@ -111,6 +117,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         jwt_secret=get("SCHEDULER_JWT_SECRET", str, None),
         jwt_public_key=get("SCHEDULER_JWT_PUBLIC_KEY", str, None),
         jwt_tenant_claim=get("SCHEDULER_JWT_TENANT_CLAIM", _text(100), "tenant"),
+        jwt_audience=get("SCHEDULER_JWT_AUDIENCE", _text(500), None),
         rate_limit=get("SCHEDULER_RATE_LIMIT", _rate_limit, defaults.rate_limit),
         max_body_bytes=get("SCHEDULER_MAX_BODY_BYTES", _int_between(1024, 64 * 1024 * 1024), 65536),
         webhook_secret=get("SCHEDULER_WEBHOOK_SECRET", str, None),
@@ -139,6 +146,7 @@ _VARIABLES = (
     "SCHEDULER_JWT_SECRET",
     "SCHEDULER_JWT_PUBLIC_KEY",
     "SCHEDULER_JWT_TENANT_CLAIM",
+    "SCHEDULER_JWT_AUDIENCE",
     "SCHEDULER_RATE_LIMIT",
     "SCHEDULER_MAX_BODY_BYTES",
     "SCHEDULER_WEBHOOK_SECRET",

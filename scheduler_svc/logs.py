@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
 import time
 import uuid
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import msgspec
@@ -35,13 +37,16 @@ def _named_logger(*args: Any) -> _NamedWriteLogger:
     return _NamedWriteLogger(str(args[0]) if args else "scheduler_svc")
 
 
-def configure(log_format: LogFormat | None, level: str = "info") -> None:
+def configure(
+    log_format: LogFormat | None, level: str = "info", secrets: Iterable[str | None] = ()
+) -> None:
     """Set up structlog and route the standard library's logging to the same renderer.
 
     Our own events take structlog's direct path (a run writes two lines; at thousands
     of runs a second the standard library's machinery would cost more than the run);
     other libraries' records (uvicorn, asyncpg, warnings) go through logging and come
-    out in the same format.
+    out in the same format. Both pass `Redactor(secrets)` last, so no credential is
+    written.
     """
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
     renderer: Any = (
@@ -49,6 +54,7 @@ def configure(log_format: LogFormat | None, level: str = "info") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    redact = Redactor(secrets)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -60,6 +66,7 @@ def configure(log_format: LogFormat | None, level: str = "info") -> None:
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -73,6 +80,7 @@ def configure(log_format: LogFormat | None, level: str = "info") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact,
                 renderer,
             ],
         )
@@ -131,3 +139,57 @@ def request_logging(app: ASGIApp) -> ASGIApp:
                 )
 
     return middleware
+
+
+# Keys whose values are credentials wherever they appear in a log event (header names too).
+_SENSITIVE_KEY = re.compile(r"authorization|cookie|api[-_]?key|secret|password|token", re.I)
+# Credentials inside free text: an Authorization value, or one of our API keys.
+_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_API_KEY = re.compile(r"\b(sch_[a-z0-9]{8})_[A-Za-z0-9_-]{43}")
+# The password of a URL such as a DATABASE_URL: scheme://user:password@host.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+_MASK = "***"
+
+
+@functools.lru_cache(maxsize=4096)
+def _sensitive(key: str) -> bool:
+    return _SENSITIVE_KEY.search(key) is not None
+
+
+class Redactor:
+    """structlog processor: masks credentials in every value of an event, nested ones and
+    exception text included, and any occurrence of the configured secrets.
+
+    It runs on every line, so a clean string costs one search of one pattern and key
+    names are judged once.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        # Masking a value of a few characters would mangle ordinary words instead.
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
+        suspects = [r"(?i:bearer|basic)\s", r"sch_[a-z0-9]{8}_", r"://[^:/@\s]+:[^@\s]+@"]
+        self._suspect = re.compile("|".join(suspects + [re.escape(s) for s in self.secrets]))
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        return {key: self._value(key, value) for key, value in event_dict.items()}
+
+    def _value(self, key: Any, value: Any) -> Any:
+        if isinstance(key, str) and value and _sensitive(key):
+            return _MASK
+        if isinstance(value, str):
+            return value if self._suspect.search(value) is None else self._text(value)
+        if isinstance(value, dict):
+            return {k: self._value(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._value(None, v) for v in value]
+        return value
+
+    def _text(self, text: str) -> str:
+        text = _SCHEME_CREDENTIAL.sub(rf"\1 {_MASK}", text)
+        text = _API_KEY.sub(rf"\1_{_MASK}", text)
+        text = _URL_PASSWORD.sub(rf"\1{_MASK}@", text)
+        for secret in self.secrets:
+            text = text.replace(secret, _MASK)
+        return text

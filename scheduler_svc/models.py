@@ -337,3 +337,15 @@ class RunResult(Struct, frozen=True, kw_only=True):
     error: str | None
     output: Any
     duration_ms: float
+
+
+class ApiKeyRow(Struct, frozen=True, kw_only=True):
+    """A row of `api_keys`: the key's visible prefix and hash, never the key itself."""
+
+    prefix: str
+    key_hash: bytes
+    tenant: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None

@@ -261,3 +261,46 @@ SELECT count(*) FROM deleted;
 -- ping --
 -- Is this connection still alive? (The LISTEN connection asks now and then.)
 SELECT 1;
+
+-- api_key_insert --
+-- Store a new API key (its SHA-256 only). A clash of the random prefix or hash
+-- inserts nothing and returns no row; the caller draws another key.
+INSERT INTO api_keys (prefix, key_hash, tenant, scopes)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+RETURNING prefix, key_hash, tenant, scopes, created_at, last_used_at, revoked_at;
+
+-- api_key_get --
+-- The key with this prefix, to check a presented key against its hash.
+-- touch_due: last_used_at is older than $2 seconds (by the database clock), so
+-- the caller should record this use; one write per key per interval, not per request.
+SELECT prefix, key_hash, tenant, scopes, created_at, last_used_at, revoked_at,
+       (last_used_at IS NULL
+        OR last_used_at < now() - make_interval(secs => $2::double precision)) AS touch_due
+FROM api_keys
+WHERE prefix = $1;
+
+-- api_key_touch --
+-- Record that a key was used, unless another request or replica just did.
+UPDATE api_keys
+SET last_used_at = now()
+WHERE prefix = $1
+  AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => $2::double precision));
+
+-- api_keys_list --
+-- Every key, oldest first, for `scheduler-svc keys list` (hashes are not shown).
+SELECT prefix, key_hash, tenant, scopes, created_at, last_used_at, revoked_at
+FROM api_keys
+ORDER BY created_at, id;
+
+-- api_key_revoke --
+-- Revoke a key from now on; revoking again keeps the first revocation time.
+UPDATE api_keys
+SET revoked_at = coalesce(revoked_at, now())
+WHERE prefix = $1
+RETURNING prefix, key_hash, tenant, scopes, created_at, last_used_at, revoked_at;
+
+-- api_keys_exist --
+-- Whether any key was ever created (revoked ones count): once one exists, the API
+-- no longer serves anyone without a key.
+SELECT EXISTS (SELECT 1 FROM api_keys);

@@ -939,7 +939,13 @@ async def test_sigterm_stops_claiming_at_once_even_while_an_api_request_is_in_fl
         await arrival(
             receiver, lambda rs: {r.path for r in rs[1:]} >= {"/held", "/late"}, 10, "handover"
         )
-        rows = await runs_of_jobs(pool, [held_job["id"], late_job["id"]])
+
+        # The receiver has both deliveries; s2 records each a moment after its reply.
+        async def recorded() -> list[asyncpg.Record] | None:
+            rows = await runs_of_jobs(pool, [held_job["id"], late_job["id"]])
+            return rows if all(r["status"] not in ("pending", "running") for r in rows) else None
+
+        rows = await eventually(recorded, 10, "s2 to record both runs")
         assert [(r["status"], r["worker"]) for r in rows] == [("succeeded", "s2")] * 2
 
 

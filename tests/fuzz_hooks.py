@@ -1,0 +1,78 @@
+"""schemathesis hooks for tests/test_fuzz.py (loaded through SCHEMATHESIS_HOOKS).
+
+A check that every error is a problem document, and job bodies that mostly pass the
+rules no JSON Schema states (a cron expression that fires, a real time zone, a public
+webhook host), so that generated names, attributes and targets reach the database.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import schemathesis
+
+PROBLEM_FIELDS = {"type": str, "title": str, "status": int, "detail": str}
+SCHEDULES = ["*/5 * * * *", "@every 30s", "@daily", "0 9 * * MON-FRI", "30 2 * * *", "@hourly"]
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
+JOB_BODIES = {("POST", "/jobs"), ("PATCH", "/jobs/{job_id}")}
+
+
+@schemathesis.check
+def errors_are_problem_documents(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """Every 4xx and 5xx is an RFC 9457 problem document stating its own status."""
+    if response.status_code < 400:
+        return None
+    content_type = response.headers.get("content-type", [""])[0]
+    assert content_type.startswith("application/problem+json"), (
+        f"{response.status_code} answered as {content_type!r}, not a problem document"
+    )
+    problem = response.json()
+    assert isinstance(problem, dict), problem
+    for name, kind in PROBLEM_FIELDS.items():
+        assert isinstance(problem.get(name), kind), f"problem field {name!r}: {problem}"
+    assert problem["status"] == response.status_code, problem
+    return True
+
+
+@schemathesis.hook
+def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
+    """Give three in four generated job bodies (and previews) a valid schedule, zone and
+    webhook host."""
+    if case.meta is None or case.meta.generation.mode.is_negative:
+        return case  # negative cases must stay invalid
+    if case.path == "/schedules/preview" and isinstance(case.query, dict):
+        return _preview(case)
+    if (case.method.upper(), case.path) not in JOB_BODIES or not isinstance(case.body, dict):
+        return case
+    body: dict[str, Any] = dict(case.body)
+    pick = zlib.crc32(json.dumps(body, sort_keys=True, default=str).encode())
+    if pick % 4 == 0:
+        return case  # keep some wholly random bodies for the validation paths
+    if case.method.upper() == "POST" or "schedule" in body:
+        body["schedule"] = SCHEDULES[pick % len(SCHEDULES)]
+        body.pop("interval", None)
+    if "timezone" in body:
+        body["timezone"] = ZONES[pick % len(ZONES)]
+    target = body.get("target")
+    if isinstance(target, dict) and target.get("type") == "http":
+        body["target"] = {**target, "url": f"https://example.com/hooks/{pick}"}
+    case.body = body
+    return case
+
+
+def _preview(case: schemathesis.Case) -> schemathesis.Case:
+    query: dict[str, Any] = dict(case.query or {})
+    pick = zlib.crc32(json.dumps(query, sort_keys=True, default=str).encode())
+    if pick % 4 == 0:
+        return case
+    query["schedule"] = SCHEDULES[pick % len(SCHEDULES)]
+    if "timezone" in query:
+        query["timezone"] = ZONES[pick % len(ZONES)]
+    if "after" in query:
+        query["after"] = f"20{pick % 90 + 10}-0{pick % 9 + 1}-1{pick % 9}T0{pick % 10}:30:00Z"
+    case.query = query
+    return case

@@ -1,0 +1,165 @@
+"""Hostile input: schemathesis fuzzes every operation of /api/openapi.json against a real
+`scheduler-svc serve` on the test database. No 5xx, every error a problem document,
+every response as documented.
+
+schemathesis runs as its own command (`st run`): its lazy pytest loader does not run
+under pytest 9, and the command brings every phase: coverage (boundary and malformed
+values), fuzzing, and stateful (create a job, then use its id). Bounded: FUZZ_EXAMPLES
+examples per operation in each pass, passes repeated until FUZZ_MAX_TIME_S is spent, so
+the run takes that long and no longer. The number of generated requests is printed in
+the session's output; hooks and the problem-document check are in fuzz_hooks.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_cli import free_port, wait_ready
+
+FUZZ_EXAMPLES = int(os.environ.get("SCHEDULER_FUZZ_EXAMPLES", "50"))
+FUZZ_MAX_TIME_S = int(os.environ.get("SCHEDULER_FUZZ_MAX_TIME_S", "60"))
+ROOT = Path(__file__).resolve().parent.parent
+
+# What every response must satisfy (errors_are_problem_documents is in fuzz_hooks.py).
+# positive_data_acceptance is left out on purpose: a request that matches the schema can
+# still be refused (a cron expression that never fires, an unknown time zone, a private
+# webhook host), which no JSON Schema expresses.
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "missing_required_header",
+    "unsupported_method",
+    "use_after_free",
+    "ensure_resource_availability",
+    "ignored_auth",
+    "errors_are_problem_documents",
+]
+
+
+@pytest.fixture(scope="module")
+def fuzzed_service(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """`scheduler-svc serve` on the test database, and an admin key for it."""
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "SCHEDULER_LOG_FORMAT": "json",
+        "SCHEDULER_LOG_LEVEL": "warning",
+        # The limiter has its own tests; here it would only cut the fuzzing short.
+        "SCHEDULER_RATE_LIMIT": "1000000/minute",
+    }
+    create_key = ["keys", "create", "--tenant", "fuzz", "--scopes", "admin"]
+    created = subprocess.run(
+        [sys.executable, "-m", "scheduler_svc", *create_key],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    port = free_port()
+    log_path = tmp_path / "service.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            # HTTP only: a worker would run the fuzzed jobs, and their webhooks name
+            # hosts on the internet.
+            [sys.executable, "-m", "scheduler_svc", "serve", "--port", str(port), "--role", "api"],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, process)
+            yield {"url": url, "key": created.stdout.splitlines()[-1], "dir": tmp_path}
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    events = [json.loads(line) for line in log_path.read_text().splitlines()]
+    errors = [e for e in events if e.get("level") in ("error", "critical")]
+    assert not errors, f"the service logged errors while fuzzed: {errors[:3]}"
+
+
+@pytest.mark.timeout(FUZZ_MAX_TIME_S + 180)
+def test_no_input_breaks_the_api(
+    fuzzed_service: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_path = fuzzed_service["dir"] / "schemathesis.json"
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{fuzzed_service['url']}/api/openapi.json",
+        "--header",
+        f"Authorization: Bearer {fuzzed_service['key']}",
+        "--checks",
+        ",".join(CHECKS),
+        "--max-examples",
+        str(FUZZ_EXAMPLES),
+        "--max-time",
+        str(FUZZ_MAX_TIME_S),
+        "--seed",
+        "20261127",
+        # One worker: CPython 3.11's ast.parse, which hypothesis calls to describe
+        # filters, is not thread-safe ("AST constructor recursion depth mismatch").
+        "--workers",
+        "1",
+        "--request-timeout",
+        "10",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report_path),
+        "--no-color",
+    ]
+    result = subprocess.run(
+        command,
+        env={
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
+            "PYTHONPATH": str(ROOT),
+        },
+        # A fresh directory: no schemathesis.toml (the command line is the whole
+        # configuration), and its cache and hypothesis database stay out of the checkout.
+        cwd=fuzzed_service["dir"],
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_MAX_TIME_S + 150,
+    )
+    (fuzzed_service["dir"] / "schemathesis.out").write_text(result.stdout + result.stderr)
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    cases = report.get("test_cases", {})
+    summary = (
+        f"schemathesis: {cases.get('generated', '?')} requests generated over "
+        f"{report.get('operations', {}).get('tested', '?')} operations in "
+        f"{report.get('running_time', 0):.1f}s; {cases.get('with_failures', '?')} failed, "
+        f"{cases.get('errored', '?')} errored"
+    )
+    with capsys.disabled():  # into the session's output, passed or failed
+        print(f"\n{summary}")
+    assert result.returncode == 0, f"{summary}\n{result.stdout[-20000:]}\n{result.stderr[-3000:]}"
+    assert report["operations"]["tested"] == report["operations"]["total"] >= 10
+    assert cases["generated"] >= 10 * report["operations"]["tested"]

@@ -95,6 +95,8 @@ def configure(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx says "HTTP Request: …" for every webhook call; run_attempted says it better.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
@@ -156,6 +158,18 @@ def _sensitive(key: str) -> bool:
     return _SENSITIVE_KEY.search(key) is not None
 
 
+# Fields the service itself fills with ids, numbers, times and fixed words: nothing a
+# client sent can be in them, so the redactor (which runs on every line, two per run)
+# skips them. Anything else is examined: user data, errors, and `event`, which for
+# other libraries' records is their message text.
+_OWN_FIELDS = frozenset(
+    {
+        "level", "logger", "timestamp", "job_id", "run_id", "tick", "attempt", "worker",
+        "status", "duration_ms", "retry_in_s", "request_id", "method",
+    }
+)  # fmt: skip
+
+
 class Redactor:
     """structlog processor: masks credentials in every value of an event, nested ones and
     exception text included, and any occurrence of the configured secrets.
@@ -173,7 +187,10 @@ class Redactor:
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        return {key: self._value(key, value) for key, value in event_dict.items()}
+        for key, value in event_dict.items():
+            if key not in _OWN_FIELDS:
+                event_dict[key] = self._value(key, value)
+        return event_dict
 
     def _value(self, key: Any, value: Any) -> Any:
         if isinstance(key, str) and value and _sensitive(key):

@@ -69,14 +69,19 @@ def service(
         wait_ready(url, process)
         yield url, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
         log.close()
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM a service we started, SIGKILL it if it has not exited in 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def postmaster_running(data_dir: Path) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import free_port, wait_ready
+from tests.test_cli import free_port, stop, wait_ready
 
 FUZZ_EXAMPLES = int(os.environ.get("SCHEDULER_FUZZ_EXAMPLES", "50"))
 FUZZ_MAX_TIME_S = int(os.environ.get("SCHEDULER_FUZZ_MAX_TIME_S", "60"))
@@ -91,12 +90,7 @@ def fuzzed_service(
             wait_ready(url, process)
             yield {"url": url, "key": created.stdout.splitlines()[-1], "dir": tmp_path}
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
     events = [json.loads(line) for line in log_path.read_text().splitlines()]
     errors = [e for e in events if e.get("level") in ("error", "critical")]
     assert not errors, f"the service logged errors while fuzzed: {errors[:3]}"

@@ -31,7 +31,7 @@ from litestar.plugins.problem_details import (
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from scheduler_svc import auth, db, jobs, logs, store
+from scheduler_svc import auth, db, jobs, logs, metrics, store
 from scheduler_svc.api import JobsController, PoolDep, get_run, preview_schedule
 from scheduler_svc.apidoc import ProblemDocsPlugin, StrictStructSchemaPlugin
 from scheduler_svc.config import Settings
@@ -232,8 +232,8 @@ def create_app(
         return rules
 
     favicon = f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>"
-    routes: list[ControllerRouterHandler] = [root, healthz, readyz]
-    if settings.role != "worker":  # a worker serves nothing but its health
+    routes: list[ControllerRouterHandler] = [root, healthz, readyz, metrics.MetricsController]
+    if settings.role != "worker":  # a worker serves nothing but its health and metrics
         routes += [
             JobsController,
             get_run,
@@ -253,9 +253,11 @@ def create_app(
             "rules": Provide(provide_rules, sync_to_thread=False),
         },
         lifespan=[lifespan],
-        # Outermost first: log every request, then resolve its principal, then count it.
+        # Outermost first: log every request, measure it (401 and 429 included), then
+        # resolve its principal, then count it against the rate limit.
         middleware=[
             logs.request_logging,
+            metrics.HTTP.middleware,
             DefineMiddleware(auth.AuthMiddleware, authenticator=auth.Authenticator(settings)),
             rate_limit_config(settings.rate_limit).middleware,
         ],

@@ -15,7 +15,7 @@ from typing import Literal
 
 import structlog
 
-from scheduler_svc import store
+from scheduler_svc import metrics, store
 from scheduler_svc.aio import wait_any
 from scheduler_svc.db import DATABASE_ERRORS, Pool
 from scheduler_svc.models import ClaimedRun, RunResult
@@ -123,6 +123,7 @@ class Executor:
         except BaseException:
             self._results = batch + self._results
             raise
+        metrics.leased(exchange.leased, claim)
         for result in batch:
             if result.run_id not in exchange.recorded:
                 log.warning("lease_lost", run_id=result.run_id, status=result.status)
@@ -154,6 +155,7 @@ class Executor:
                 outcome = await self._deliver(run)
             duration_ms = round((time.perf_counter() - started) * 1000, 3)
             result = result_of(run, outcome, duration_ms)
+            metrics.attempted(result)
             log.info(
                 "run_attempted",
                 status=result.status,

@@ -141,6 +141,15 @@ SELECT extract(epoch FROM min(next_run_at) - now())::float8
 FROM jobs
 WHERE status = 'active';
 
+-- runs_due_backlog --
+-- Due ticks not yet started, for the scheduler_due_backlog gauge: pending runs whose
+-- attempt is due plus active jobs whose next tick is due but not yet materialized
+-- (a job that missed several ticks counts once). Both counts use a partial index.
+SELECT (SELECT count(*) FROM job_runs
+        WHERE status = 'pending' AND next_attempt_at <= now())
+     + (SELECT count(*) FROM jobs
+        WHERE status = 'active' AND next_run_at <= now());
+
 -- runs_exchange --
 -- An executor's one round trip. It records what attempts came to ($2 … $7) for
 -- runs still leased to worker $1: succeeded or failed (final), or pending again

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from scheduler_svc import schedule, store
+from scheduler_svc import metrics, schedule, store
 from scheduler_svc.aio import wait_any
 from scheduler_svc.db import DATABASE_ERRORS, Pool
 from scheduler_svc.models import DueJob
@@ -100,6 +100,7 @@ async def tick_once(pool: Pool, *, batch: int = 500, now: datetime | None = None
             advances.append(advance)
             ticks += job_ticks
         runs = await store.ticks_record(conn, advances, ticks)
+    metrics.skipped(sum(t.status == "skipped" for t in ticks))
     return PassResult(len(jobs), runs, len(jobs) == batch)
 
 

@@ -219,6 +219,12 @@ async def jobs_next_due(conn: Conn) -> float | None:
     return seconds
 
 
+async def runs_due_backlog(conn: Conn) -> int:
+    """Due ticks not yet started: pending runs due now plus active jobs due now."""
+    backlog: int = await conn.fetchval(QUERIES["runs_due_backlog"])
+    return backlog
+
+
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """What an executor's round trip came to."""

@@ -1,0 +1,183 @@
+"""GET /metrics: the engine's series, HTTP metrics by route template, open to every role."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from scheduler_svc import metrics
+from scheduler_svc.models import ClaimedRun, RunResult
+from scheduler_svc.targets import HandlerContext
+from tests.conftest import running_app
+from tests.principals import make_key
+from tests.test_api_runs import create, poll_json
+
+SERIES = (
+    "scheduler_runs_total",
+    "scheduler_run_duration_seconds",
+    "scheduler_fire_lag_seconds",
+    "scheduler_due_backlog",
+    "scheduler_claim_batch_size",
+    "scheduler_retries_total",
+    "scheduler_lease_takeovers_total",
+)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(http: httpx.AsyncClient) -> Samples:
+    """GET /metrics, parsed: {(sample name, labels): value}."""
+    response = await http.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_answers_prometheus_text_with_the_named_series(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    for name in SERIES:
+        assert f"# TYPE {name} " in response.text, name
+    assert "scheduler_http_requests_total" in response.text
+
+
+async def test_due_backlog_counts_due_ticks_not_yet_started(
+    client: httpx.AsyncClient, pool: asyncpg.Pool[Any]
+) -> None:
+    job = await create(client)  # @every 1h: its first tick is an hour away
+    assert value(await scrape(client), "scheduler_due_backlog") == 0
+    await pool.execute("UPDATE jobs SET next_run_at = now() - interval '1 minute'")
+    assert value(await scrape(client), "scheduler_due_backlog") == 1
+    # A manual run, pending and due now (this API-only app has no executor to start it).
+    assert (await client.post(f"/jobs/{job['id']}/trigger")).status_code == 202
+    assert value(await scrape(client), "scheduler_due_backlog") == 2
+
+
+async def test_http_requests_are_labelled_by_route_template_and_status(
+    client: httpx.AsyncClient,
+) -> None:
+    job = await create(client)
+    assert (await client.get(f"/jobs/{job['id']}")).status_code == 200
+    assert (await client.get("/jobs/999999999")).status_code == 404
+    assert (await client.get("/no/such/path/12345")).status_code == 404
+    samples = await scrape(client)
+    paths = {
+        dict(labels)["path"] for name, labels in samples if name == "scheduler_http_requests_total"
+    }
+    assert "/jobs/{job_id}" in paths
+    assert not any(
+        str(job["id"]) in path or "999999999" in path or "12345" in path for path in paths
+    )
+    get_job = {"method": "GET", "path": "/jobs/{job_id}", "app_name": "scheduler-svc"}
+    assert value(samples, "scheduler_http_requests_total", **get_job, status_code="200") >= 1
+    assert value(samples, "scheduler_http_requests_total", **get_job, status_code="404") >= 1
+
+
+async def test_metrics_needs_no_key_even_when_keys_exist(
+    client: httpx.AsyncClient, pool: asyncpg.Pool[Any]
+) -> None:
+    await make_key(pool, "acme")
+    assert (await client.get("/jobs")).status_code == 401
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert "scheduler_runs_total" in response.text
+
+
+async def test_a_worker_serves_metrics_and_counts_the_runs_it_executes(
+    make_settings: Any, pool: asyncpg.Pool[Any], clean: None
+) -> None:
+    async def record(ctx: HandlerContext) -> dict[str, int]:
+        return {"attempt": ctx.attempt}
+
+    settings = make_settings(role="all")
+    async with (
+        running_app(settings, pool, handlers={"record": record}) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
+        before = await scrape(http)
+        job = await create(http, schedule="@every 1s", target={"type": "handler", "name": "record"})
+        await poll_json(
+            http,
+            f"/jobs/{job['id']}/runs",
+            lambda rs: sum(r["status"] == "succeeded" for r in rs) >= 2,
+        )
+        after = await scrape(http)
+    for name, labels in [
+        ("scheduler_runs_total", {"status": "succeeded"}),
+        ("scheduler_fire_lag_seconds_count", {}),
+        ("scheduler_run_duration_seconds_count", {}),
+    ]:
+        grew = value(after, name, **labels) - value(before, name, **labels)
+        assert grew >= 2, (name, grew)
+    assert value(after, "scheduler_claim_batch_size_count") > value(
+        before, "scheduler_claim_batch_size_count"
+    )
+
+    async with (
+        running_app(make_settings(role="worker"), pool) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
+        samples = await scrape(http)
+        assert ("scheduler_due_backlog", frozenset()) in samples
+        assert (await http.get("/jobs")).status_code == 404
+
+
+def test_retries_and_takeovers_are_counted_and_retry_lag_is_not_fire_lag() -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        sample("scheduler_runs_total", status="pending_retry"),
+        sample("scheduler_retries_total"),
+        sample("scheduler_lease_takeovers_total"),
+        sample("scheduler_fire_lag_seconds_count"),
+        sample("scheduler_runs_total", status="skipped"),
+    )
+    metrics.attempted(
+        RunResult(run_id=1, status="pending", delay_s=1.0, error="503", output=None, duration_ms=5)
+    )
+    tick = datetime(2030, 1, 1, tzinfo=UTC)
+    retried = ClaimedRun(
+        id=1,
+        job_id=1,
+        tenant="t",
+        scheduled_for=tick,
+        trigger="schedule",
+        attempt=2,
+        started_at=tick + timedelta(seconds=90),
+        lost_worker="gone",
+        name="job",
+        attributes={},
+        target={},
+        timeout_s=30,
+        max_attempts=3,
+        backoff_s=1.0,
+        backoff_max_s=60.0,
+    )
+    metrics.leased([retried], claim=1)
+    metrics.skipped(2)
+    after = (
+        sample("scheduler_runs_total", status="pending_retry"),
+        sample("scheduler_retries_total"),
+        sample("scheduler_lease_takeovers_total"),
+        sample("scheduler_fire_lag_seconds_count"),
+        sample("scheduler_runs_total", status="skipped"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 0, 2]

@@ -115,6 +115,11 @@ async def _migrate(url: str) -> int:
     return await _with_pool(url, _apply_schema)
 
 
+async def _prepare(pool: Pool) -> tuple[int, bool]:
+    """What serve needs before it starts: the schema applied, and whether keys exist."""
+    return await _apply_schema(pool), await store.api_keys_exist(pool)
+
+
 class Server(uvicorn.Server):
     """uvicorn's server, with two changes to how SIGTERM/SIGINT stop it.
 
@@ -153,11 +158,9 @@ def serve(settings: Settings) -> None:
     settings, embedded = _with_database(settings)
     try:
         assert settings.database_url is not None
-        schema_version = asyncio.run(_migrate(settings.database_url))
+        schema_version, keys_exist = asyncio.run(_with_pool(settings.database_url, _prepare))
         # No key, no JWT: open on loopback only, unless --insecure (auth.check_start).
-        auth.check_start(
-            settings, asyncio.run(_with_pool(settings.database_url, store.api_keys_exist))
-        )
+        auth.check_start(settings, keys_exist)
         log.info(
             "starting",
             host=settings.host,

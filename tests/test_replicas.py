@@ -11,12 +11,10 @@ import asyncio
 import contextlib
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -32,6 +30,7 @@ import pytest
 from scheduler_svc import db
 from scheduler_svc.pg_embedded import EmbeddedPostgres
 from scheduler_svc.scheduler import OVERLAP_SKIPPED
+from tests.conftest import embedded_data_dir
 from tests.webhook_receiver import Recorded, Reply, WebhookReceiver, serve_receiver
 
 LOOPBACK = "127.0.0.1"
@@ -599,17 +598,9 @@ class ServerControl:
 
 @pytest.fixture
 def pg_dir() -> Iterator[Path]:
-    """A directory for an embedded server's data, outside pytest's temporary root.
-
-    Run as root, the server runs as another user (embedded_postgres), and every pytest
-    session that starts meanwhile on this machine makes /tmp/pytest-of-root private
-    again (0700), cutting that user off from a data directory inside it.
-    """
-    path = Path(tempfile.mkdtemp(prefix="scheduler-replicas-pg-"))
-    try:
+    """A directory for an embedded server's data, outside pytest's temporary root."""
+    with embedded_data_dir() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.timeout(120)

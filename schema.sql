@@ -132,11 +132,15 @@ LEFT JOIN LATERAL (
 -- when runs are inserted (so executors claim at once). A notification only saves
 -- waiting: every loop also wakes on its own timer, so a lost one delays, never loses.
 -- The scheduler's own advancing of next_run_at (its transaction sets
--- scheduler.advancing) tells no one: the other replicas' timers already cover it.
+-- scheduler.advancing) tells no one: the other replicas' timers already cover it;
+-- nor do runs it inserts already finished (scheduler.runs_quiet): no executor has
+-- anything to do for them.
 CREATE OR REPLACE FUNCTION scheduler_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    quiet_when text := CASE TG_ARGV[0] WHEN 'scheduler_jobs' THEN 'scheduler.advancing'
+                                       ELSE 'scheduler.runs_quiet' END;
 BEGIN
-    IF TG_ARGV[0] <> 'scheduler_jobs'
-       OR coalesce(current_setting('scheduler.advancing', true), '') <> 'on' THEN
+    IF coalesce(current_setting(quiet_when, true), '') <> 'on' THEN
         PERFORM pg_notify(TG_ARGV[0], '');
     END IF;
     RETURN NULL;
@@ -163,6 +167,6 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at   timestamptz
 );
 
-INSERT INTO schema_version (version) VALUES (2)
+INSERT INTO schema_version (version) VALUES (3)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now()
 WHERE schema_version.version < excluded.version;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import functools
 import logging
 import re
@@ -9,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 import structlog
@@ -25,12 +27,65 @@ def _json(event: Any, **_: Any) -> str:
     return msgspec.json.encode(event, enc_hook=str).decode()
 
 
-class _NamedWriteLogger(structlog.WriteLogger):
-    """structlog's fast stderr writer, with the name add_logger_name reports."""
+class LineSink:
+    """Where log lines go: stderr as it was at configure time, one event-loop turn at a time.
+
+    Writing and flushing stderr for each line is a system call per line; at thousands
+    of runs a second that costs more than the runs themselves. Lines are kept until
+    the running loop's current turn ends (or `flush()`), then written in one call;
+    without a running loop they are written at once. Both logging paths write here,
+    so lines keep their order.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._flush_scheduled = False
+
+    def write(self, text: str) -> None:
+        self._lines.append(text)
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        loop.call_soon(self.flush)
+        self._flush_scheduled = True
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._lines:
+            text = "".join(self._lines)
+            self._lines.clear()
+            self._stream.write(text)
+            self._stream.flush()
+
+
+_sink = LineSink(sys.stderr)
+
+
+def flush() -> None:
+    """Write out the lines logged so far: before a commit that says they were written."""
+    _sink.flush()
+
+
+atexit.register(flush)
+
+
+class _NamedWriteLogger:
+    """structlog's output: a line into the sink (no flush per line), with the name that
+    add_logger_name reports."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(sys.stderr)
         self.name = name
+
+    def msg(self, message: str) -> None:
+        _sink.write(message + "\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def _named_logger(*args: Any) -> _NamedWriteLogger:
@@ -48,6 +103,9 @@ def configure(
     out in the same format. Both pass `Redactor(secrets)` last, so no credential is
     written.
     """
+    global _sink
+    _sink.flush()
+    _sink = LineSink(sys.stderr)
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_json)
@@ -73,7 +131,7 @@ def configure(
         logger_factory=_named_logger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_sink)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -21,7 +21,7 @@ from prometheus_client import (
 
 from scheduler_svc import store
 from scheduler_svc.db import DATABASE_ERRORS, Pool
-from scheduler_svc.models import ClaimedRun, RunResult
+from scheduler_svc.models import ClaimedRun, RunResult, SettledRun
 
 log = structlog.get_logger("scheduler_svc.metrics")
 
@@ -81,6 +81,16 @@ def leased(runs: list[ClaimedRun], claim: int) -> None:
         # A retry starts late on purpose (backoff); only a tick's first start is lag.
         if run.trigger == "schedule" and run.attempt == 1:
             FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
+
+
+def settled(runs: list[SettledRun]) -> None:
+    """Count runs a scheduler pass ran itself: succeeded at once, so their lag is their
+    start and their duration nothing worth measuring."""
+    if runs:
+        RUNS.labels("succeeded").inc(len(runs))
+    for run in runs:
+        RUN_DURATION.observe(0.0)
+        FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
 
 
 def skipped(count: int) -> None:

@@ -298,6 +298,9 @@ class DueJob(Struct, frozen=True, kw_only=True):
 
     id: int
     tenant: str
+    name: str
+    attributes: dict[str, Any]
+    target_type: str
     schedule: str
     timezone: str
     next_run_at: datetime
@@ -306,6 +309,15 @@ class DueJob(Struct, frozen=True, kw_only=True):
     overlap: Overlap
     busy: bool
     now: datetime
+
+
+class SettledRun(Struct, frozen=True):
+    """A run the scheduler ran in its own pass (a log target) and inserted succeeded."""
+
+    id: int
+    job_id: int
+    scheduled_for: datetime
+    started_at: datetime
 
 
 class ClaimedRun(Struct, frozen=True, kw_only=True):

@@ -86,32 +86,42 @@ SET status = 'skipped', error = 'job paused before this run started', finished_a
 WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 0;
 
 -- jobs_claim_due --
--- Lock due, active jobs for this scheduler pass (the caller's transaction). `busy`
--- says whether an overlap-forbidding job still has a run pending or running.
-SELECT j.id, j.tenant, j.schedule, j.timezone, j.next_run_at, j.misfire_policy,
-       j.misfire_grace_s, j.overlap,
-       j.overlap = 'forbid' AND EXISTS (
-           SELECT FROM job_runs r
-           WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
-       ) AS busy,
-       coalesce($1::timestamptz, now()) AS now
-FROM jobs j
-WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
-ORDER BY j.next_run_at
-LIMIT $2
-FOR UPDATE OF j SKIP LOCKED;
+-- Lock due, active jobs for this scheduler pass (the caller's transaction), as one
+-- JSON array (decoded in one go, much cheaper than row by row). `busy` says whether
+-- an overlap-forbidding job still has a run pending or running; name, attributes
+-- and target type are what a log-target tick needs to be run in the pass itself.
+SELECT coalesce(json_agg(due), '[]')::text
+FROM (
+    SELECT j.id, j.tenant, j.name, j.attributes, j.target->>'type' AS target_type,
+           j.schedule, j.timezone, j.next_run_at, j.misfire_policy, j.misfire_grace_s,
+           j.overlap,
+           j.overlap = 'forbid' AND EXISTS (
+               SELECT FROM job_runs r
+               WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
+           ) AS busy,
+           coalesce($1::timestamptz, now()) AS now
+    FROM jobs j
+    WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
+    ORDER BY j.next_run_at
+    LIMIT $2
+    FOR UPDATE OF j SKIP LOCKED
+) due;
 
 -- ticks_record --
 -- In the scheduler's transaction: advance each claimed job and insert a run per due
 -- tick. A tick some replica already materialized conflicts on job_runs_one_per_tick
--- and is dropped: that, not luck, is what makes a tick run once. Returns how many
--- runs were inserted.
+-- and is dropped: that, not luck, is what makes a tick run once. A tick is inserted
+-- pending (for the executors), skipped (overlap), or succeeded: a log-target tick
+-- that this pass runs itself as worker $9 before it commits. Returns how many runs
+-- were inserted and, as JSON, the succeeded ones (a dropped tick must not be run).
 WITH this_transaction AS (
-    -- The scheduler's own transaction: the jobs trigger stays quiet. And it commits
+    -- The scheduler's own transaction: the jobs trigger stays quiet, and so does the
+    -- runs trigger unless there is a pending run for an executor ($10). It commits
     -- durably even on the worker's asynchronous-commit pool: a tick materialized,
     -- delivered and then forgotten in a crash would be materialized again as a new
     -- run, under a new idempotency key.
     SELECT set_config('scheduler.advancing', 'on', true),
+           set_config('scheduler.runs_quiet', CASE WHEN $10 THEN 'off' ELSE 'on' END, true),
            set_config('synchronous_commit', 'on', true)
 ), advanced AS (
     UPDATE jobs j
@@ -123,16 +133,26 @@ WITH this_transaction AS (
     WHERE j.id = a.id AND j.id = ANY($1::bigint[])
 ), inserted AS (
     INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, error,
-                          next_attempt_at, finished_at)
+                          next_attempt_at, attempt, worker, started_at, finished_at,
+                          duration_ms)
     SELECT t.job_id, t.tenant, t.scheduled_for, 'schedule', t.status, t.error,
            t.scheduled_for,
-           CASE WHEN t.status = 'skipped' THEN now() END
+           CASE WHEN t.status = 'succeeded' THEN 1 ELSE 0 END,
+           CASE WHEN t.status = 'succeeded' THEN $9 END,
+           CASE WHEN t.status = 'succeeded' THEN clock_timestamp() END,
+           CASE WHEN t.status <> 'pending' THEN clock_timestamp() END,
+           CASE WHEN t.status = 'succeeded' THEN 0 END
     FROM unnest($4::bigint[], $5::text[], $6::timestamptz[], $7::text[], $8::text[])
-         AS t(job_id, tenant, scheduled_for, status, error)
+         AS t(job_id, tenant, scheduled_for, status, error), this_transaction
     ON CONFLICT (job_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
-    RETURNING 1
+    RETURNING id, job_id, scheduled_for, status, started_at
 )
-SELECT count(*) FROM inserted;
+SELECT count(*),
+       coalesce(json_agg(json_build_object('id', id, 'job_id', job_id,
+                                           'scheduled_for', scheduled_for,
+                                           'started_at', started_at))
+                FILTER (WHERE status = 'succeeded'), '[]')::text
+FROM inserted;
 
 -- jobs_next_due --
 -- Seconds until the earliest next_run_at of an active job by the database clock

@@ -2,7 +2,9 @@
 
 A pass (`tick_once`) claims due jobs with SKIP LOCKED, asks the schedule math which
 ticks to run under the job's misfire and overlap policies, inserts those runs and
-advances next_run_at, all in one transaction. The loop (`run`) sleeps until the
+advances next_run_at, all in one transaction. A tick whose target does no I/O (a
+log line) is run by the pass itself before it commits, and inserted succeeded; the
+others are inserted pending for the executors. The loop (`run`) sleeps until the
 earliest due time or a wake-up (NOTIFY on job changes), whichever comes first.
 """
 
@@ -16,11 +18,12 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from scheduler_svc import metrics, schedule, store
+from scheduler_svc import logs, metrics, schedule, store
 from scheduler_svc.aio import wait_any
 from scheduler_svc.db import DATABASE_ERRORS, Pool
-from scheduler_svc.models import DueJob
+from scheduler_svc.models import DueJob, MisfirePolicy, SettledRun
 from scheduler_svc.store import Advance, Tick
+from scheduler_svc.targets import RUN_IN_PASS, log_line
 
 log = structlog.get_logger("scheduler_svc.scheduler")
 
@@ -32,8 +35,9 @@ class PassResult:
     """What one scheduler pass did."""
 
     jobs: int  # jobs claimed
-    runs: int  # runs inserted (pending or skipped)
+    runs: int  # runs inserted (pending, skipped, or succeeded: run by the pass)
     full: bool  # the claim batch was full: more jobs may be due right now
+    for_executors: bool = False  # some inserted runs wait for an executor
 
 
 @lru_cache(maxsize=4096)
@@ -46,11 +50,29 @@ def _zone(name: str) -> ZoneInfo:
     return schedule.parse_timezone(name)
 
 
-def plan_job(job: DueJob) -> tuple[Advance, list[Tick]]:
-    """The runs a claimed job gets in this pass, and where its schedule goes next."""
-    due = schedule.due_ticks(
-        _parsed(job.schedule),
-        _zone(job.timezone),
+# Jobs on the same schedule, due at the same tick, have the same next tick: one pass
+# of a thousand hourly jobs asks croniter once, not a thousand times. (`now` is the
+# pass's, so entries of earlier passes simply age out.)
+@lru_cache(maxsize=1024)
+def _due(
+    text: str,
+    zone: str,
+    next_run_at: datetime,
+    now: datetime,
+    policy: MisfirePolicy,
+    grace_s: int,
+) -> schedule.DueTicks:
+    return schedule.due_ticks(_parsed(text), _zone(zone), next_run_at, now, policy, grace_s)
+
+
+def plan_job(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[Tick]]:
+    """The runs a claimed job gets in this pass, and where its schedule goes next.
+
+    With `run_in_pass` its due ticks are run by the pass itself (succeeded), so
+    they never overlap one another."""
+    due = _due(
+        job.schedule,
+        job.timezone,
         job.next_run_at,
         job.now,
         job.misfire_policy,
@@ -62,6 +84,8 @@ def plan_job(job: DueJob) -> tuple[Advance, list[Tick]]:
     for tick in due.ticks:
         if busy:
             ticks.append(Tick(job.id, job.tenant, tick, "skipped", OVERLAP_SKIPPED))
+        elif run_in_pass:
+            ticks.append(Tick(job.id, job.tenant, tick, "succeeded"))
         else:
             ticks.append(Tick(job.id, job.tenant, tick, "pending"))
             # With overlap forbidden, a second tick of this pass overlaps the first.
@@ -77,11 +101,22 @@ def plan_job(job: DueJob) -> tuple[Advance, list[Tick]]:
     return advance, ticks
 
 
-async def tick_once(pool: Pool, *, batch: int = 500, now: datetime | None = None) -> PassResult:
+async def tick_once(
+    pool: Pool,
+    *,
+    batch: int = 500,
+    now: datetime | None = None,
+    worker: str | None = None,
+) -> PassResult:
     """One scheduler pass: materialize the due ticks of up to `batch` jobs.
 
-    `now` overrides the database clock (tests); the default lets the database decide
-    what is due.
+    With `worker` (a replica's id) the pass also runs the ticks of log-target jobs,
+    as that worker: each is inserted succeeded and its line written before the
+    transaction commits. That is one write per tick instead of three and no
+    executor round trip; a pass that writes its lines and then fails to commit is
+    simply repeated (at least once, as ever). Without `worker`, every tick is left
+    pending for the executors. `now` overrides the database clock (tests); the
+    default lets the database decide what is due.
     """
     async with pool.acquire() as conn, conn.transaction():
         jobs = await store.jobs_claim_due(conn, now, batch)
@@ -91,7 +126,9 @@ async def tick_once(pool: Pool, *, batch: int = 500, now: datetime | None = None
         ticks: list[Tick] = []
         for job in jobs:
             try:
-                advance, job_ticks = plan_job(job)
+                advance, job_ticks = plan_job(
+                    job, run_in_pass=worker is not None and job.target_type in RUN_IN_PASS
+                )
             except schedule.ScheduleError as exc:
                 # Only a schedule stored before a stricter parser could get here; stop
                 # it rather than stall every pass on it.
@@ -99,9 +136,40 @@ async def tick_once(pool: Pool, *, batch: int = 500, now: datetime | None = None
                 advance, job_ticks = Advance(job.id, None, "completed"), []
             advances.append(advance)
             ticks += job_ticks
-        runs = await store.ticks_record(conn, advances, ticks)
+        recorded = await store.ticks_record(conn, advances, ticks, worker)
+        if recorded.settled:
+            assert worker is not None
+            _run_in_pass(jobs, recorded.settled, worker)
+            # The lines are the runs: on disk before the commit that says they ran.
+            logs.flush()
     metrics.skipped(sum(t.status == "skipped" for t in ticks))
-    return PassResult(len(jobs), runs, len(jobs) == batch)
+    metrics.settled(recorded.settled)
+    return PassResult(
+        len(jobs),
+        recorded.runs,
+        len(jobs) == batch,
+        for_executors=recorded.runs > len(recorded.settled),
+    )
+
+
+def _run_in_pass(jobs: list[DueJob], runs: list[SettledRun], worker: str) -> None:
+    """Write the log lines of the runs this pass inserted succeeded."""
+    by_id = {job.id: job for job in jobs}
+    for run in runs:
+        job = by_id[run.job_id]
+        log_line(
+            job.id,
+            job.name,
+            run.id,
+            run.scheduled_for,
+            1,
+            "schedule",
+            job.tenant,
+            job.attributes,
+            worker=worker,
+            status="succeeded",
+            duration_ms=0,
+        )
 
 
 class Scheduler:
@@ -111,12 +179,16 @@ class Scheduler:
         self,
         pool: Pool,
         *,
+        worker: str | None = None,
         batch: int = 500,
+        lanes: int = 2,
         max_sleep_s: float = 5.0,
         on_runs: asyncio.Event | None = None,
     ) -> None:
         self._pool = pool
+        self._worker = worker  # runs log-target ticks in the pass, as this worker
         self._batch = batch
+        self._lanes = lanes  # passes at once while a backlog lasts
         self._max_sleep_s = max_sleep_s
         self._on_runs = on_runs  # set when a pass inserted runs: this replica's executor
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_jobs and at reconnects
@@ -127,17 +199,32 @@ class Scheduler:
             return self._max_sleep_s
         return min(max(due_in, 0.0), self._max_sleep_s)
 
+    async def _passes(self, count: int) -> list[PassResult]:
+        """`count` passes at once (SKIP LOCKED gives each its own jobs): while one
+        waits for the database, another plans in Python."""
+        outcomes = await asyncio.gather(
+            *(tick_once(self._pool, batch=self._batch, worker=self._worker) for _ in range(count)),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [o for o in outcomes if isinstance(o, PassResult)]
+
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until `stop`; database outages are waited out, not fatal."""
         retry_s = 0.1
+        lanes = 1
         while not stop.is_set():
             self.wake.clear()
             try:
-                result = await tick_once(self._pool, batch=self._batch)
-                if result.runs and self._on_runs is not None:
+                results = await self._passes(lanes)
+                if self._on_runs is not None and any(r.for_executors for r in results):
                     self._on_runs.set()
-                if result.full:
+                if any(r.full for r in results):
+                    lanes = self._lanes  # a backlog: keep more than one pass going
                     continue
+                lanes = 1
                 timeout = await self._sleep_s()
                 retry_s = 0.1
             except DATABASE_ERRORS as exc:

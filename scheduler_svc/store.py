@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
 import msgspec
@@ -21,6 +21,7 @@ from scheduler_svc.models import (
     JobStatus,
     RunResult,
     RunRow,
+    SettledRun,
 )
 
 # A connection, plain or pooled: what a transaction runs on.
@@ -173,8 +174,8 @@ async def jobs_skip_pending(conn: Conn, job_id: int) -> None:
 
 async def jobs_claim_due(conn: Connection, now: datetime | None, limit: int) -> list[DueJob]:
     """Lock up to `limit` due active jobs for the caller's transaction (SKIP LOCKED)."""
-    records = await conn.fetch(QUERIES["jobs_claim_due"], now, limit)
-    return [msgspec.convert(dict(r), DueJob) for r in records]
+    text: str = await conn.fetchval(QUERIES["jobs_claim_due"], now, limit)
+    return msgspec.json.decode(text, type=list[DueJob])
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,18 +189,31 @@ class Advance:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """A run to materialize: pending, or skipped with the reason in `error`."""
+    """A run to materialize: pending; skipped with the reason in `error`; or
+    succeeded, run by the scheduler itself in its pass."""
 
     job_id: int
     tenant: str
     scheduled_for: datetime
-    status: str
+    status: Literal["pending", "skipped", "succeeded"]
     error: str | None = None
 
 
-async def ticks_record(conn: Connection, advances: list[Advance], ticks: list[Tick]) -> int:
-    """Advance claimed jobs and insert their ticks' runs (a tick seen before is dropped)."""
-    inserted: int = await conn.fetchval(
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What ticks_record inserted."""
+
+    runs: int  # runs inserted, whatever their status
+    settled: list[SettledRun]  # the succeeded ones: ticks the pass must now run
+
+
+async def ticks_record(
+    conn: Connection, advances: list[Advance], ticks: list[Tick], worker: str | None
+) -> Recorded:
+    """Advance claimed jobs and insert their ticks' runs (a tick seen before is dropped).
+
+    Succeeded ticks are recorded as run by `worker`."""
+    record = await conn.fetchrow(
         QUERIES["ticks_record"],
         [a.job_id for a in advances],
         [a.next_run_at for a in advances],
@@ -209,8 +223,11 @@ async def ticks_record(conn: Connection, advances: list[Advance], ticks: list[Ti
         [t.scheduled_for for t in ticks],
         [t.status for t in ticks],
         [t.error for t in ticks],
+        worker,
+        any(t.status == "pending" for t in ticks),
     )
-    return inserted
+    assert record is not None
+    return Recorded(record[0], msgspec.json.decode(record[1], type=list[SettledRun]))
 
 
 async def jobs_next_due(conn: Conn) -> float | None:

@@ -161,6 +161,40 @@ def parse_retry_after(value: str | None, *, cap_s: float, now: float | None = No
     return min(seconds, max(0.0, cap_s))
 
 
+# Targets that do no I/O and cannot fail: the scheduler runs their ticks itself, in
+# the transaction that materializes them (scheduler.tick_once), rather than handing
+# them to an executor through a lease.
+RUN_IN_PASS = frozenset({"log"})
+
+
+def log_line(
+    job_id: int,
+    job_name: str,
+    run_id: int,
+    tick: datetime,
+    attempt: int,
+    trigger: str,
+    tenant: str,
+    attributes: dict[str, Any],
+    **outcome: Any,
+) -> None:
+    """The log target's execution: one structured line with the job and its attributes.
+
+    `outcome` adds fields when the caller, not a surrounding context, knows them."""
+    log.info(
+        "job_executed",
+        job_id=job_id,
+        job_name=job_name,
+        run_id=run_id,
+        tick=tick.isoformat(),
+        attempt=attempt,
+        trigger=trigger,
+        tenant=tenant,
+        attributes=attributes,
+        **outcome,
+    )
+
+
 class Deliverer:
     """Carries out attempts: a log line, a webhook call, or a registered handler.
 
@@ -202,16 +236,15 @@ class Deliverer:
     # log
 
     def _log(self, d: Delivery) -> Outcome:
-        log.info(
-            "job_executed",
-            job_id=d.job_id,
-            job_name=d.job_name,
-            run_id=d.run_id,
-            tick=d.scheduled_for.isoformat(),
-            attempt=d.attempt,
-            trigger=d.trigger,
-            tenant=d.tenant,
-            attributes=d.attributes,
+        log_line(
+            d.job_id,
+            d.job_name,
+            d.run_id,
+            d.scheduled_for,
+            d.attempt,
+            d.trigger,
+            d.tenant,
+            d.attributes,
         )
         return Outcome(ok=True)
 

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
+import structlog
 
 from scheduler_svc import store
 from scheduler_svc.scheduler import OVERLAP_SKIPPED, tick_once
@@ -238,3 +239,110 @@ async def test_hourly_cron_fires_every_real_hour_on_dst_days(
     fires = [t for t in await _fire_times(pool, job.id, end) if t < end]
     assert len(fires) == count
     assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(fires))
+
+
+# --- log-target ticks run by the pass itself ------------------------------------------
+
+HTTP_TARGET = {"type": "http", "url": "https://example.com/hook"}
+
+
+async def test_a_pass_with_a_worker_runs_log_ticks_itself_and_leaves_others_pending(
+    pool: Any,
+) -> None:
+    logged = await make_job(
+        pool, name="logged", attributes={"k": "v"}, schedule="@every 10s", next_run_at=T0
+    )
+    hooked = await make_job(pool, target=HTTP_TARGET, schedule="@every 10s", next_run_at=T0)
+    with structlog.testing.capture_logs() as logs:
+        result = await tick_once(pool, now=T0 + timedelta(seconds=1), worker="w-1")
+    assert (result.jobs, result.runs, result.for_executors) == (2, 2, True)
+
+    [run] = await runs_of(pool, logged.id)
+    assert (run.status, run.attempt, run.worker, run.duration_ms) == ("succeeded", 1, "w-1", 0)
+    # Started when the pass inserted it (the real clock, not the injected `now`).
+    assert run.started_at is not None and run.finished_at is not None
+    assert run.created_at <= run.started_at <= run.finished_at
+    [line] = [e for e in logs if e["event"] == "job_executed"]
+    assert line == {
+        "event": "job_executed",
+        "log_level": "info",
+        "job_id": logged.id,
+        "job_name": "logged",
+        "run_id": run.id,
+        "tick": T0.isoformat(),
+        "attempt": 1,
+        "trigger": "schedule",
+        "tenant": "default",
+        "attributes": {"k": "v"},
+        "worker": "w-1",
+        "status": "succeeded",
+        "duration_ms": 0,
+    }
+    [waiting] = await runs_of(pool, hooked.id)
+    assert (waiting.status, waiting.attempt, waiting.worker) == ("pending", 0, None)
+    # Nothing is left for an executor of the log job: only the webhook run is claimable
+    # (once its tick, years ahead on the database's clock, is made due).
+    await pool.execute("UPDATE job_runs SET next_attempt_at = now() WHERE status = 'pending'")
+    leased = await store.runs_exchange(pool, "w-2", [], 10, 5.0)
+    assert [r.id for r in leased.leased] == [waiting.id]
+
+
+async def test_a_tick_already_materialized_is_not_run_again_by_a_pass(pool: Any) -> None:
+    job = await make_job(pool, schedule="@every 10s", next_run_at=T0)
+    await tick_once(pool, now=T0, worker="w-1")
+    # As if another replica had not seen the advance: the same tick is due again.
+    await pool.execute("UPDATE jobs SET next_run_at = $1 WHERE id = $2", T0, job.id)
+    with structlog.testing.capture_logs() as logs:
+        result = await tick_once(pool, now=T0, worker="w-2")
+    assert (result.jobs, result.runs) == (1, 0)
+    assert [e for e in logs if e["event"] == "job_executed"] == []
+    assert [(r.status, r.worker) for r in await runs_of(pool, job.id)] == [("succeeded", "w-1")]
+
+
+async def test_run_all_log_ticks_run_in_the_pass_do_not_overlap_each_other(pool: Any) -> None:
+    job = await make_job(
+        pool,
+        schedule="@every 1s",
+        next_run_at=T0,
+        misfire_policy="run_all",
+        misfire_grace_s=0,
+        overlap="forbid",
+    )
+    await tick_once(pool, now=T0 + timedelta(seconds=4), worker="w-1")
+    runs = await runs_of(pool, job.id)
+    assert [r.status for r in runs] == ["succeeded"] * 5
+    # Left to executors, the same backlog skips all but the first as overlapping.
+    other = await make_job(
+        pool,
+        target=HTTP_TARGET,
+        schedule="@every 1s",
+        next_run_at=T0,
+        misfire_policy="run_all",
+        misfire_grace_s=0,
+        overlap="forbid",
+    )
+    await tick_once(pool, now=T0 + timedelta(seconds=4), worker="w-1")
+    assert [r.status for r in await runs_of(pool, other.id)] == ["pending"] + ["skipped"] * 4
+
+
+async def test_runs_a_pass_finished_itself_wake_no_executor(pool: Any) -> None:
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+
+    def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        payloads.put_nowait(payload)
+
+    async with pool.acquire() as listening:
+        await listening.add_listener("scheduler_runs", heard)
+        try:
+            await make_job(pool, schedule="@every 10s", next_run_at=T0)
+            await tick_once(pool, now=T0, worker="w-1")  # a log run, finished: silent
+            await make_job(pool, target=HTTP_TARGET, schedule="@every 10s", next_run_at=T0)
+            await tick_once(pool, now=T0, worker="w-1")  # a pending run: wakes executors
+            await pool.execute("SELECT pg_notify('scheduler_runs', 'marker')")
+            # Notifications arrive in commit order, so the marker closes the list.
+            heard_payloads = [await asyncio.wait_for(payloads.get(), 5)]
+            while heard_payloads[-1] != "marker":
+                heard_payloads.append(await asyncio.wait_for(payloads.get(), 5))
+            assert heard_payloads == ["", "marker"]
+        finally:
+            await listening.remove_listener("scheduler_runs", heard)

@@ -45,9 +45,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- Idempotency-Key of the POST that created the job, and a hash of its body,
     -- so a repeat returns this job and a different body under the same key is a 409.
     idempotency_key  text,
-    request_hash     text,
-    CONSTRAINT jobs_idempotency_key UNIQUE (tenant, idempotency_key)
+    request_hash     text
 );
+
+-- One job per tenant and Idempotency-Key. Partial: most jobs have no key, and every
+-- tick rewrites its job's row (next_run_at), which costs one entry per index.
+ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_idempotency_key;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (tenant, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 -- The scheduler's claim: due, active jobs in order of due time. Partial, so its size
 -- follows the active jobs only.

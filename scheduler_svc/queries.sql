@@ -23,7 +23,7 @@ INSERT INTO jobs (tenant, name, attributes, schedule, timezone, target,
                   misfire_policy, misfire_grace_s, overlap, status, next_run_at,
                   idempotency_key, request_hash)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-ON CONFLICT (tenant, idempotency_key) DO NOTHING
+ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *, NULL::timestamptz AS last_run_at, NULL::text AS last_run_status;
 
 -- job_get --
@@ -104,7 +104,9 @@ FROM (
     WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
     ORDER BY j.next_run_at
     LIMIT $2
-    FOR UPDATE OF j SKIP LOCKED
+    -- NO KEY UPDATE, the lock the UPDATE takes anyway: it does not block a manual
+    -- trigger's insert of a run of this job (its foreign key check shares the key).
+    FOR NO KEY UPDATE OF j SKIP LOCKED
 ) due;
 
 -- ticks_record --

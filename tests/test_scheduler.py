@@ -346,3 +346,13 @@ async def test_runs_a_pass_finished_itself_wake_no_executor(pool: Any) -> None:
             assert heard_payloads == ["", "marker"]
         finally:
             await listening.remove_listener("scheduler_runs", heard)
+
+
+async def test_a_pass_holding_a_job_does_not_block_a_manual_trigger_of_it(pool: Any) -> None:
+    job = await make_job(pool, next_run_at=T0)
+    async with pool.acquire() as scheduler_conn, scheduler_conn.transaction():
+        [claimed] = await store.jobs_claim_due(scheduler_conn, T0, 10)
+        assert claimed.id == job.id
+        # The trigger's run insert checks its job's key while the pass holds the row.
+        run = await asyncio.wait_for(store.run_trigger(pool, "default", job.id), 5)
+        assert run is not None and run.trigger == "manual"

@@ -21,7 +21,7 @@ from prometheus_client import (
 
 from scheduler_svc import store
 from scheduler_svc.db import DATABASE_ERRORS, Pool
-from scheduler_svc.models import ClaimedRun, RunResult, SettledRun
+from scheduler_svc.models import ClaimedRun, FinishedRun, RunResult
 
 log = structlog.get_logger("scheduler_svc.metrics")
 
@@ -83,20 +83,14 @@ def leased(runs: list[ClaimedRun], claim: int) -> None:
             FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
 
 
-def settled(runs: list[SettledRun]) -> None:
-    """Count runs a scheduler pass ran itself: succeeded at once, so their lag is their
-    start and their duration nothing worth measuring."""
-    if runs:
-        RUNS.labels("succeeded").inc(len(runs))
+def finished_in_pass(runs: list[FinishedRun]) -> None:
+    """Count the runs a scheduler pass inserted finished. One it ran itself succeeded
+    at once: its lag is its start, its duration nothing worth measuring."""
     for run in runs:
-        RUN_DURATION.observe(0.0)
-        FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
-
-
-def skipped(count: int) -> None:
-    """Count ticks the scheduler recorded as skipped (overlap forbidden)."""
-    if count:
-        RUNS.labels("skipped").inc(count)
+        RUNS.labels(run.status).inc()
+        if run.started_at is not None:
+            RUN_DURATION.observe(0.0)
+            FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
 
 
 async def refresh_backlog(pool: Pool) -> None:

@@ -311,13 +311,15 @@ class DueJob(Struct, frozen=True, kw_only=True):
     now: datetime
 
 
-class SettledRun(Struct, frozen=True):
-    """A run the scheduler ran in its own pass (a log target) and inserted succeeded."""
+class FinishedRun(Struct, frozen=True):
+    """A run a scheduler pass inserted already finished: succeeded (a log target the
+    pass ran itself, started at `started_at`) or skipped (overlap)."""
 
     id: int
     job_id: int
     scheduled_for: datetime
-    started_at: datetime
+    status: Literal["succeeded", "skipped"]
+    started_at: datetime | None
 
 
 class ClaimedRun(Struct, frozen=True, kw_only=True):

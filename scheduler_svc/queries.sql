@@ -115,7 +115,8 @@ FROM (
 -- and is dropped: that, not luck, is what makes a tick run once. A tick is inserted
 -- pending (for the executors), skipped (overlap), or succeeded: a log-target tick
 -- that this pass runs itself as worker $9 before it commits. Returns how many runs
--- were inserted and, as JSON, the succeeded ones (a dropped tick must not be run).
+-- were inserted and, as JSON, the ones inserted finished, succeeded or skipped (a
+-- dropped tick must not be run, nor reported).
 WITH this_transaction AS (
     -- The scheduler's own transaction: the jobs trigger stays quiet, and so does the
     -- runs trigger unless there is a pending run for an executor ($10). It commits
@@ -152,8 +153,8 @@ WITH this_transaction AS (
 SELECT count(*),
        coalesce(json_agg(json_build_object('id', id, 'job_id', job_id,
                                            'scheduled_for', scheduled_for,
-                                           'started_at', started_at))
-                FILTER (WHERE status = 'succeeded'), '[]')::text
+                                           'status', status, 'started_at', started_at))
+                FILTER (WHERE status <> 'pending'), '[]')::text
 FROM inserted;
 
 -- jobs_next_due --

@@ -21,7 +21,7 @@ import structlog
 from scheduler_svc import logs, metrics, schedule, store
 from scheduler_svc.aio import wait_any
 from scheduler_svc.db import DATABASE_ERRORS, Pool
-from scheduler_svc.models import DueJob, MisfirePolicy, SettledRun
+from scheduler_svc.models import DueJob, FinishedRun, MisfirePolicy
 from scheduler_svc.store import Advance, Tick
 from scheduler_svc.targets import RUN_IN_PASS, log_line
 
@@ -137,22 +137,31 @@ async def tick_once(
             advances.append(advance)
             ticks += job_ticks
         recorded = await store.ticks_record(conn, advances, ticks, worker)
-        if recorded.settled:
+        ran = [run for run in recorded.finished if run.status == "succeeded"]
+        if ran:
             assert worker is not None
-            _run_in_pass(jobs, recorded.settled, worker)
+            _run_in_pass(jobs, ran, worker)
             # The lines are the runs: on disk before the commit that says they ran.
             logs.flush()
-    metrics.skipped(sum(t.status == "skipped" for t in ticks))
-    metrics.settled(recorded.settled)
+    for run in recorded.finished:
+        if run.status == "skipped":
+            log.info(
+                "run_skipped",
+                job_id=run.job_id,
+                run_id=run.id,
+                tick=run.scheduled_for.isoformat(),
+                reason=OVERLAP_SKIPPED,
+            )
+    metrics.finished_in_pass(recorded.finished)
     return PassResult(
         len(jobs),
         recorded.runs,
         len(jobs) == batch,
-        for_executors=recorded.runs > len(recorded.settled),
+        for_executors=recorded.runs > len(recorded.finished),
     )
 
 
-def _run_in_pass(jobs: list[DueJob], runs: list[SettledRun], worker: str) -> None:
+def _run_in_pass(jobs: list[DueJob], runs: list[FinishedRun], worker: str) -> None:
     """Write the log lines of the runs this pass inserted succeeded."""
     by_id = {job.id: job for job in jobs}
     for run in runs:

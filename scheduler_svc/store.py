@@ -16,12 +16,12 @@ from scheduler_svc.models import (
     ApiKeyRow,
     ClaimedRun,
     DueJob,
+    FinishedRun,
     JobRow,
     JobSpec,
     JobStatus,
     RunResult,
     RunRow,
-    SettledRun,
 )
 
 # A connection, plain or pooled: what a transaction runs on.
@@ -204,7 +204,7 @@ class Recorded:
     """What ticks_record inserted."""
 
     runs: int  # runs inserted, whatever their status
-    settled: list[SettledRun]  # the succeeded ones: ticks the pass must now run
+    finished: list[FinishedRun]  # the succeeded (ticks the pass must now run) and skipped
 
 
 async def ticks_record(
@@ -227,7 +227,7 @@ async def ticks_record(
         any(t.status == "pending" for t in ticks),
     )
     assert record is not None
-    return Recorded(record[0], msgspec.json.decode(record[1], type=list[SettledRun]))
+    return Recorded(record[0], msgspec.json.decode(record[1], type=list[FinishedRun]))
 
 
 async def jobs_next_due(conn: Conn) -> float | None:

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_svc import metrics
-from scheduler_svc.models import ClaimedRun, RunResult
+from scheduler_svc.models import ClaimedRun, FinishedRun, RunResult
 from scheduler_svc.targets import HandlerContext
 from tests.conftest import running_app
 from tests.principals import make_key
@@ -139,6 +139,30 @@ async def test_a_worker_serves_metrics_and_counts_the_runs_it_executes(
         assert (await http.get("/jobs")).status_code == 404
 
 
+async def test_log_runs_the_scheduler_ran_itself_are_counted_with_their_fire_lag(
+    make_settings: Any, pool: asyncpg.Pool[Any], clean: None
+) -> None:
+    async with (
+        running_app(make_settings(role="all"), pool) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
+        before = await scrape(http)
+        job = await create(http, schedule="@every 1s")  # the default target: a log line
+        await poll_json(
+            http,
+            f"/jobs/{job['id']}/runs",
+            lambda rs: sum(r["status"] == "succeeded" for r in rs) >= 2,
+        )
+        after = await scrape(http)
+    for name, labels in [
+        ("scheduler_runs_total", {"status": "succeeded"}),
+        ("scheduler_fire_lag_seconds_count", {}),
+        ("scheduler_run_duration_seconds_count", {}),
+    ]:
+        grew = value(after, name, **labels) - value(before, name, **labels)
+        assert grew >= 2, (name, grew)
+
+
 def test_retries_and_takeovers_are_counted_and_retry_lag_is_not_fire_lag() -> None:
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -172,7 +196,12 @@ def test_retries_and_takeovers_are_counted_and_retry_lag_is_not_fire_lag() -> No
         backoff_max_s=60.0,
     )
     metrics.leased([retried], claim=1)
-    metrics.skipped(2)
+    metrics.finished_in_pass(
+        [
+            FinishedRun(id=n, job_id=1, scheduled_for=tick, status="skipped", started_at=None)
+            for n in (2, 3)
+        ]
+    )
     after = (
         sample("scheduler_runs_total", status="pending_retry"),
         sample("scheduler_retries_total"),

@@ -321,8 +321,15 @@ async def test_run_all_log_ticks_run_in_the_pass_do_not_overlap_each_other(pool:
         misfire_grace_s=0,
         overlap="forbid",
     )
-    await tick_once(pool, now=T0 + timedelta(seconds=4), worker="w-1")
-    assert [r.status for r in await runs_of(pool, other.id)] == ["pending"] + ["skipped"] * 4
+    with structlog.testing.capture_logs() as logs:
+        await tick_once(pool, now=T0 + timedelta(seconds=4), worker="w-1")
+    others = await runs_of(pool, other.id)
+    assert [r.status for r in others] == ["pending"] + ["skipped"] * 4
+    # Each skipped run says so in the log, with its ids and why.
+    assert sorted((e["run_id"], e["tick"]) for e in logs if e["event"] == "run_skipped") == [
+        (r.id, r.scheduled_for.isoformat()) for r in others[1:]
+    ]
+    assert {e["reason"] for e in logs if e["event"] == "run_skipped"} == {OVERLAP_SKIPPED}
 
 
 async def test_runs_a_pass_finished_itself_wake_no_executor(pool: Any) -> None:

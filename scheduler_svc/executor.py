@@ -99,11 +99,12 @@ class Executor:
         self._deliverer = deliverer
         self.worker_id = worker_id
         self._concurrency = concurrency
-        self._lease_margin_s = lease_margin_s
+        self.lease_margin_s = lease_margin_s
         self._claim_batch = claim_batch
         self._max_sleep_s = max_sleep_s
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_runs and by this replica's scheduler
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._reserved = 0  # slots held for runs a scheduler pass is leasing to us
         self._results: list[RunResult] = []
         self._attempt_done = asyncio.Event()  # a result to record, and a slot free
 
@@ -118,7 +119,7 @@ class Executor:
         batch, self._results = self._results[:RECORD_BATCH], self._results[RECORD_BATCH:]
         try:
             exchange = await store.runs_exchange(
-                self._pool, self.worker_id, batch, claim, self._lease_margin_s
+                self._pool, self.worker_id, batch, claim, self.lease_margin_s
             )
         except BaseException:
             self._results = batch + self._results
@@ -172,6 +173,26 @@ class Executor:
         except TimeoutError:
             return Outcome(ok=False, error=f"timed out after {run.timeout_s} s", retryable=True)
 
+    # --- runs leased by this replica's scheduler ---------------------------------
+
+    def _free_slots(self) -> int:
+        return max(0, self._concurrency - len(self._inflight) - self._reserved)
+
+    def reserve(self, wanted: int) -> int:
+        """Hold up to `wanted` free slots for runs a scheduler pass is about to lease
+        to this worker; returns how many. `adopt` gives them back."""
+        held = min(wanted, self._free_slots())
+        self._reserved += held
+        return held
+
+    def adopt(self, runs: list[ClaimedRun], reserved: int) -> None:
+        """Start runs a scheduler pass leased to this worker (committed), releasing
+        the `reserved` slots it held for them."""
+        self._reserved -= reserved
+        metrics.leased(runs, claim=0)
+        for run in runs:
+            self._start(run)
+
     # --- the loop ----------------------------------------------------------------
 
     def _start(self, run: ClaimedRun) -> None:
@@ -200,7 +221,7 @@ class Executor:
         while not stop.is_set():
             self.wake.clear()
             self._attempt_done.clear()
-            claim = min(self._concurrency - len(self._inflight), self._claim_batch)
+            claim = min(self._free_slots(), self._claim_batch)
             sleep_s = self._max_sleep_s
             try:
                 if claim > 0 or self._results:

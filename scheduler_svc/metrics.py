@@ -21,7 +21,7 @@ from prometheus_client import (
 
 from scheduler_svc import store
 from scheduler_svc.db import DATABASE_ERRORS, Pool
-from scheduler_svc.models import ClaimedRun, FinishedRun, RunResult
+from scheduler_svc.models import ClaimedRun, InsertedRun, RunResult
 
 log = structlog.get_logger("scheduler_svc.metrics")
 
@@ -83,10 +83,12 @@ def leased(runs: list[ClaimedRun], claim: int) -> None:
             FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
 
 
-def finished_in_pass(runs: list[FinishedRun]) -> None:
+def finished_in_pass(runs: list[InsertedRun]) -> None:
     """Count the runs a scheduler pass inserted finished. One it ran itself succeeded
     at once: its lag is its start, its duration nothing worth measuring."""
     for run in runs:
+        if run.status == "running":
+            continue  # leased to the executor, which counts it when it ends
         RUNS.labels(run.status).inc()
         if run.started_at is not None:
             RUN_DURATION.observe(0.0)

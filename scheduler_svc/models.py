@@ -300,7 +300,11 @@ class DueJob(Struct, frozen=True, kw_only=True):
     tenant: str
     name: str
     attributes: dict[str, Any]
-    target_type: str
+    target: dict[str, Any]
+    timeout_s: int
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
     schedule: str
     timezone: str
     next_run_at: datetime
@@ -311,14 +315,15 @@ class DueJob(Struct, frozen=True, kw_only=True):
     now: datetime
 
 
-class FinishedRun(Struct, frozen=True):
-    """A run a scheduler pass inserted already finished: succeeded (a log target the
-    pass ran itself, started at `started_at`) or skipped (overlap)."""
+class InsertedRun(Struct, frozen=True):
+    """A run a scheduler pass inserted other than pending: succeeded (a log target the
+    pass ran itself), skipped (overlap), or running (leased to this replica's
+    executor). `started_at` is set for the first and the last."""
 
     id: int
     job_id: int
     scheduled_for: datetime
-    status: Literal["succeeded", "skipped"]
+    status: Literal["succeeded", "skipped", "running"]
     started_at: datetime | None
 
 

@@ -88,13 +88,13 @@ WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 
 -- jobs_claim_due --
 -- Lock due, active jobs for this scheduler pass (the caller's transaction), as one
 -- JSON array (decoded in one go, much cheaper than row by row). `busy` says whether
--- an overlap-forbidding job still has a run pending or running; name, attributes
--- and target type are what a log-target tick needs to be run in the pass itself.
+-- an overlap-forbidding job still has a run pending or running; the rest is what
+-- running a tick needs, in the pass itself or by this replica's executor.
 SELECT coalesce(json_agg(due), '[]')::text
 FROM (
-    SELECT j.id, j.tenant, j.name, j.attributes, j.target->>'type' AS target_type,
-           j.schedule, j.timezone, j.next_run_at, j.misfire_policy, j.misfire_grace_s,
-           j.overlap,
+    SELECT j.id, j.tenant, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
+           j.backoff_s, j.backoff_max_s, j.schedule, j.timezone, j.next_run_at,
+           j.misfire_policy, j.misfire_grace_s, j.overlap,
            j.overlap = 'forbid' AND EXISTS (
                SELECT FROM job_runs r
                WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
@@ -113,9 +113,10 @@ FROM (
 -- In the scheduler's transaction: advance each claimed job and insert a run per due
 -- tick. A tick some replica already materialized conflicts on job_runs_one_per_tick
 -- and is dropped: that, not luck, is what makes a tick run once. A tick is inserted
--- pending (for the executors), skipped (overlap), or succeeded: a log-target tick
--- that this pass runs itself as worker $9 before it commits. Returns how many runs
--- were inserted and, as JSON, the ones inserted finished, succeeded or skipped (a
+-- pending (for any executor), skipped (overlap), succeeded (a log-target tick the
+-- pass runs itself, as worker $9, before it commits), or running: leased to worker
+-- $9's executor for $11 seconds (timeout plus margin), which starts it once this
+-- commits. Returns how many runs were inserted and, as JSON, those not pending (a
 -- dropped tick must not be run, nor reported).
 WITH this_transaction AS (
     -- The scheduler's own transaction: the jobs trigger stays quiet, and so does the
@@ -137,16 +138,18 @@ WITH this_transaction AS (
 ), inserted AS (
     INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, error,
                           next_attempt_at, attempt, worker, started_at, finished_at,
-                          duration_ms)
+                          duration_ms, lease_expires_at)
     SELECT t.job_id, t.tenant, t.scheduled_for, 'schedule', t.status, t.error,
            t.scheduled_for,
-           CASE WHEN t.status = 'succeeded' THEN 1 ELSE 0 END,
-           CASE WHEN t.status = 'succeeded' THEN $9 END,
-           CASE WHEN t.status = 'succeeded' THEN clock_timestamp() END,
-           CASE WHEN t.status <> 'pending' THEN clock_timestamp() END,
-           CASE WHEN t.status = 'succeeded' THEN 0 END
-    FROM unnest($4::bigint[], $5::text[], $6::timestamptz[], $7::text[], $8::text[])
-         AS t(job_id, tenant, scheduled_for, status, error), this_transaction
+           CASE WHEN t.status IN ('succeeded', 'running') THEN 1 ELSE 0 END,
+           CASE WHEN t.status IN ('succeeded', 'running') THEN $9 END,
+           CASE WHEN t.status IN ('succeeded', 'running') THEN clock_timestamp() END,
+           CASE WHEN t.status IN ('succeeded', 'skipped') THEN clock_timestamp() END,
+           CASE WHEN t.status = 'succeeded' THEN 0 END,
+           clock_timestamp() + make_interval(secs => t.lease_s)
+    FROM unnest($4::bigint[], $5::text[], $6::timestamptz[], $7::text[], $8::text[],
+                $11::float8[]) AS t(job_id, tenant, scheduled_for, status, error, lease_s),
+         this_transaction
     ON CONFLICT (job_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
     RETURNING id, job_id, scheduled_for, status, started_at
 )

@@ -11,9 +11,10 @@ earliest due time or a wake-up (NOTIFY on job changes), whichever comes first.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -21,7 +22,7 @@ import structlog
 from scheduler_svc import logs, metrics, schedule, store
 from scheduler_svc.aio import wait_any
 from scheduler_svc.db import DATABASE_ERRORS, Pool
-from scheduler_svc.models import DueJob, FinishedRun, MisfirePolicy
+from scheduler_svc.models import ClaimedRun, DueJob, InsertedRun, MisfirePolicy
 from scheduler_svc.store import Advance, Tick
 from scheduler_svc.targets import RUN_IN_PASS, log_line
 
@@ -101,49 +102,75 @@ def plan_job(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[T
     return advance, ticks
 
 
+class Lessee(Protocol):
+    """This replica's executor, as a scheduler pass sees it: the pass runs log ticks
+    itself as its worker, and leases it other ticks while it has free slots."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def lease_margin_s(self) -> float: ...
+
+    def reserve(self, wanted: int) -> int:
+        """Hold up to `wanted` free slots for runs about to be leased; how many."""
+        ...
+
+    def adopt(self, runs: list[ClaimedRun], reserved: int) -> None:
+        """Start runs leased to this worker, giving back the `reserved` slots."""
+        ...
+
+
 async def tick_once(
     pool: Pool,
     *,
     batch: int = 500,
     now: datetime | None = None,
-    worker: str | None = None,
+    executor: Lessee | None = None,
 ) -> PassResult:
     """One scheduler pass: materialize the due ticks of up to `batch` jobs.
 
-    With `worker` (a replica's id) the pass also runs the ticks of log-target jobs,
-    as that worker: each is inserted succeeded and its line written before the
-    transaction commits. That is one write per tick instead of three and no
-    executor round trip; a pass that writes its lines and then fails to commit is
-    simply repeated (at least once, as ever). Without `worker`, every tick is left
-    pending for the executors. `now` overrides the database clock (tests); the
-    default lets the database decide what is due.
+    With this replica's `executor`, a tick goes straight to work rather than through
+    a pending run that some executor claims later:
+    - a log-target tick is run by the pass itself: inserted succeeded, its line
+      written before the transaction commits (one write per tick instead of three;
+      a pass that fails to commit after writing is simply repeated: at least once);
+    - another tick is inserted running, leased to the executor, which starts it as
+      soon as this commits, while it has free slots.
+    The rest are left pending for any replica's executors. `now` overrides the
+    database clock (tests); the default lets the database decide what is due.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        jobs = await store.jobs_claim_due(conn, now, batch)
-        if not jobs:
-            return PassResult(0, 0, False)
-        advances: list[Advance] = []
-        ticks: list[Tick] = []
-        for job in jobs:
-            try:
-                advance, job_ticks = plan_job(
-                    job, run_in_pass=worker is not None and job.target_type in RUN_IN_PASS
-                )
-            except schedule.ScheduleError as exc:
-                # Only a schedule stored before a stricter parser could get here; stop
-                # it rather than stall every pass on it.
-                log.error("schedule_unreadable", job_id=job.id, error=str(exc))
-                advance, job_ticks = Advance(job.id, None, "completed"), []
-            advances.append(advance)
-            ticks += job_ticks
-        recorded = await store.ticks_record(conn, advances, ticks, worker)
-        ran = [run for run in recorded.finished if run.status == "succeeded"]
-        if ran:
-            assert worker is not None
-            _run_in_pass(jobs, ran, worker)
-            # The lines are the runs: on disk before the commit that says they ran.
-            logs.flush()
-    for run in recorded.finished:
+    reserved = 0
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            jobs = await store.jobs_claim_due(conn, now, batch)
+            if not jobs:
+                return PassResult(0, 0, False)
+            advances, ticks = _plan(jobs, run_in_pass=executor is not None)
+            by_id = {job.id: job for job in jobs}
+            worker = None
+            if executor is not None:
+                worker = executor.worker_id
+                pending = [i for i, tick in enumerate(ticks) if tick.status == "pending"]
+                reserved = executor.reserve(len(pending))
+                for i in pending[:reserved]:
+                    lease_s = by_id[ticks[i].job_id].timeout_s + executor.lease_margin_s
+                    ticks[i] = replace(ticks[i], status="running", lease_s=lease_s)
+            recorded = await store.ticks_record(conn, advances, ticks, worker)
+            ran = [run for run in recorded.others if run.status == "succeeded"]
+            if ran:
+                assert worker is not None
+                _run_in_pass(by_id, ran, worker)
+                # The lines are the runs: on disk before the commit that says they ran.
+                logs.flush()
+        if executor is not None:
+            leased = [run for run in recorded.others if run.status == "running"]
+            executor.adopt([_claimed(by_id[run.job_id], run) for run in leased], reserved)
+            reserved = 0
+    finally:
+        if executor is not None and reserved:
+            executor.adopt([], reserved)  # the pass failed: give the slots back
+    for run in recorded.others:
         if run.status == "skipped":
             log.info(
                 "run_skipped",
@@ -152,20 +179,37 @@ async def tick_once(
                 tick=run.scheduled_for.isoformat(),
                 reason=OVERLAP_SKIPPED,
             )
-    metrics.finished_in_pass(recorded.finished)
+    metrics.finished_in_pass(recorded.others)
     return PassResult(
         len(jobs),
         recorded.runs,
         len(jobs) == batch,
-        for_executors=recorded.runs > len(recorded.finished),
+        for_executors=recorded.runs > len(recorded.others),
     )
 
 
-def _run_in_pass(jobs: list[DueJob], runs: list[FinishedRun], worker: str) -> None:
+def _plan(jobs: list[DueJob], *, run_in_pass: bool) -> tuple[list[Advance], list[Tick]]:
+    advances: list[Advance] = []
+    ticks: list[Tick] = []
+    for job in jobs:
+        try:
+            advance, job_ticks = plan_job(
+                job, run_in_pass=run_in_pass and job.target.get("type") in RUN_IN_PASS
+            )
+        except schedule.ScheduleError as exc:
+            # Only a schedule stored before a stricter parser could get here; stop
+            # it rather than stall every pass on it.
+            log.error("schedule_unreadable", job_id=job.id, error=str(exc))
+            advance, job_ticks = Advance(job.id, None, "completed"), []
+        advances.append(advance)
+        ticks += job_ticks
+    return advances, ticks
+
+
+def _run_in_pass(jobs: dict[int, DueJob], runs: list[InsertedRun], worker: str) -> None:
     """Write the log lines of the runs this pass inserted succeeded."""
-    by_id = {job.id: job for job in jobs}
     for run in runs:
-        job = by_id[run.job_id]
+        job = jobs[run.job_id]
         log_line(
             job.id,
             job.name,
@@ -181,6 +225,28 @@ def _run_in_pass(jobs: list[DueJob], runs: list[FinishedRun], worker: str) -> No
         )
 
 
+def _claimed(job: DueJob, run: InsertedRun) -> ClaimedRun:
+    """A run this pass leased to the executor, as an executor's own claim returns it."""
+    assert run.started_at is not None
+    return ClaimedRun(
+        id=run.id,
+        job_id=job.id,
+        tenant=job.tenant,
+        scheduled_for=run.scheduled_for,
+        trigger="schedule",
+        attempt=1,
+        started_at=run.started_at,
+        lost_worker=None,
+        name=job.name,
+        attributes=job.attributes,
+        target=job.target,
+        timeout_s=job.timeout_s,
+        max_attempts=job.max_attempts,
+        backoff_s=job.backoff_s,
+        backoff_max_s=job.backoff_max_s,
+    )
+
+
 class Scheduler:
     """The scheduler loop of one replica."""
 
@@ -188,14 +254,14 @@ class Scheduler:
         self,
         pool: Pool,
         *,
-        worker: str | None = None,
+        executor: Lessee | None = None,
         batch: int = 500,
         lanes: int = 2,
         max_sleep_s: float = 5.0,
         on_runs: asyncio.Event | None = None,
     ) -> None:
         self._pool = pool
-        self._worker = worker  # runs log-target ticks in the pass, as this worker
+        self._executor = executor  # this replica's: passes hand ticks straight to it
         self._batch = batch
         self._lanes = lanes  # passes at once while a backlog lasts
         self._max_sleep_s = max_sleep_s
@@ -212,7 +278,10 @@ class Scheduler:
         """`count` passes at once (SKIP LOCKED gives each its own jobs): while one
         waits for the database, another plans in Python."""
         outcomes = await asyncio.gather(
-            *(tick_once(self._pool, batch=self._batch, worker=self._worker) for _ in range(count)),
+            *(
+                tick_once(self._pool, batch=self._batch, executor=self._executor)
+                for _ in range(count)
+            ),
             return_exceptions=True,
         )
         for outcome in outcomes:

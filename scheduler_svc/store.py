@@ -16,7 +16,7 @@ from scheduler_svc.models import (
     ApiKeyRow,
     ClaimedRun,
     DueJob,
-    FinishedRun,
+    InsertedRun,
     JobRow,
     JobSpec,
     JobStatus,
@@ -189,14 +189,15 @@ class Advance:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """A run to materialize: pending; skipped with the reason in `error`; or
-    succeeded, run by the scheduler itself in its pass."""
+    """A run to materialize: pending; skipped with the reason in `error`; succeeded,
+    run by the scheduler itself in its pass; or running, leased for `lease_s`."""
 
     job_id: int
     tenant: str
     scheduled_for: datetime
-    status: Literal["pending", "skipped", "succeeded"]
+    status: Literal["pending", "skipped", "succeeded", "running"]
     error: str | None = None
+    lease_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +205,7 @@ class Recorded:
     """What ticks_record inserted."""
 
     runs: int  # runs inserted, whatever their status
-    finished: list[FinishedRun]  # the succeeded (ticks the pass must now run) and skipped
+    others: list[InsertedRun]  # those not pending: succeeded, skipped, running
 
 
 async def ticks_record(
@@ -212,7 +213,7 @@ async def ticks_record(
 ) -> Recorded:
     """Advance claimed jobs and insert their ticks' runs (a tick seen before is dropped).
 
-    Succeeded ticks are recorded as run by `worker`."""
+    Succeeded and running ticks are recorded as `worker`'s."""
     record = await conn.fetchrow(
         QUERIES["ticks_record"],
         [a.job_id for a in advances],
@@ -225,9 +226,10 @@ async def ticks_record(
         [t.error for t in ticks],
         worker,
         any(t.status == "pending" for t in ticks),
+        [t.lease_s for t in ticks],
     )
     assert record is not None
-    return Recorded(record[0], msgspec.json.decode(record[1], type=list[FinishedRun]))
+    return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]))
 
 
 async def jobs_next_due(conn: Conn) -> float | None:

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_svc import metrics
-from scheduler_svc.models import ClaimedRun, FinishedRun, RunResult
+from scheduler_svc.models import ClaimedRun, InsertedRun, RunResult
 from scheduler_svc.targets import HandlerContext
 from tests.conftest import running_app
 from tests.principals import make_key
@@ -198,7 +198,7 @@ def test_retries_and_takeovers_are_counted_and_retry_lag_is_not_fire_lag() -> No
     metrics.leased([retried], claim=1)
     metrics.finished_in_pass(
         [
-            FinishedRun(id=n, job_id=1, scheduled_for=tick, status="skipped", started_at=None)
+            InsertedRun(id=n, job_id=1, scheduled_for=tick, status="skipped", started_at=None)
             for n in (2, 3)
         ]
     )

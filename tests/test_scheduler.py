@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from scheduler_svc import store
+from scheduler_svc.models import ClaimedRun
 from scheduler_svc.scheduler import OVERLAP_SKIPPED, tick_once
 from tests.factories import make_job, runs_of
 
@@ -246,6 +247,29 @@ async def test_hourly_cron_fires_every_real_hour_on_dst_days(
 HTTP_TARGET = {"type": "http", "url": "https://example.com/hook"}
 
 
+class Hands:
+    """This replica's executor as a pass sees it, with `slots` free slots; it keeps the
+    runs it is given instead of running them."""
+
+    lease_margin_s = 5.0
+
+    def __init__(self, worker_id: str, slots: int = 0) -> None:
+        self.worker_id = worker_id
+        self.slots = slots
+        self.held = 0
+        self.adopted: list[ClaimedRun] = []
+
+    def reserve(self, wanted: int) -> int:
+        held = min(wanted, self.slots - self.held)
+        self.held += held
+        return held
+
+    def adopt(self, runs: list[ClaimedRun], reserved: int) -> None:
+        self.held -= reserved
+        self.slots -= len(runs)
+        self.adopted += runs
+
+
 async def test_a_pass_with_a_worker_runs_log_ticks_itself_and_leaves_others_pending(
     pool: Any,
 ) -> None:
@@ -254,7 +278,7 @@ async def test_a_pass_with_a_worker_runs_log_ticks_itself_and_leaves_others_pend
     )
     hooked = await make_job(pool, target=HTTP_TARGET, schedule="@every 10s", next_run_at=T0)
     with structlog.testing.capture_logs() as logs:
-        result = await tick_once(pool, now=T0 + timedelta(seconds=1), worker="w-1")
+        result = await tick_once(pool, now=T0 + timedelta(seconds=1), executor=Hands("w-1"))
     assert (result.jobs, result.runs, result.for_executors) == (2, 2, True)
 
     [run] = await runs_of(pool, logged.id)
@@ -289,11 +313,11 @@ async def test_a_pass_with_a_worker_runs_log_ticks_itself_and_leaves_others_pend
 
 async def test_a_tick_already_materialized_is_not_run_again_by_a_pass(pool: Any) -> None:
     job = await make_job(pool, schedule="@every 10s", next_run_at=T0)
-    await tick_once(pool, now=T0, worker="w-1")
+    await tick_once(pool, now=T0, executor=Hands("w-1"))
     # As if another replica had not seen the advance: the same tick is due again.
     await pool.execute("UPDATE jobs SET next_run_at = $1 WHERE id = $2", T0, job.id)
     with structlog.testing.capture_logs() as logs:
-        result = await tick_once(pool, now=T0, worker="w-2")
+        result = await tick_once(pool, now=T0, executor=Hands("w-2"))
     assert (result.jobs, result.runs) == (1, 0)
     assert [e for e in logs if e["event"] == "job_executed"] == []
     assert [(r.status, r.worker) for r in await runs_of(pool, job.id)] == [("succeeded", "w-1")]
@@ -308,7 +332,7 @@ async def test_run_all_log_ticks_run_in_the_pass_do_not_overlap_each_other(pool:
         misfire_grace_s=0,
         overlap="forbid",
     )
-    await tick_once(pool, now=T0 + timedelta(seconds=4), worker="w-1")
+    await tick_once(pool, now=T0 + timedelta(seconds=4), executor=Hands("w-1"))
     runs = await runs_of(pool, job.id)
     assert [r.status for r in runs] == ["succeeded"] * 5
     # Left to executors, the same backlog skips all but the first as overlapping.
@@ -322,7 +346,7 @@ async def test_run_all_log_ticks_run_in_the_pass_do_not_overlap_each_other(pool:
         overlap="forbid",
     )
     with structlog.testing.capture_logs() as logs:
-        await tick_once(pool, now=T0 + timedelta(seconds=4), worker="w-1")
+        await tick_once(pool, now=T0 + timedelta(seconds=4), executor=Hands("w-1"))
     others = await runs_of(pool, other.id)
     assert [r.status for r in others] == ["pending"] + ["skipped"] * 4
     # Each skipped run says so in the log, with its ids and why.
@@ -342,9 +366,9 @@ async def test_runs_a_pass_finished_itself_wake_no_executor(pool: Any) -> None:
         await listening.add_listener("scheduler_runs", heard)
         try:
             await make_job(pool, schedule="@every 10s", next_run_at=T0)
-            await tick_once(pool, now=T0, worker="w-1")  # a log run, finished: silent
+            await tick_once(pool, now=T0, executor=Hands("w-1"))  # a log run, finished: silent
             await make_job(pool, target=HTTP_TARGET, schedule="@every 10s", next_run_at=T0)
-            await tick_once(pool, now=T0, worker="w-1")  # a pending run: wakes executors
+            await tick_once(pool, now=T0, executor=Hands("w-1"))  # a pending run: wakes executors
             await pool.execute("SELECT pg_notify('scheduler_runs', 'marker')")
             # Notifications arrive in commit order, so the marker closes the list.
             heard_payloads = [await asyncio.wait_for(payloads.get(), 5)]
@@ -363,3 +387,41 @@ async def test_a_pass_holding_a_job_does_not_block_a_manual_trigger_of_it(pool: 
         # The trigger's run insert checks its job's key while the pass holds the row.
         run = await asyncio.wait_for(store.run_trigger(pool, "default", job.id), 5)
         assert run is not None and run.trigger == "manual"
+
+
+async def test_a_pass_leases_ticks_to_its_executor_while_it_has_free_slots(pool: Any) -> None:
+    jobs = [
+        await make_job(
+            pool,
+            target=HTTP_TARGET,
+            schedule="@every 1h",
+            timeout_s=7,
+            next_run_at=T0 + timedelta(seconds=i),
+        )
+        for i in range(3)
+    ]
+    hands = Hands("w-1", slots=2)
+    result = await tick_once(pool, now=T0 + timedelta(seconds=5), executor=hands)
+    assert (result.runs, result.for_executors) == (3, True)
+    # The two earliest ticks went straight to this executor, leased for timeout + margin.
+    assert [r.job_id for r in hands.adopted] == [jobs[0].id, jobs[1].id]
+    assert hands.held == 0  # every reserved slot given back
+    runs = [(await runs_of(pool, job.id))[0] for job in jobs]
+    for run, claimed in zip(runs, hands.adopted, strict=False):
+        assert (run.status, run.attempt, run.worker) == ("running", 1, "w-1")
+        assert run.started_at == claimed.started_at and run.lease_expires_at is not None
+        lease = run.lease_expires_at - run.started_at
+        assert timedelta(seconds=11.9) < lease < timedelta(seconds=12.1)  # 7 s + 5 s margin
+        assert (claimed.id, claimed.attempt, claimed.lost_worker) == (run.id, 1, None)
+        assert (claimed.target, claimed.timeout_s, claimed.trigger) == (HTTP_TARGET, 7, "schedule")
+    assert (runs[2].status, runs[2].worker) == ("pending", None)
+
+
+async def test_a_failed_pass_gives_its_reserved_slots_back(pool: Any) -> None:
+    await make_job(pool, target=HTTP_TARGET, next_run_at=T0)
+    hands = Hands("w-1", slots=2)
+    # A worker id the database refuses (NUL byte) makes the insert fail after the reserve.
+    hands.worker_id = "w\x00"
+    with pytest.raises(asyncpg.PostgresError):
+        await tick_once(pool, now=T0, executor=hands)
+    assert (hands.held, hands.adopted) == (0, [])

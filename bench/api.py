@@ -179,9 +179,7 @@ def server_env() -> dict[str, str]:
     return {"SCHEDULER_RATE_LIMIT": "1000000/second", "SCHEDULER_LOG_LEVEL": "info"}
 
 
-async def measure(
-    processes: list[int], seconds: float, connections: int
-) -> list[dict[str, Any]]:
+async def measure(processes: list[int], seconds: float, connections: int) -> list[dict[str, Any]]:
     """wrk on each endpoint for each process count; one dict of figures per run."""
     if shutil.which("wrk") is None:
         raise SystemExit("bench.api needs wrk (Debian: apt-get install wrk)")

@@ -13,6 +13,7 @@ import ipaddress
 import re
 import secrets
 import string
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,6 +59,8 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 _NO_HASH = hashlib.sha256(b"no such key").digest()
 # last_used_at is written at most this often per key: a read per request, not a write.
 TOUCH_AFTER_S = 60.0
+# Verified keys remembered at most this many at once (then forgotten all together).
+KEY_CACHE_SIZE = 10_000
 # Clock skew tolerated on a JWT's exp and nbf.
 JWT_LEEWAY_S = 30
 
@@ -265,6 +268,12 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.jwt = JwtVerifier(settings) if jwt_configured(settings) else None
         self.may_serve_open = may_serve_open(settings)
+        # SHA-256 of a key that was valid when last looked up → (until when it is
+        # trusted without asking the database, its principal). Keyed by the hash, so
+        # the keys themselves are not kept in memory. Only valid keys are remembered:
+        # a stream of made-up keys costs a query each, as before, and fills nothing.
+        self.key_cache_s = settings.api_key_cache_s
+        self._verified: dict[bytes, tuple[float, Principal]] = {}
 
     async def authenticate(
         self, pool: Pool, authorization: str | None, client: str
@@ -290,16 +299,27 @@ class Authenticator:
         prefix = key_prefix(key)
         if prefix is None:
             return BAD_KEY
+        presented = key_hash(key)
+        cached = self._verified.get(presented)
+        if cached is not None and cached[0] > time.monotonic():
+            # Looked up less than key_cache_s ago: revocation shows after at most that.
+            return cached[1]
         found = await store.api_key_get(pool, prefix, TOUCH_AFTER_S)
         stored_hash = found[0].key_hash if found is not None else _NO_HASH
-        if not hmac.compare_digest(stored_hash, key_hash(key)) or found is None:
+        if not hmac.compare_digest(stored_hash, presented) or found is None:
             return BAD_KEY
         row, touch_due = found
         if row.revoked_at is not None:
+            self._verified.pop(presented, None)
             return Rejection("the API key has been revoked", "invalid_token")
         if touch_due:
             await store.api_key_touch(pool, prefix, TOUCH_AFTER_S)
-        return Principal(row.tenant, frozenset(row.scopes), "key", row.prefix)
+        principal = Principal(row.tenant, frozenset(row.scopes), "key", row.prefix)
+        if self.key_cache_s > 0:
+            if len(self._verified) >= KEY_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[presented] = (time.monotonic() + self.key_cache_s, principal)
+        return principal
 
 
 class AuthMiddleware(AbstractAuthenticationMiddleware):
@@ -326,13 +346,15 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=None, auth=outcome)
 
 
-def require_scope(
+async def require_scope(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
     """Guard: 401 without a principal, 403 without the route's scope.
 
     A route needs `opt={"scope": ...}` if set, else jobs:read to read (GET, HEAD) and
     jobs:write for anything else, so routes added later are covered as they land.
+    Async on purpose: Litestar runs a synchronous guard in a worker thread, a thread
+    hop on every request for a few dictionary lookups.
     """
     if is_exempt(connection.scope):
         return

@@ -175,6 +175,7 @@ def serve(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             loop="auto" if sys.platform == "win32" else "uvloop",
+            http="httptools",
             log_config=None,
             access_log=False,
             lifespan="on",

@@ -59,6 +59,9 @@ class Settings:
     # When set, a JWT's `aud` must name it (for issuers that sign tokens for other services too).
     jwt_audience: str | None = None
     rate_limit: RateLimit = RateLimit(6000, "minute")
+    # A verified API key is trusted this long before the database is asked again, so a
+    # revoked key is refused within this many seconds (0: ask on every request).
+    api_key_cache_s: float = 1.0
     max_body_bytes: int = 65536
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
@@ -119,6 +122,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         jwt_tenant_claim=get("SCHEDULER_JWT_TENANT_CLAIM", _text(100), "tenant"),
         jwt_audience=get("SCHEDULER_JWT_AUDIENCE", _text(500), None),
         rate_limit=get("SCHEDULER_RATE_LIMIT", _rate_limit, defaults.rate_limit),
+        api_key_cache_s=get(
+            "SCHEDULER_API_KEY_CACHE_S", _float_between(0, 300), defaults.api_key_cache_s
+        ),
         max_body_bytes=get("SCHEDULER_MAX_BODY_BYTES", _int_between(1024, 64 * 1024 * 1024), 65536),
         webhook_secret=get("SCHEDULER_WEBHOOK_SECRET", str, None),
         webhook_allow_private=get("SCHEDULER_WEBHOOK_ALLOW_PRIVATE", _bool, False),
@@ -148,6 +154,7 @@ _VARIABLES = (
     "SCHEDULER_JWT_TENANT_CLAIM",
     "SCHEDULER_JWT_AUDIENCE",
     "SCHEDULER_RATE_LIMIT",
+    "SCHEDULER_API_KEY_CACHE_S",
     "SCHEDULER_MAX_BODY_BYTES",
     "SCHEDULER_WEBHOOK_SECRET",
     "SCHEDULER_WEBHOOK_ALLOW_PRIVATE",

@@ -7,6 +7,7 @@ through the store.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +51,14 @@ class Rules:
 
 def schedule_errors(text: str, timezone: str, rules: Rules) -> list[FieldError]:
     """What is wrong with a schedule in a time zone, by field; empty when valid."""
+    return list(_schedule_errors(text, timezone, rules.min_interval_s))
+
+
+# The answer depends on nothing but its arguments (the minimum-interval check samples
+# from a fixed instant), and checking a cron expression costs tens of milliseconds of
+# croniter; clients create many jobs with the same few schedules.
+@functools.lru_cache(maxsize=4096)
+def _schedule_errors(text: str, timezone: str, min_interval_s: float) -> tuple[FieldError, ...]:
     errors = []
     try:
         tz = schedule.parse_timezone(timezone)
@@ -59,10 +68,10 @@ def schedule_errors(text: str, timezone: str, rules: Rules) -> list[FieldError]:
     try:
         parsed = schedule.parse(text)
         if tz is not None:
-            schedule.check_min_interval(parsed, tz, rules.min_interval_s)
+            schedule.check_min_interval(parsed, tz, min_interval_s)
     except schedule.ScheduleError as exc:
         errors.append(FieldError("schedule", str(exc)))
-    return errors
+    return tuple(errors)
 
 
 def _check_target(target: Target, rules: Rules) -> list[FieldError]:

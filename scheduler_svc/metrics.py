@@ -6,10 +6,18 @@ scraped on its own. No series has a per-job or per-tenant label.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import structlog
 from litestar import Response, get
 from litestar.di import NamedDependency
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import (
+    PrometheusConfig,
+    PrometheusController,
+    PrometheusMiddleware,
+)
+from litestar.types import Message, Receive, Scope, Send
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -56,10 +64,80 @@ LEASE_TAKEOVERS = Counter(
     "Runs leased again after their worker's lease expired.",
 )
 
+
+class HttpMetricsMiddleware(PrometheusMiddleware):
+    """Litestar's Prometheus middleware, same series and labels, at a fraction of the cost.
+
+    Litestar's builds a Request and its URL, a label dict and four `labels()` lookups on
+    every request; here the labelled children are looked up once per (method, route,
+    status) and kept.
+    """
+
+    def __init__(self, app: Any, config: PrometheusConfig) -> None:
+        super().__init__(app, config)
+        self._app_name = str(config.app_name)
+        # (method, route template) → in-progress child; (…, status) → count, time, errors.
+        self._in_progress: dict[tuple[str, str], Any] = {}
+        self._done: dict[tuple[str, str, int], tuple[Any, Any, Any | None]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = str(scope.get("method") or scope["type"])
+        path: str = scope["path_template"]
+        labels: dict[str, str | int | float] = {
+            "method": method,
+            "path": path,
+            "status_code": 200,
+            "app_name": self._app_name,
+        }
+        in_progress = self._in_progress.get((method, path))
+        if in_progress is None:
+            in_progress = self.requests_in_progress(labels).labels(*labels.values())
+            self._in_progress[(method, path)] = in_progress
+        started = time.perf_counter()
+        span = [200, 0.0]  # status, duration
+
+        async def send_measured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                span[0] = message["status"]
+            elif message["type"] == "http.response.body":
+                span[1] = time.perf_counter() - started
+            await send(message)
+
+        in_progress.inc()
+        try:
+            await self.app(scope, receive, send_measured)
+        finally:
+            in_progress.dec()
+            status = int(span[0])
+            done = self._done.get((method, path, status))
+            if done is None:
+                labels["status_code"] = status
+                values = [*labels.values()]
+                errors = None
+                if status >= 500:
+                    errors = self.requests_error_count(labels).labels(*values)
+                done = (
+                    self.request_count(labels).labels(*values),
+                    self.request_time(labels).labels(*values),
+                    errors,
+                )
+                self._done[(method, path, status)] = done
+            count, duration, errors = done
+            if errors is not None:
+                errors.inc()
+            count.inc()
+            duration.observe(span[1])
+
+
 # HTTP requests by method, route template and status: scheduler_http_requests_total,
 # scheduler_http_request_duration_seconds and friends. The route template, not the raw
 # path, keeps /jobs/{job_id:int} one series whatever the id.
-HTTP = PrometheusConfig(app_name="scheduler-svc", prefix="scheduler_http", group_path=True)
+HTTP = PrometheusConfig(
+    app_name="scheduler-svc",
+    prefix="scheduler_http",
+    group_path=True,
+    middleware_class=HttpMetricsMiddleware,
+)
 
 
 def attempted(result: RunResult) -> None:

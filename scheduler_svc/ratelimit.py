@@ -1,59 +1,110 @@
-"""Requests per principal per second or minute: Litestar's rate limit middleware, counted
-in this replica's memory (so the limit is per replica)."""
+"""Requests per principal per second or minute, counted in this replica's memory (so the
+limit is per replica).
+
+The counting is Litestar's RateLimitMiddleware's (a window opens at a principal's first
+request and lasts one unit; at most `count` requests pass in it; RateLimit-* headers on
+every limited response), with one counter per principal instead of Litestar's list of
+every request's time stamp, which its middleware decodes, extends and encodes again on
+each request: at a few thousand requests a second that list alone cost more than the
+handler.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from inspect import getmro
 from typing import Any
 
 from litestar import Request
+from litestar.enums import ScopeType
 from litestar.exceptions import TooManyRequestsException
-from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
-from litestar.stores.memory import MemoryStore
-from litestar.types import Receive, Scope, Send
+from litestar.middleware import DefineMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler_svc.auth import EXEMPT_PATHS, Principal
 from scheduler_svc.config import RateLimit
 
-# How often expired counters are dropped: the in-memory store keeps them until then, and
-# many clients (addresses) that each send a request or two would otherwise pile up.
+# How often expired counters are dropped: many clients (addresses) that each send a
+# request or two would otherwise pile up.
 SWEEP_INTERVAL_S = 60.0
+WINDOW_S = {"second": 1, "minute": 60}
+_EXEMPT = re.compile(EXEMPT_PATHS)
 
 
-def rate_key(request: Request[Any, Any, Any]) -> str:
+def rate_key(scope: Scope) -> str:
     """Whose budget a request spends: its principal's, else (refused) its client address's."""
-    principal = request.scope.get("user")
+    principal = scope.get("user")
     if isinstance(principal, Principal):
         return principal.rate_key
-    return f"address:{request.client.host if request.client else '-'}"
+    client = scope.get("client")
+    return f"address:{client[0] if client else '-'}"
 
 
-class RateLimiter(RateLimitMiddleware):
-    """Litestar's RateLimitMiddleware, answering its 429 in place and with Retry-After.
+class RateLimiter:
+    """ASGI middleware: at most `limit.count` requests per window per principal; over it, a
+    429 problem document with Retry-After, answered in place.
 
-    Litestar raises the 429 from the middleware, where only the application's outermost
-    exception handler would catch it: past our request logging, without a request id.
-    Rendering it here, with the route's own exception handlers, keeps it a problem
-    document that every outer middleware sees.
+    Answering in place, with the route's own exception handlers, keeps the 429 a problem
+    document that every outer middleware (request id, log line, metrics) sees; an
+    exception raised here would only reach the application's outermost handler.
     """
 
-    _swept_at = time.monotonic()
+    def __init__(self, app: ASGIApp, limit: RateLimit) -> None:
+        self.app = app
+        self.max_requests = limit.count
+        self.window_s = WINDOW_S[limit.unit]
+        self._fixed_headers = [
+            (b"ratelimit-policy", f"{limit.count}; w={self.window_s}".encode()),
+            (b"ratelimit-limit", str(limit.count).encode()),
+        ]
+        # rate key → [end of its window (Unix seconds), requests counted in it]
+        self.windows: dict[str, list[int]] = {}
+        self._swept_at = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or _EXEMPT.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
         if time.monotonic() - self._swept_at >= SWEEP_INTERVAL_S:
-            self._swept_at = time.monotonic()
-            store = self.config.get_store_from_app(scope["litestar_app"])
-            if isinstance(store, MemoryStore):
-                await store.delete_expired()
-        try:
-            await super().__call__(scope, receive, send)
-        except TooManyRequestsException as exc:
-            headers = exc.headers if isinstance(exc.headers, dict) else {}
-            reset = headers.get(self.config.rate_limit_reset_header_key, "1")
-            headers["Retry-After"] = str(max(1, int(reset)))
-            exc.headers = headers
-            await _respond_with_handler(scope, receive, send, exc)
+            self.sweep()
+        now = int(time.time())
+        key = rate_key(scope)
+        window = self.windows.get(key)
+        if window is None or window[0] <= now:
+            window = self.windows[key] = [now + self.window_s, 0]
+        if window[1] >= self.max_requests:
+            headers = {k.decode(): v.decode() for k, v in self._headers(window)}
+            headers["Retry-After"] = str(max(1, window[0] - now))
+            await _respond_with_handler(
+                scope, receive, send, TooManyRequestsException(headers=headers)
+            )
+            return
+        window[1] += 1
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), *self._headers(window)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _headers(self, window: list[int]) -> list[tuple[bytes, bytes]]:
+        remaining = max(self.max_requests - window[1], 0)
+        reset = max(window[0] - int(time.time()), 0)
+        return [
+            *self._fixed_headers,
+            (b"ratelimit-remaining", str(remaining).encode()),
+            (b"ratelimit-reset", str(reset).encode()),
+        ]
+
+    def sweep(self) -> None:
+        """Drop the counters whose window has ended."""
+        self._swept_at = time.monotonic()
+        now = int(time.time())
+        for key in [k for k, (end, _) in self.windows.items() if end <= now]:
+            del self.windows[key]
 
 
 async def _respond_with_handler(
@@ -70,11 +121,6 @@ async def _respond_with_handler(
     await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
-def rate_limit_config(limit: RateLimit) -> RateLimitConfig:
+def rate_limit_middleware(limit: RateLimit) -> DefineMiddleware:
     """The rate limit of SCHEDULER_RATE_LIMIT, per principal, sparing health and docs routes."""
-    return RateLimitConfig(
-        rate_limit=(limit.unit, limit.count),
-        exclude=EXEMPT_PATHS,
-        identifier_for_request=rate_key,
-        middleware_class=RateLimiter,
-    )
+    return DefineMiddleware(RateLimiter, limit=limit)

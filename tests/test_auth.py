@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -170,14 +171,33 @@ async def test_a_key_acts_for_its_own_tenant(
     assert tenant == "acme"
 
 
-async def test_revoking_a_key_takes_effect_at_once(
+async def test_revoking_a_key_takes_effect_within_the_key_cache_window(
     client: httpx.AsyncClient, pool: asyncpg.Pool[Any]
 ) -> None:
     key = await make_key(pool, "acme")
     assert (await client.get("/jobs", headers=bearer(key))).status_code == 200
     await store.api_key_revoke(pool, auth.key_prefix(key) or "")
-    problem = assert_unauthorized(await client.get("/jobs", headers=bearer(key)))
+    revoked_at = asyncio.get_running_loop().time()
+    window = Settings().api_key_cache_s
+    while (response := await client.get("/jobs", headers=bearer(key))).status_code == 200:
+        assert asyncio.get_running_loop().time() - revoked_at < window + 0.5
+        await asyncio.sleep(0.05)
+    problem = assert_unauthorized(response)
     assert "revoked" in problem["detail"]
+
+
+async def test_without_the_key_cache_revoking_takes_effect_at_once(
+    make_settings: Any, pool: asyncpg.Pool[Any], clean: None
+) -> None:
+    key = await make_key(pool, "acme")
+    async with (
+        running_app(make_settings(api_key_cache_s=0), pool) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        assert (await http.get("/jobs", headers=bearer(key))).status_code == 200
+        await store.api_key_revoke(pool, auth.key_prefix(key) or "")
+        problem = assert_unauthorized(await http.get("/jobs", headers=bearer(key)))
+        assert "revoked" in problem["detail"]
 
 
 async def test_last_used_is_recorded_at_most_once_a_minute(
@@ -199,6 +219,8 @@ async def test_last_used_is_recorded_at_most_once_a_minute(
     await pool.execute(
         "UPDATE api_keys SET last_used_at = now() - interval '2 minutes' WHERE prefix = $1", prefix
     )
+    # The key is looked up again once the key cache has forgotten it.
+    await asyncio.sleep(Settings().api_key_cache_s + 0.1)
     await client.get("/jobs", headers=bearer(key))
     later = await pool.fetchval("SELECT last_used_at FROM api_keys WHERE prefix = $1", prefix)
     assert later > first

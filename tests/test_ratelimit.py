@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+import time
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
-import uvicorn
-from litestar import Litestar
-from litestar.stores.memory import MemoryStore
 
 from scheduler_svc import ratelimit
-from scheduler_svc.app import create_app
 from scheduler_svc.config import RateLimit
 from tests.conftest import running_app
 from tests.principals import bearer, make_key
@@ -88,33 +80,20 @@ async def test_limit_per_second(make_settings: Any, pool: asyncpg.Pool[Any], cle
             assert response.headers["ratelimit-policy"] == "1; w=1"
 
 
-async def test_expired_counters_are_swept(
-    make_settings: Any, pool: asyncpg.Pool[Any], clean: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(ratelimit, "SWEEP_INTERVAL_S", 0.0)
-    app = create_app(make_settings(rate_limit=RateLimit(5, "second")), pool=pool)
-    stale = "RateLimitMiddleware::address:203.0.113.9"
-    async with serve(app) as url, httpx.AsyncClient(base_url=url) as http:
-        assert (await http.get("/jobs")).status_code == 200
-        store = app.stores.get("rate_limit")
-        assert isinstance(store, MemoryStore)
-        await store.set(stale, b"{}", expires_in=60)
-        store._store[stale].expires_at = datetime.now(UTC) - timedelta(seconds=1)
-        assert (await http.get("/jobs")).status_code == 200
-        assert stale not in store._store
-        assert len(store._store) == 1  # this client's own counter
+async def test_expired_counters_are_swept() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
+    limiter = ratelimit.RateLimiter(app, RateLimit(5, "second"))
+    sent: list[Any] = []
 
-@asynccontextmanager
-async def serve(app: Litestar) -> AsyncIterator[str]:
-    """Serve a given app object (to look into its stores) on a free loopback port."""
-    server = uvicorn.Server(uvicorn.Config(app, port=0, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "the server did not start"
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/jobs", "client": ("198.51.100.7", 1)}
+    await limiter(scope, None, send)  # type: ignore[arg-type]
+    assert dict(sent[0]["headers"])[b"ratelimit-remaining"] == b"4"
+    limiter.windows["address:203.0.113.9"] = [int(time.time()) - 1, 3]
+    limiter.sweep()
+    assert list(limiter.windows) == ["address:198.51.100.7"]  # this client's own counter

@@ -124,6 +124,8 @@ class WebhookReceiver:
         body = bytearray()
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the caller died mid-request (a killed replica): nothing arrived
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break

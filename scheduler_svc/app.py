@@ -53,6 +53,8 @@ def _problem_type(slug: str) -> str:
 
 
 def _from_http(exc: HTTPException) -> ProblemDetailsException:
+    if exc.status_code == 500:  # Litestar's own 500 (e.g. a dependency failed): keep the cause
+        log.error("internal_error", exc_info=exc)
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail != phrase else ""
     return ProblemDetailsException(
@@ -248,7 +250,7 @@ def create_app(
                 name="swagger-assets",
             ),
         ]
-    return Litestar(
+    app = Litestar(
         route_handlers=routes,
         dependencies={
             "pool": Provide(provide_pool, sync_to_thread=False),
@@ -256,10 +258,9 @@ def create_app(
             "rules": Provide(provide_rules, sync_to_thread=False),
         },
         lifespan=[lifespan],
-        # Outermost first: log every request, measure it (401 and 429 included), then
-        # resolve its principal, then count it against the rate limit.
+        # Outermost first: measure every request (401 and 429 included), then resolve its
+        # principal, then count it against the rate limit.
         middleware=[
-            logs.request_logging,
             metrics.HTTP.middleware,
             DefineMiddleware(auth.AuthMiddleware, authenticator=auth.Authenticator(settings)),
             rate_limit_middleware(settings.rate_limit),
@@ -302,3 +303,7 @@ def create_app(
         # logs.configure owns logging; Litestar's default would install its own handler.
         logging_config=None,
     )
+    # Around Litestar's own exception handling, not in the route's middleware: every
+    # request gets its line and its id, 404s and failures of the middleware included.
+    app.asgi_handler = logs.request_logging(app.asgi_handler)
+    return app

@@ -6,10 +6,10 @@ import asyncio
 import atexit
 import functools
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -172,7 +172,8 @@ def request_logging(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        # 32 hex digits, as uuid4().hex, at a sixth of its cost.
+        request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         status = 500
         started = time.perf_counter()
 
@@ -185,18 +186,20 @@ def request_logging(app: ASGIApp) -> ASGIApp:
                 message = {**message, "headers": headers}
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await app(scope, receive, send_with_id)
-            finally:
-                log.info(
-                    "request",
-                    method=scope.get("method"),
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    client=(scope.get("client") or ("", 0))[0],
-                )
+        # bind/reset rather than bound_contextvars, which copies every bound variable.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                method=scope.get("method"),
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                client=(scope.get("client") or ("", 0))[0],
+            )
+            structlog.contextvars.reset_contextvars(**tokens)
 
     return middleware
 
@@ -223,7 +226,7 @@ def _sensitive(key: str) -> bool:
 _OWN_FIELDS = frozenset(
     {
         "level", "logger", "timestamp", "job_id", "run_id", "tick", "attempt", "worker",
-        "status", "duration_ms", "retry_in_s", "request_id", "method",
+        "status", "duration_ms", "retry_in_s", "request_id", "method", "client",
     }
 )  # fmt: skip
 

@@ -163,3 +163,117 @@ async def test_no_secret_reaches_the_log_of_a_delivery(
     output = stream.getvalue()
     for secret in ("target-credential-s3cret", "cookie-s3cret", WEBHOOK_SECRET):
         assert secret not in output
+
+
+DSN_PASSWORD = "db-pa55word-never-logged"
+
+
+class UnreachablePool(asyncpg.Pool):
+    """A pool whose every query fails as an unreachable database does, naming its DSN
+    (password included) in the error, as drivers do."""
+
+    def __init__(self) -> None:  # no connections: nothing to set up
+        pass
+
+    async def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError(
+            f"could not connect to postgresql://app:{DSN_PASSWORD}@db:5432/jobs"
+        )
+
+    fetchval = fetch = fetchrow = execute = _fail
+
+
+async def test_a_request_is_one_line_with_its_id_and_lines_logged_while_handling_it_share_it(
+    make_settings: Any,
+) -> None:
+    with captured_logs() as stream:
+        async with (
+            running_app(make_settings(), UnreachablePool()) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            ready = await http.get("/readyz", headers={"X-Request-Id": "trace-42"})
+            jobs = await http.get("/jobs")
+            sane = await http.get("/healthz", headers={"X-Request-Id": "two words <b>"})
+            unknown = await http.get("/no-such-route", headers={"X-Request-Id": "trace-404"})
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        if "request_id" in event:
+            by_id.setdefault(event["request_id"], []).append(event)
+
+    assert ready.status_code == 503 and ready.headers["x-request-id"] == "trace-42"
+    # The failure is logged with its cause, inside the request, without the password.
+    [not_ready, request] = by_id["trace-42"]
+    assert not_ready["event"] == "not_ready" and not_ready["level"] == "warning"
+    assert "could not connect to postgresql://app:***@db" in not_ready["error"]
+    assert (request["event"], request["method"], request["path"], request["status"]) == (
+        "request",
+        "GET",
+        "/readyz",
+        503,
+    )
+    assert isinstance(request["duration_ms"], float)
+    # A failure no handler expects: a 500 problem, logged once with its traceback.
+    assert jobs.status_code == 500, jobs.text
+    generated = jobs.headers["x-request-id"]
+    assert len(generated) == 32 and int(generated, 16) >= 0
+    lines = by_id[generated]
+    assert [e["event"] for e in lines][-1] == "request" and lines[-1]["status"] == 500
+    failure = next(e for e in lines if e["level"] == "error")
+    assert "ConnectionRefusedError: could not connect" in failure["exception"]
+    # An id that is not a plain token is replaced, not echoed into headers and logs.
+    assert len(sane.headers["x-request-id"]) == 32
+    # A request no route takes has its line and its id too.
+    assert unknown.status_code == 404 and unknown.headers["x-request-id"] == "trace-404"
+    assert [(e["event"], e["status"]) for e in by_id["trace-404"]] == [("request", 404)]
+    assert DSN_PASSWORD not in stream.getvalue()
+    # Every line the requests caused carries an id: none was lost along the way.
+    assert all("request_id" in e for e in events if e.get("event") == "request")
+
+
+async def test_log_level_drops_lines_below_it(make_settings: Any) -> None:
+    with captured_logs() as stream:
+        logs.configure("json", "warning")
+        structlog.configure(cache_logger_on_first_use=False)
+        async with (
+            running_app(make_settings(), UnreachablePool()) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            await http.get("/readyz")
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["event"] for e in events if e.get("request_id")] == ["not_ready"]
+    assert {e["level"] for e in events} <= {"warning", "error", "critical"}
+
+
+def test_json_by_default_and_console_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, is_json in ((io.StringIO(), True), (Terminal(), False)):
+        with captured_logs(), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "stderr", stream)
+            logs.configure(None, "info")
+            structlog.configure(cache_logger_on_first_use=False)
+            structlog.get_logger("t").info("hello", job_id=7)
+        line = stream.getvalue().strip()
+        if is_json:
+            assert json.loads(line)["job_id"] == 7
+        else:
+            assert "hello" in line and "job_id" in line and not line.startswith("{")
+
+
+async def test_a_500_litestar_raises_itself_is_logged_with_its_cause(make_settings: Any) -> None:
+    # Litestar checks resolved dependencies against their annotations and answers a
+    # mismatch with its own 500: the first pool below is not a pool.
+    with captured_logs() as stream:
+        async with (
+            running_app(make_settings(), object()) as url,  # type: ignore[arg-type]
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            response = await http.get("/readyz", headers={"X-Request-Id": "trace-500"})
+    assert response.status_code == 500
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [failure] = [e for e in events if e.get("level") == "error"]
+    assert failure["event"] == "internal_error" and failure["request_id"] == "trace-500"
+    assert "Unsupported type" in failure["exception"], failure["exception"]

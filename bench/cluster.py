@@ -98,12 +98,13 @@ class Cluster:
 def nginx_config(directory: Path, port: int, upstreams: Sequence[int]) -> str:
     """nginx.conf for a proxy on 127.0.0.1:`port` over the API replicas on `upstreams`.
 
+    The proxying is deploy/nginx.conf's (passive health checks, retries, keepalive).
     Everything nginx writes (pid, logs, temporary files) goes under `directory`. Request
     bodies and upstream responses are kept in memory (the API takes at most 64 KiB), so
     nginx's workers never write a temporary file, whichever user they run as.
     """
     servers = "\n".join(
-        f"        server {LOOPBACK}:{p} max_fails=1 fail_timeout=5s;" for p in upstreams
+        f"        server {LOOPBACK}:{p} max_fails=3 fail_timeout=10s;" for p in upstreams
     )
     temp = "\n".join(
         f"    {kind}_temp_path {directory / kind};"

@@ -145,6 +145,8 @@ class Executor:
         ):
             if run.lost_worker is not None:
                 log.warning("lease_taken_over", from_worker=run.lost_worker)
+            else:
+                log.info("run_started", trigger=run.trigger)
             started = time.perf_counter()
             if run.attempt > run.max_attempts:
                 outcome = Outcome(

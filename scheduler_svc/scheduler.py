@@ -177,6 +177,7 @@ async def tick_once(
                 job_id=run.job_id,
                 run_id=run.id,
                 tick=run.scheduled_for.isoformat(),
+                worker=worker,
                 reason=OVERLAP_SKIPPED,
             )
     metrics.finished_in_pass(recorded.others)
@@ -256,7 +257,7 @@ class Scheduler:
         *,
         executor: Lessee | None = None,
         batch: int = 500,
-        lanes: int = 2,
+        lanes: int = 3,
         max_sleep_s: float = 5.0,
         on_runs: asyncio.Event | None = None,
     ) -> None:
@@ -274,35 +275,37 @@ class Scheduler:
             return self._max_sleep_s
         return min(max(due_in, 0.0), self._max_sleep_s)
 
-    async def _passes(self, count: int) -> list[PassResult]:
-        """`count` passes at once (SKIP LOCKED gives each its own jobs): while one
-        waits for the database, another plans in Python."""
+    async def _pass(self) -> PassResult:
+        result = await tick_once(self._pool, batch=self._batch, executor=self._executor)
+        if result.for_executors and self._on_runs is not None:
+            self._on_runs.set()
+        return result
+
+    async def _work_off_backlog(self, stop: asyncio.Event) -> None:
+        """Passes on `lanes` independent lanes until one comes back not full. SKIP
+        LOCKED gives each pass its own jobs; lanes that do not wait for each other
+        drift apart, so one plans in Python while another waits for the database."""
+
+        async def lane() -> None:
+            while not stop.is_set() and (await self._pass()).full:
+                pass
+
         outcomes = await asyncio.gather(
-            *(
-                tick_once(self._pool, batch=self._batch, executor=self._executor)
-                for _ in range(count)
-            ),
-            return_exceptions=True,
+            *(lane() for _ in range(self._lanes)), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return [o for o in outcomes if isinstance(o, PassResult)]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until `stop`; database outages are waited out, not fatal."""
         retry_s = 0.1
-        lanes = 1
         while not stop.is_set():
             self.wake.clear()
             try:
-                results = await self._passes(lanes)
-                if self._on_runs is not None and any(r.for_executors for r in results):
-                    self._on_runs.set()
-                if any(r.full for r in results):
-                    lanes = self._lanes  # a backlog: keep more than one pass going
+                if (await self._pass()).full:
+                    await self._work_off_backlog(stop)
                     continue
-                lanes = 1
                 timeout = await self._sleep_s()
                 retry_s = 0.1
             except DATABASE_ERRORS as exc:

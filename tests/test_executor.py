@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from scheduler_svc import store
 from scheduler_svc.executor import Executor, result_of, retry_delay_s
@@ -119,6 +120,32 @@ async def test_log_run_succeeds_and_is_recorded(pool: Any, http: httpx.AsyncClie
     job = await store.job_get(pool, "default", done.job_id)
     assert job is not None
     assert (job.last_run_status, job.last_run_at) == ("succeeded", done.started_at)
+
+
+async def test_an_attempt_logs_its_start_and_its_end_with_the_run_ids(
+    pool: Any, http: httpx.AsyncClient
+) -> None:
+    job_id, run = await due_run(pool)
+    ex = executor(pool, http)
+    [claimed] = await ex.claim_once(1)
+    # The run's ids are bound around the attempt, as the service's log lines show them.
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        await ex.execute(claimed)
+    ids = {
+        "job_id": job_id,
+        "run_id": run.id,
+        "tick": run.scheduled_for.isoformat(),
+        "attempt": 1,
+        "worker": "w1",
+    }
+    started, attempted = (
+        next(e for e in logs if e["event"] == name) for name in ("run_started", "run_attempted")
+    )
+    assert started.items() >= {**ids, "trigger": "schedule"}.items()
+    assert attempted.items() >= {**ids, "status": "succeeded"}.items()
+    assert attempted["duration_ms"] >= 0
 
 
 async def test_failing_handler_is_retried_then_failed(pool: Any, http: httpx.AsyncClient) -> None:

@@ -97,8 +97,9 @@ def configure(
 ) -> None:
     """Set up structlog and route the standard library's logging to the same renderer.
 
-    Our own events take structlog's direct path (a run writes two lines; at thousands
-    of runs a second the standard library's machinery would cost more than the run);
+    Our own events take structlog's direct path (every run writes a line or two; at
+    thousands of runs a second the standard library's machinery would cost more than
+    the run), into a LineSink;
     other libraries' records (uvicorn, asyncpg, warnings) go through logging and come
     out in the same format. Both pass `Redactor(secrets)` last, so no credential is
     written.

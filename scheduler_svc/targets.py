@@ -21,6 +21,7 @@ import httpx
 import msgspec
 import structlog
 
+from scheduler_svc import logs
 from scheduler_svc.models import SENSITIVE_HEADERS
 from scheduler_svc.netguard import RefusedAddress, Resolver, resolve_public, url_problem
 
@@ -181,17 +182,18 @@ def log_line(
     """The log target's execution: one structured line with the job and its attributes.
 
     `outcome` adds fields when the caller, not a surrounding context, knows them."""
-    log.info(
+    logs.run_line(
+        "scheduler_svc.targets",
         "job_executed",
-        job_id=job_id,
-        job_name=job_name,
-        run_id=run_id,
-        tick=tick.isoformat(),
-        attempt=attempt,
-        trigger=trigger,
-        tenant=tenant,
-        attributes=attributes,
-        **outcome,
+        {
+            "job_id": job_id,
+            "run_id": run_id,
+            "tick": tick.isoformat(),
+            "attempt": attempt,
+            "trigger": trigger,
+            **outcome,
+        },
+        {"job_name": job_name, "tenant": tenant, "attributes": attributes},
     )
 
 

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,7 @@ import structlog
 
 from scheduler_svc import logs
 from scheduler_svc.config import Settings
+from scheduler_svc.targets import log_line
 from tests.conftest import running_app
 from tests.principals import bearer, make_key
 from tests.webhook_receiver import Reply, serve_receiver
@@ -277,3 +279,40 @@ async def test_a_500_litestar_raises_itself_is_logged_with_its_cause(make_settin
     [failure] = [e for e in events if e.get("level") == "error"]
     assert failure["event"] == "internal_error" and failure["request_id"] == "trace-500"
     assert "Unsupported type" in failure["exception"], failure["exception"]
+
+
+def test_the_run_line_written_directly_is_the_line_structlog_writes() -> None:
+    tick = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+    attributes = {"region": "eu", "password": "hunter2-hunter2", "note": TARGET_TOKEN}
+
+    def one_line(direct: bool) -> dict[str, Any]:
+        with captured_logs() as stream:
+            # JSON at debug, structlog as configured: the direct path is the one taken.
+            assert logs._run_lines.direct
+            assert structlog.get_config()["processors"] is logs._run_lines.processors
+            logs._run_lines.direct = direct
+            with structlog.contextvars.bound_contextvars(request_id="r-1", token=COOKIE):
+                log_line(3, "nightly", 7, tick, 1, "schedule", "acme", attributes, status="ok")
+            logs.flush()
+        [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+        assert line.pop("timestamp").endswith("Z")
+        return dict(line)
+
+    direct = one_line(True)
+    assert direct == one_line(False)
+    assert direct == {
+        "request_id": "r-1",
+        "token": "***",
+        "job_id": 3,
+        "run_id": 7,
+        "tick": tick.isoformat(),
+        "attempt": 1,
+        "trigger": "schedule",
+        "status": "ok",
+        "job_name": "nightly",
+        "tenant": "acme",
+        "attributes": {"region": "eu", "password": "***", "note": "Bearer ***"},
+        "event": "job_executed",
+        "level": "info",
+        "logger": "scheduler_svc.targets",
+    }

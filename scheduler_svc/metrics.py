@@ -6,6 +6,7 @@ scraped on its own. No series has a per-job or per-tenant label.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any
 
@@ -163,12 +164,13 @@ def leased(runs: list[ClaimedRun], claim: int) -> None:
 
 def finished_in_pass(runs: list[InsertedRun]) -> None:
     """Count the runs a scheduler pass inserted finished. One it ran itself succeeded
-    at once: its lag is its start, its duration nothing worth measuring."""
+    at once: its lag is its start, its duration nothing worth measuring. (Runs it
+    leased to the executor are counted when they end.)"""
+    outcomes = collections.Counter(r.status for r in runs if r.status != "running")
+    for status, count in outcomes.items():
+        RUNS.labels(status).inc(count)
     for run in runs:
-        if run.status == "running":
-            continue  # leased to the executor, which counts it when it ends
-        RUNS.labels(run.status).inc()
-        if run.started_at is not None:
+        if run.status == "succeeded" and run.started_at is not None:
             RUN_DURATION.observe(0.0)
             FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
 

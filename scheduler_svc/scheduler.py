@@ -11,7 +11,7 @@ earliest due time or a wake-up (NOTIFY on job changes), whichever comes first.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Protocol
@@ -155,7 +155,7 @@ async def tick_once(
                 reserved = executor.reserve(len(pending))
                 for i in pending[:reserved]:
                     lease_s = by_id[ticks[i].job_id].timeout_s + executor.lease_margin_s
-                    ticks[i] = replace(ticks[i], status="running", lease_s=lease_s)
+                    ticks[i] = ticks[i]._replace(status="running", lease_s=lease_s)
             recorded = await store.ticks_record(conn, advances, ticks, worker)
             ran = [run for run in recorded.others if run.status == "succeeded"]
             if ran:

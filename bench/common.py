@@ -20,6 +20,7 @@ import httpx
 
 from scheduler_svc import db
 
+
 @dataclass(slots=True)
 class Result:
     """One scenario's table, and its raw figures for the JSON file."""

@@ -8,8 +8,8 @@ database holding the jobs and a history of earlier runs (vacuumed and analyzed, 
 a running system's tables are). The jobs are started while the replicas run; after
 a warm-up of 3 s, every run whose tick falls in the next `--seconds` counts:
 
-- start − tick: started_at − scheduled_for, from the runs table (database clock);
-- receipt − tick (`--target http`): when the request had fully arrived at a small
+- start - tick: started_at - scheduled_for, from the runs table (database clock);
+- receipt - tick (`--target http`): when the request had fully arrived at a small
   receiver in this process on 127.0.0.1, minus the tick in its body (same machine,
   same clock). The replicas get SCHEDULER_WEBHOOK_ALLOW_PRIVATE=true for it.
 
@@ -28,9 +28,10 @@ import contextlib
 import json
 import tempfile
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -45,8 +46,9 @@ FROM generate_series(1, $1) AS i
 """
 # $1: the first tick; $2: spread the jobs' phases over this many seconds.
 START_JOBS = """
-UPDATE jobs SET status = 'active',
-                next_run_at = $1::timestamptz + make_interval(secs => (id % $3)::float8 * $2::float8 / $3)
+UPDATE jobs
+SET status = 'active',
+    next_run_at = $1::timestamptz + make_interval(secs => (id % $3)::float8 * $2::float8 / $3)
 """
 # Earlier runs: a running system has a history, and statistics that know it (on a
 # brand-new database, plans made for empty tables hold until autovacuum's first
@@ -95,7 +97,9 @@ async def start(conn: asyncpg.Connection[Any], jobs: int, schedule: str, phase: 
     """Activate the jobs from their first fire time a moment ahead; return that time."""
     parsed = schedules.parse(schedule)
     now: datetime = await conn.fetchval("SELECT now()")
-    first = schedules.next_fire(parsed, UTC, now.replace(microsecond=0) + timedelta(seconds=LEAD_S))
+    first = schedules.next_fire(
+        parsed, ZoneInfo("UTC"), now.replace(microsecond=0) + timedelta(seconds=LEAD_S)
+    )
     assert first is not None
     span = parsed.every.total_seconds() if phase == "spread" and parsed.every else 0.0
     await conn.execute(START_JOBS, first, span, jobs)
@@ -188,7 +192,7 @@ def row(f: dict[str, Any]) -> list[object]:
 
 
 def title(seconds: float) -> str:
-    return f"Fire lag in ms over {seconds:g} s: start − tick (runs table), receipt − tick (webhook)"
+    return f"Fire lag in ms over {seconds:g} s: start - tick (runs table), receipt - tick (webhook)"
 
 
 async def run(quick: bool) -> list[Result]:

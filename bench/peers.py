@@ -109,7 +109,7 @@ async def raw_ceiling(ticks: int, timeout_s: float) -> dict[str, float]:
 
 async def pgqueuer_drain(jobs: int, batch: int, timeout_s: float) -> dict[str, float]:
     """Jobs/s of one pgqueuer QueueManager draining `jobs` no-op jobs at `batch`."""
-    from pgqueuer import AsyncpgDriver, Job, QueueManager, Queries
+    from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
     from pgqueuer.domain.types import QueueExecutionMode
 
     async with bench_database() as url:

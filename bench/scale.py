@@ -45,7 +45,7 @@ SELECT 'bench', 'job-' || i, '@every 1d',
        CASE WHEN i > $3 AND i % 10 = 0 THEN 'paused' ELSE 'active' END,
        CASE WHEN i <= $3 THEN now() - interval '1 second'
             WHEN i % 10 = 0 THEN NULL
-            ELSE now() + make_interval(secs => 60 + (i * 7919 % 86400)) END
+            ELSE now() + make_interval(secs => 60 + (i::bigint * 7919 % 86400)) END
 FROM generate_series($1::int, $2::int) AS i
 """
 # Runs $1 .. $2 - 1 of $4 over jobs 1 .. $3: run i is job i % $3 + 1's (i / $3)th, in

@@ -104,7 +104,8 @@ def acceptance(document: dict[str, Any]) -> Result | None:
             p99 = run["start_lag_ms"]["p99"]
             rows.append(
                 [
-                    f"fire lag p99 start - tick, {run['jobs']} ticks/s, {run['replicas']} replicas",
+                    f"fire lag p99 start - tick, {run['jobs']} ticks/s, {run['target']} target, "
+                    f"{run['replicas']} replicas",
                     f"{p99:.1f} ms",
                     f"≤ {limit} ms",
                 ]

@@ -3,11 +3,18 @@
 A bare asyncio protocol (HTTP/1.1 with Content-Length, keep-alive), not a framework:
 it notes when each request had fully arrived and its body, answers 200 at once, and
 parses nothing until the measurement is over, so that what it measures is the
-service, not itself.
+service, not itself (wrk gets tens of thousands of requests/s from it).
+
+    python -m bench.receiver [--concurrency 1 8 32] [--requests 2000]
+
+prints how many requests/s one httpx.AsyncClient (the service's webhook client
+library) gets from it at each concurrency: a ceiling for the webhook path of one
+replica, whose executors run SCHEDULER_CONCURRENCY (32) deliveries at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -16,6 +23,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
+
+import httpx
 
 _REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
@@ -78,3 +87,36 @@ async def receiving() -> AsyncIterator[tuple[str, Receipts]]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def client_rate(concurrency: int, requests: int) -> float:
+    """Requests/s of one httpx.AsyncClient posting to the receiver, `concurrency` at once."""
+    async with receiving() as (url, _):
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits) as client:
+            body = json.dumps({"scheduled_for": "2030-01-01T00:00:00Z"}).encode()
+            gate = asyncio.Semaphore(concurrency)
+
+            async def post() -> None:
+                async with gate:
+                    (await client.post(url, content=body)).raise_for_status()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(post() for _ in range(requests)))
+            return requests / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    for concurrency in args.concurrency:
+        rate = await client_rate(concurrency, args.requests)
+        print(f"httpx.AsyncClient, {concurrency} at once: {rate:,.0f} requests/s")
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())

@@ -38,7 +38,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import bench_database, replicas, table
+from bench.common import Result, bench_database, replicas
 
 JOBS = 10_000
 RUNS_PER_JOB = 3
@@ -200,14 +200,14 @@ async def measure(processes: list[int], seconds: float, connections: int) -> lis
     return results
 
 
-async def run(quick: bool) -> list[dict[str, Any]]:
-    """The API figures as one table (title, header, rows, raw data)."""
+async def run(quick: bool) -> list[Result]:
+    """The API figures as one table."""
     seconds = 5 if quick else 15
     results = await measure([1, 2], seconds, CONNECTIONS)
     return [report(results, seconds, CONNECTIONS)]
 
 
-def report(results: list[dict[str, Any]], seconds: float, connections: int) -> dict[str, Any]:
+def report(results: list[dict[str, Any]], seconds: float, connections: int) -> Result:
     rows = [
         [
             r["endpoint"],
@@ -219,19 +219,19 @@ def report(results: list[dict[str, Any]], seconds: float, connections: int) -> d
         ]
         for r in results
     ]
-    return {
-        "title": f"HTTP API: wrk -t{THREADS} -c{connections} -d{seconds:g}s, "
+    return Result(
+        title=f"HTTP API: wrk -t{THREADS} -c{connections} -d{seconds:g}s, "
         f"{JOBS} jobs, authenticated",
-        "header": ["request", "processes", "req/s", "p50 ms", "p99 ms", "errors"],
-        "rows": rows,
-        "data": {
+        header=["request", "processes", "req/s", "p50 ms", "p99 ms", "errors"],
+        rows=rows,
+        figures={
             "jobs": JOBS,
             "seconds": seconds,
             "connections": connections,
             "threads": THREADS,
             "results": results,
         },
-    }
+    )
 
 
 def main() -> None:
@@ -243,8 +243,7 @@ def main() -> None:
     args = parser.parse_args()
     seconds = args.seconds or (5 if args.quick else 15)
     results = asyncio.run(measure(args.processes, seconds, args.connections))
-    out = report(results, seconds, args.connections)
-    print(table(out["title"], out["header"], out["rows"]))
+    print(report(results, seconds, args.connections).table())
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +19,22 @@ import asyncpg
 import httpx
 
 from scheduler_svc import db
+
+
+@dataclass(slots=True)
+class Result:
+    """One scenario's table, and its raw figures for the JSON file."""
+
+    title: str
+    header: list[str]
+    rows: list[list[object]]
+    # JSON-able: what the rows show, unrounded, plus the parameters that produced them.
+    figures: dict[str, object] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """The plain-text table."""
+        return table(self.title, self.header, self.rows)
+
 
 SERVER_URL = os.environ.get(
     "SCHEDULER_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -129,3 +146,28 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells[1:]]
     return "\n".join(lines)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """count, p50, p99 and max of some latencies."""
+    return {
+        "count": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values, default=float("nan")),
+    }
+
+
+def ms(value: object) -> str:
+    """A latency in milliseconds for a table cell."""
+    return f"{value:.1f}" if isinstance(value, int | float) else str(value)
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB, from /proc/<pid>/status."""
+    figures: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            figures[key] = int(value.split()[0])
+    return figures

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import bench_database, replicas, table
+from bench.common import Result, bench_database, replicas
 
 MAKE_JOBS = """
 INSERT INTO jobs (tenant, name, schedule, next_run_at, misfire_grace_s, overlap)
@@ -39,7 +39,7 @@ LEAD_S = 10
 DONE = "SELECT count(*) FROM job_runs WHERE created_at >= $1 AND status = 'succeeded'"
 FAILED = "SELECT count(*) FROM job_runs WHERE created_at >= $1 AND status <> 'succeeded'"
 SPAN = """
-SELECT extract(epoch FROM max(finished_at) - $1::timestamptz) FROM job_runs
+SELECT extract(epoch FROM max(finished_at) - $1::timestamptz)::float8 FROM job_runs
 WHERE created_at >= $1
 """
 
@@ -79,32 +79,42 @@ async def measure(ticks: int, replica_count: int, timeout_s: float) -> dict[str,
     return {"seconds": seconds, "rate": ticks / seconds, "failed": failed, "runs": runs}
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ticks", type=int, default=50_000)
-    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--timeout", type=float, default=300)
-    args = parser.parse_args()
-    rows = []
-    for count in args.replicas:
-        result = await measure(args.ticks, count, args.timeout)
+TITLE = "Pipeline throughput (materialize → claim → log target → record)"
+HEADER = ["replicas", "ticks", "seconds", "ticks/s", "runs", "not succeeded"]
+
+
+async def results(ticks: int, replica_counts: list[int], timeout_s: float) -> Result:
+    """One row per replica count."""
+    rows: list[list[object]] = []
+    figures: dict[str, object] = {"ticks": ticks}
+    for count in replica_counts:
+        result = await measure(ticks, count, timeout_s)
+        figures[f"replicas_{count}"] = result
         rows.append(
             [
                 count,
-                args.ticks,
+                ticks,
                 f"{result['seconds']:.2f}",
                 f"{result['rate']:,.0f}",
                 int(result["runs"]),
                 int(result["failed"]),
             ]
         )
-    print(
-        table(
-            "Pipeline throughput (materialize → claim → log target → record)",
-            ["replicas", "ticks", "seconds", "ticks/s", "runs", "not succeeded"],
-            rows,
-        )
-    )
+    return Result(TITLE, HEADER, rows, figures)
+
+
+async def run(quick: bool) -> list[Result]:
+    """50,000 ticks (10,000 with quick) through 1 and 2 replicas."""
+    return [await results(10_000 if quick else 50_000, [1, 2], timeout_s=300)]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ticks", type=int, default=50_000)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    print((await results(args.ticks, args.replicas, args.timeout)).table())
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import signal
@@ -197,19 +198,27 @@ def create_app(
 
             app.state.pool = pool or await open_pool()
             if settings.role != "api":
-                client = http
-                if client is None:
-                    client = webhook_client(
-                        allow_private=settings.webhook_allow_private, max_connections=256
-                    )
-                    stack.push_async_callback(client.aclose)
+                if http is not None:
+                    clients = [http]
+                else:
+                    # Several small clients rather than one big one (see Deliverer):
+                    # about four calls in flight each.
+                    clients = [
+                        webhook_client(
+                            allow_private=settings.webhook_allow_private, max_connections=64
+                        )
+                        for _ in range(min(16, math.ceil(settings.concurrency / 4)))
+                    ]
+                    for client in clients:
+                        stack.push_async_callback(client.aclose)
                 deliverer = Deliverer(
-                    client,
+                    clients,
                     webhook_secret=settings.webhook_secret,
                     allow_private=settings.webhook_allow_private,
                     handlers=handlers,
                 )
-                worker_pool = pool or await open_pool(max_size=4, durable=False)
+                # Scheduler lanes (3), the executor, maintenance and a spare.
+                worker_pool = pool or await open_pool(max_size=6, durable=False)
                 worker = Worker(settings, worker_pool, deliverer)
                 worker.start().add_done_callback(partial(_stop_process_if_failed, app))
                 stack.push_async_callback(worker.stop)

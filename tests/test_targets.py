@@ -859,3 +859,32 @@ async def test_handlers_given_in_config_take_precedence_over_entry_points(
     outcome = await deliverer.deliver(make_delivery({"type": "handler", "name": "greet"}))
 
     assert outcome == Outcome(ok=True, output="from config")
+
+
+async def test_webhook_calls_spread_over_the_clients_by_calls_in_flight(
+    receiver: WebhookReceiver,
+) -> None:
+    receiver.default = Reply(200, hold=True)  # every call stays in flight until released
+    sent: list[int] = []
+
+    def counting(n: int) -> httpx.AsyncClient:
+        async def hook(_: httpx.Request) -> None:
+            sent.append(n)
+
+        return httpx.AsyncClient(event_hooks={"request": [hook]})
+
+    clients = [counting(n) for n in range(3)]
+    try:
+        deliverer = Deliverer(clients, allow_private=True)
+        calls = [
+            asyncio.create_task(deliverer.deliver(make_delivery(http_target(receiver.url("/")))))
+            for _ in range(6)
+        ]
+        await receiver.wait_for(6)
+        # Each new call went to a client with the fewest in flight: two each.
+        assert sorted(sent) == [0, 0, 1, 1, 2, 2]
+        receiver.release()
+        assert [o.ok for o in await asyncio.gather(*calls)] == [True] * 6
+    finally:
+        for client in clients:
+            await client.aclose()

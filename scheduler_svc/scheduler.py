@@ -29,6 +29,11 @@ from scheduler_svc.targets import RUN_IN_PASS, log_line
 log = structlog.get_logger("scheduler_svc.scheduler")
 
 OVERLAP_SKIPPED = "an earlier run of this job was still pending or running (overlap: forbid)"
+# After a pass that left nothing due, the next starts no sooner than this. Ticks
+# spread over each second (thousands of jobs created at different times) then come
+# a few per pass rather than one pass each, and a replica that lost the race for a
+# tick waits for the winner to commit instead of asking again and again meanwhile.
+PASS_GAP_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +278,7 @@ class Scheduler:
         due_in = await store.jobs_next_due(self._pool)
         if due_in is None:
             return self._max_sleep_s
-        return min(max(due_in, 0.0), self._max_sleep_s)
+        return min(max(due_in, PASS_GAP_S), self._max_sleep_s)
 
     async def _pass(self) -> PassResult:
         result = await tick_once(self._pool, batch=self._batch, executor=self._executor)

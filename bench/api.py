@@ -157,7 +157,7 @@ def wrk(
         }
     )
     command = [
-        "wrk", f"-t{THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency",
+        "wrk", f"-t{THREADS}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
         "--timeout", "5s", "-s", str(script), f"http://{addrs[0]}",
     ]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout

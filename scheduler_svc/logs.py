@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
@@ -43,26 +44,31 @@ class LineSink:
         self._stream = stream
         self._lines: list[str] = []
         self._flush_scheduled = False
+        # Threads log too (the server's, the standard library's); they write at once.
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> None:
-        self._lines.append(text)
-        if self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        loop.call_soon(self.flush)
-        self._flush_scheduled = True
+        with self._lock:
+            self._lines.append(text)
+            if self._flush_scheduled:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.call_soon(self.flush)
+                self._flush_scheduled = True
+                return
+        self.flush()
 
     def flush(self) -> None:
-        self._flush_scheduled = False
-        if self._lines:
-            text = "".join(self._lines)
-            self._lines.clear()
-            self._stream.write(text)
-            self._stream.flush()
+        with self._lock:
+            self._flush_scheduled = False
+            lines, self._lines = self._lines, []
+            if lines:
+                self._stream.write("".join(lines))
+                self._stream.flush()
 
 
 _sink = LineSink(sys.stderr)

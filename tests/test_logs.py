@@ -316,3 +316,27 @@ def test_the_run_line_written_directly_is_the_line_structlog_writes() -> None:
         "level": "info",
         "logger": "scheduler_svc.targets",
     }
+
+
+def test_lines_from_threads_and_the_loop_are_all_written_once() -> None:
+    stream = io.StringIO()
+    sink = logs.LineSink(stream)
+
+    async def from_the_loop() -> None:
+        for i in range(2000):
+            sink.write(f"loop {i}\n")
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+
+    def from_a_thread(name: str) -> None:
+        for i in range(2000):
+            sink.write(f"{name} {i}\n")
+
+    async def main() -> None:
+        threads = [asyncio.to_thread(from_a_thread, f"thread-{n}") for n in range(2)]
+        await asyncio.gather(from_the_loop(), *threads)
+        sink.flush()
+
+    asyncio.run(main())
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == len(set(lines)) == 6000

@@ -106,6 +106,7 @@ class Executor:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._reserved = 0  # slots held for runs a scheduler pass is leasing to us
         self._results: list[RunResult] = []
+        self._attempts: dict[int, ClaimedRun] = {}  # the runs of those results, for the log
         self._attempt_done = asyncio.Event()  # a result to record, and a slot free
 
     # --- the pass: exchange, execute -------------------------------------------
@@ -126,8 +127,25 @@ class Executor:
             raise
         metrics.leased(exchange.leased, claim)
         for result in batch:
+            run = self._attempts.pop(result.run_id, None)
             if result.run_id not in exchange.recorded:
-                log.warning("lease_lost", run_id=result.run_id, status=result.status)
+                # Another replica took the run over (or its job was deleted) meanwhile.
+                log.warning(
+                    "lease_lost",
+                    run_id=result.run_id,
+                    status=result.status,
+                    duration_ms=result.duration_ms,
+                    worker=self.worker_id,
+                    **(
+                        {}
+                        if run is None
+                        else {
+                            "job_id": run.job_id,
+                            "tick": run.scheduled_for.isoformat(),
+                            "attempt": run.attempt,
+                        }
+                    ),
+                )
         return exchange
 
     async def claim_once(self, limit: int) -> list[ClaimedRun]:
@@ -202,6 +220,7 @@ class Executor:
             result = await self.execute(run)
             # Only now look up the list: exchange_once replaces it while we await.
             self._results.append(result)
+            self._attempts[run.id] = run
 
         task = asyncio.create_task(execute_and_collect(), name=f"run-{run.id}")
         self._inflight[run.id] = task

@@ -216,6 +216,34 @@ async def test_result_for_another_workers_lease_is_not_recorded(
     assert still is not None and still.status == "running"
 
 
+async def test_a_result_whose_lease_was_taken_over_is_dropped_and_logged_with_its_run(
+    pool: Any, http: httpx.AsyncClient
+) -> None:
+    job_id, run = await due_run(pool)
+    ex = executor(pool, http, worker="a")
+    [claimed] = await ex.claim_once(1)
+    # Another replica takes the run over while this one is still at it.
+    await pool.execute("UPDATE job_runs SET worker = 'b' WHERE id = $1", run.id)
+    ex._start(claimed)
+    await asyncio.gather(*ex._inflight.values())
+    with structlog.testing.capture_logs() as logs:
+        await ex.exchange_once(0)
+    [lost] = [e for e in logs if e["event"] == "lease_lost"]
+    assert (
+        lost.items()
+        >= {
+            "run_id": run.id,
+            "job_id": job_id,
+            "tick": run.scheduled_for.isoformat(),
+            "attempt": 1,
+            "worker": "a",
+            "status": "succeeded",
+        }.items()
+    )
+    still = await store.run_get(pool, "default", run.id)
+    assert still is not None and (still.status, still.worker) == ("running", "b")
+
+
 async def test_expired_lease_is_taken_over_as_the_next_attempt(
     pool: Any, http: httpx.AsyncClient
 ) -> None:

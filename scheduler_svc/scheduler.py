@@ -117,6 +117,11 @@ class Lessee(Protocol):
     @property
     def lease_margin_s(self) -> float: ...
 
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set when runs are waiting for an executor."""
+        ...
+
     def reserve(self, wanted: int) -> int:
         """Hold up to `wanted` free slots for runs about to be leased; how many."""
         ...
@@ -264,14 +269,12 @@ class Scheduler:
         batch: int = 500,
         lanes: int = 3,
         max_sleep_s: float = 5.0,
-        on_runs: asyncio.Event | None = None,
     ) -> None:
         self._pool = pool
         self._executor = executor  # this replica's: passes hand ticks straight to it
         self._batch = batch
         self._lanes = lanes  # passes at once while a backlog lasts
         self._max_sleep_s = max_sleep_s
-        self._on_runs = on_runs  # set when a pass inserted runs: this replica's executor
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_jobs and at reconnects
 
     async def _sleep_s(self) -> float:
@@ -282,8 +285,8 @@ class Scheduler:
 
     async def _pass(self) -> PassResult:
         result = await tick_once(self._pool, batch=self._batch, executor=self._executor)
-        if result.for_executors and self._on_runs is not None:
-            self._on_runs.set()
+        if result.for_executors and self._executor is not None:
+            self._executor.wake.set()
         return result
 
     async def _work_off_backlog(self, stop: asyncio.Event) -> None:

@@ -41,7 +41,7 @@ class Worker:
             concurrency=settings.concurrency,
             lease_margin_s=settings.lease_margin_s,
         )
-        self.scheduler = Scheduler(pool, executor=self.executor, on_runs=self.executor.wake)
+        self.scheduler = Scheduler(pool, executor=self.executor)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None

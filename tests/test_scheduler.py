@@ -254,6 +254,7 @@ class Hands:
     lease_margin_s = 5.0
 
     def __init__(self, worker_id: str, slots: int = 0) -> None:
+        self.wake = asyncio.Event()
         self.worker_id = worker_id
         self.slots = slots
         self.held = 0

@@ -267,14 +267,14 @@ def create_app(
             "rules": Provide(provide_rules, sync_to_thread=False),
         },
         lifespan=[lifespan],
-        # Outermost first: measure every request (401 and 429 included), then resolve its
-        # principal, then count it against the rate limit.
+        # Outermost first: measure every request (401 and 429 included), resolve its
+        # principal, count it against the rate limit, then refuse it without the scope.
         middleware=[
             metrics.HTTP.middleware,
             DefineMiddleware(auth.AuthMiddleware, authenticator=auth.Authenticator(settings)),
             rate_limit_middleware(settings.rate_limit),
+            auth.ScopeGuard,
         ],
-        guards=[auth.require_scope],
         plugins=[
             ProblemDocsPlugin(),
             StrictStructSchemaPlugin(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import socket
 import sys
@@ -137,6 +138,15 @@ class Server(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What startup built (the app, its routes and OpenAPI schema, the pools) lives
+        # as long as the process: keep it out of the collector's full passes, and
+        # collect young objects less often. Under wrk on GET /jobs/{id} the collector
+        # took 5 % of the CPU, in pauses of up to 55 ms; after this, a few ms in all.
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         worker: Worker | None = getattr(self._app.state, "worker", None)

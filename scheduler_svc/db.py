@@ -64,6 +64,43 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """
 
 
+class FairPool(asyncpg.Pool):
+    """asyncpg's pool, serving tasks that wait for a connection in the order they came.
+
+    asyncpg gives a released connection to whichever task asks for one next, so a task
+    that has been waiting can lose it to newcomers again and again (asyncpg#1247).
+    With 50 API requests in flight on 10 connections that made p99 latency four times
+    the median. Here a FIFO semaphore with a permit per connection comes first (asyncio's
+    Semaphore wakes waiters in order and makes newcomers queue behind them); whoever
+    holds a permit finds a connection free.
+    """
+
+    def __init__(self, *args: Any, max_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, max_size=max_size, **kwargs)
+        self._turns = asyncio.Semaphore(max_size)
+
+    # Both keep asyncpg's signatures, timeout parameters included.
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109
+        # Pool.acquire, fetch, execute and the rest all come through here and release().
+        if timeout is None:
+            await self._turns.acquire()
+        else:
+            deadline = asyncio.get_running_loop().time() + timeout
+            await asyncio.wait_for(self._turns.acquire(), timeout)
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        try:
+            return await super()._acquire(timeout)  # type: ignore[misc]
+        except BaseException:
+            self._turns.release()
+            raise
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            self._turns.release()
+
+
 async def create_pool(dsn: str, *, max_size: int = 10, durable: bool = True) -> Pool:
     """Open a pool to `dsn` with JSON codecs installed on every connection.
 
@@ -79,15 +116,20 @@ async def create_pool(dsn: str, *, max_size: int = 10, durable: bool = True) -> 
             **server_settings,
             "synchronous_commit": "off",
         }
-    pool = await asyncpg.create_pool(
+    # asyncpg.create_pool with its defaults, but building a FairPool.
+    pool: Pool = await FairPool(
         url,
         min_size=1,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
         init=_init_connection,
         reset=_keep_session,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         server_settings={"application_name": "scheduler-svc", **server_settings},
     )
-    assert pool is not None
     return pool
 
 

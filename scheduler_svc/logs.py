@@ -101,8 +101,8 @@ def _named_logger(*args: Any) -> _NamedWriteLogger:
 
 
 @dataclass
-class _RunLines:
-    """How `run_line` writes, set by `configure`: directly (JSON at info or below) with
+class _HotLines:
+    """How `hot_line` writes, set by `configure`: directly (JSON at info or below) with
     this redactor while structlog still runs `processors`, or else through structlog
     (which tests reconfigure to capture lines)."""
 
@@ -111,28 +111,28 @@ class _RunLines:
     processors: list[Any] | None = None
 
 
-_run_lines = _RunLines()
+_hot_lines = _HotLines()
 
 
-def run_line(logger: str, event: str, own: dict[str, Any], given: dict[str, Any]) -> None:
-    """Log the line a run writes (the log target's `job_executed`) at info.
+def hot_line(logger: str, event: str, own: dict[str, Any], given: dict[str, Any]) -> None:
+    """Log at info a line written thousands of times a second: the line of each run
+    (the log target's `job_executed`) and of each HTTP request.
 
-    This line is written once per run, thousands of times a second, so in JSON it
-    skips structlog's per-call machinery (bound logger, processor chain, which cost
-    about three times the line) and produces the very line structlog would: bound
+    In JSON it skips structlog's per-call machinery (bound logger, processor chain,
+    which cost about three times the line) and produces the very line structlog would: bound
     context vars, then the fields, event, level, logger and timestamp. `own` holds
     the service's fields (ids, times, fixed words), which need no redaction; `given`
     holds what clients wrote (names, attributes), which is redacted as ever. Any
     other format, or a level above info, goes through structlog.
     """
     if (
-        not _run_lines.direct
-        or _run_lines.redact is None
-        or structlog.get_config()["processors"] is not _run_lines.processors
+        not _hot_lines.direct
+        or _hot_lines.redact is None
+        or structlog.get_config()["processors"] is not _hot_lines.processors
     ):
         structlog.get_logger(logger).info(event, **own, **given)
         return
-    redact = _run_lines.redact
+    redact = _hot_lines.redact
     line = structlog.contextvars.get_contextvars()
     for key, value in line.items():
         if key not in _OWN_FIELDS:
@@ -169,15 +169,15 @@ def configure(
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     redact = Redactor(secrets)
-    _run_lines.direct = fmt == "json" and logging.getLevelName(level.upper()) <= logging.INFO
-    _run_lines.redact = redact
+    _hot_lines.direct = fmt == "json" and logging.getLevelName(level.upper()) <= logging.INFO
+    _hot_lines.redact = redact
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    _run_lines.processors = [
+    _hot_lines.processors = [
         *shared,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
@@ -185,7 +185,7 @@ def configure(
         renderer,
     ]
     structlog.configure(
-        processors=_run_lines.processors,
+        processors=_hot_lines.processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=_named_logger,
         cache_logger_on_first_use=True,
@@ -250,13 +250,16 @@ def request_logging(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_id)
         finally:
-            log.info(
+            hot_line(
+                "scheduler_svc",
                 "request",
-                method=scope.get("method"),
-                path=scope["path"],
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                client=(scope.get("client") or ("", 0))[0],
+                {
+                    "method": scope.get("method"),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "client": (scope.get("client") or ("", 0))[0],
+                },
+                {"path": scope["path"]},
             )
             structlog.contextvars.reset_contextvars(**tokens)
 

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import re
 import time
-from inspect import getmro
-from typing import Any
 
-from litestar import Request
 from litestar.enums import ScopeType
 from litestar.exceptions import TooManyRequestsException
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from scheduler_svc.auth import EXEMPT_PATHS, Principal
+from scheduler_svc.auth import EXEMPT_PATHS, Principal, answer_in_route
 from scheduler_svc.config import RateLimit
 
 # How often expired counters are dropped: many clients (addresses) that each send a
@@ -76,9 +73,7 @@ class RateLimiter:
         if window[1] >= self.max_requests:
             headers = {k.decode(): v.decode() for k, v in self._headers(window)}
             headers["Retry-After"] = str(max(1, window[0] - now))
-            await _respond_with_handler(
-                scope, receive, send, TooManyRequestsException(headers=headers)
-            )
+            await answer_in_route(scope, receive, send, TooManyRequestsException(headers=headers))
             return
         window[1] += 1
 
@@ -105,20 +100,6 @@ class RateLimiter:
         now = int(time.time())
         for key in [k for k, (end, _) in self.windows.items() if end <= now]:
             del self.windows[key]
-
-
-async def _respond_with_handler(
-    scope: Scope, receive: Receive, send: Send, exc: TooManyRequestsException
-) -> None:
-    app = scope["litestar_app"]
-    request: Request[Any, Any, Any] = app.request_class(scope, receive, send)
-    handlers = scope["route_handler"].resolve_exception_handlers()
-    # Litestar's own lookup order: the status code, then the exception's classes.
-    handler = handlers.get(exc.status_code) or next(
-        handlers[cls] for cls in getmro(type(exc)) if cls in handlers
-    )
-    response = handler(request, exc)
-    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
 def rate_limit_middleware(limit: RateLimit) -> DefineMiddleware:

@@ -182,7 +182,7 @@ def log_line(
     """The log target's execution: one structured line with the job and its attributes.
 
     `outcome` adds fields when the caller, not a surrounding context, knows them."""
-    logs.run_line(
+    logs.hot_line(
         "scheduler_svc.targets",
         "job_executed",
         {

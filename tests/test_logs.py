@@ -288,9 +288,9 @@ def test_the_run_line_written_directly_is_the_line_structlog_writes() -> None:
     def one_line(direct: bool) -> dict[str, Any]:
         with captured_logs() as stream:
             # JSON at debug, structlog as configured: the direct path is the one taken.
-            assert logs._run_lines.direct
-            assert structlog.get_config()["processors"] is logs._run_lines.processors
-            logs._run_lines.direct = direct
+            assert logs._hot_lines.direct
+            assert structlog.get_config()["processors"] is logs._hot_lines.processors
+            logs._hot_lines.direct = direct
             with structlog.contextvars.bound_contextvars(request_id="r-1", token=COOKIE):
                 log_line(3, "nightly", 7, tick, 1, "schedule", "acme", attributes, status="ok")
             logs.flush()
@@ -315,6 +315,43 @@ def test_the_run_line_written_directly_is_the_line_structlog_writes() -> None:
         "event": "job_executed",
         "level": "info",
         "logger": "scheduler_svc.targets",
+    }
+
+
+async def test_the_request_line_written_directly_is_the_line_structlog_writes(
+    make_settings: Any,
+) -> None:
+    # A path with an API key in it: the path is the client's text, and redacted.
+    path = "/jobs/sch_abcdefgh_" + "k" * 43
+
+    async def one_line(direct: bool) -> dict[str, Any]:
+        with captured_logs() as stream:
+            assert logs._hot_lines.direct
+            logs._hot_lines.direct = direct
+            async with (
+                running_app(make_settings(), UnreachablePool()) as url,
+                httpx.AsyncClient(base_url=url) as http,
+            ):
+                response = await http.get(path, headers={"X-Request-Id": "trace-7"})
+            logs.flush()
+        assert response.status_code == 404
+        events = [json.loads(line) for line in stream.getvalue().splitlines()]
+        [line] = [e for e in events if e.get("event") == "request"]
+        assert line.pop("timestamp").endswith("Z")
+        assert isinstance(line.pop("duration_ms"), float)
+        return dict(line)
+
+    direct = await one_line(True)
+    assert direct == await one_line(False)
+    assert direct == {
+        "request_id": "trace-7",
+        "method": "GET",
+        "path": "/jobs/sch_abcdefgh_***",
+        "status": 404,
+        "client": "127.0.0.1",
+        "event": "request",
+        "level": "info",
+        "logger": "scheduler_svc",
     }
 
 

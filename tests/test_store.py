@@ -77,6 +77,53 @@ async def test_schema_applies_again_and_concurrently(database_url: str) -> None:
     assert versions == [db.SCHEMA_VERSION] * 6
 
 
+async def test_connections_go_to_waiting_tasks_in_the_order_they_asked(database_url: str) -> None:
+    # Requests arriving one per loop turn on a pool of two. asyncpg's own pool hands a
+    # released connection to whoever asks next (asyncpg#1247): in this very run nearly
+    # all of the 200 were overtaken by a later one.
+    pool = await db.create_pool(database_url, max_size=2)
+    served: list[int] = []
+
+    async def request(i: int) -> None:
+        async with pool.acquire() as conn:
+            served.append(i)
+            await conn.fetchval("SELECT 1")
+
+    try:
+        async with pool.acquire(), pool.acquire():  # both connections open before the run
+            pass
+        tasks = []
+        for i in range(200):
+            tasks.append(asyncio.create_task(request(i)))
+            await asyncio.sleep(0)  # one loop turn, not a wait: the next one arrives
+        await asyncio.gather(*tasks)
+    finally:
+        await pool.close()
+    assert served == list(range(200))
+
+
+async def test_a_wait_for_a_connection_that_ends_early_gives_back_its_turn(
+    database_url: str,
+) -> None:
+    pool = await db.create_pool(database_url, max_size=2)
+    try:
+        held = [await pool.acquire() for _ in range(2)]
+        with pytest.raises(TimeoutError):
+            await pool.acquire(timeout=0.05)
+        cancelled = asyncio.create_task(pool.fetchval("SELECT 1"))
+        await asyncio.sleep(0)  # until it waits for a turn
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        for conn in held:
+            await pool.release(conn)
+        # Both turns are free again: two connections at once, and each answers.
+        async with asyncio.timeout(5), pool.acquire() as one, pool.acquire() as two:
+            assert [await one.fetchval("SELECT 1"), await two.fetchval("SELECT 2")] == [1, 2]
+    finally:
+        await pool.close()
+
+
 async def test_insert_and_get_round_trip_json(conn: Any) -> None:
     row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON)
     assert row is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import re
 import signal
@@ -39,9 +38,9 @@ from scheduler_svc.config import Settings
 from scheduler_svc.db import Pool
 from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError
 from scheduler_svc.models import Status
-from scheduler_svc.netguard import webhook_client
 from scheduler_svc.ratelimit import rate_limit_middleware
 from scheduler_svc.targets import Deliverer, Handler
+from scheduler_svc.webhook_http import webhook_transport
 from scheduler_svc.worker import Worker
 
 log = structlog.get_logger("scheduler_svc.app")
@@ -178,7 +177,7 @@ def _stop_process_if_failed(app: Litestar, task: asyncio.Task[None]) -> None:
 def create_app(
     settings: Settings,
     pool: Pool | None = None,
-    http: httpx.AsyncClient | None = None,
+    http: httpx.AsyncBaseTransport | None = None,
     handlers: Mapping[str, Handler] | None = None,
 ) -> Litestar:
     """The application for `settings.role`. Pass `pool` and `http` to share them (tests);
@@ -198,21 +197,15 @@ def create_app(
 
             app.state.pool = pool or await open_pool()
             if settings.role != "api":
-                if http is not None:
-                    clients = [http]
-                else:
-                    # Several small clients rather than one big one (see Deliverer):
-                    # about four calls in flight each.
-                    clients = [
-                        webhook_client(
-                            allow_private=settings.webhook_allow_private, max_connections=64
-                        )
-                        for _ in range(min(16, math.ceil(settings.concurrency / 4)))
-                    ]
-                    for client in clients:
-                        stack.push_async_callback(client.aclose)
+                transport = http
+                if transport is None:
+                    transport = webhook_transport(
+                        allow_private=settings.webhook_allow_private,
+                        max_connections=max(64, settings.concurrency),
+                    )
+                    stack.push_async_callback(transport.aclose)
                 deliverer = Deliverer(
-                    clients,
+                    transport,
                     webhook_secret=settings.webhook_secret,
                     allow_private=settings.webhook_allow_private,
                     handlers=handlers,

@@ -212,8 +212,6 @@ def configure(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
-    # httpx says "HTTP Request: …" for every webhook call; run_attempted says it better.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")

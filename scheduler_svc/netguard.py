@@ -2,24 +2,21 @@
 
 Two checks: `url_problem` at job creation (form and literal host, no DNS), and at call
 time `resolve_public`, which resolves the host and refuses it if any address is
-private. `GuardedBackend` is the connection-level form of the call-time check: it
-resolves, vets and then connects to exactly the vetted addresses, so a name that
-re-resolves to a private address between check and connect (DNS rebinding) gets
-nowhere. `webhook_client` builds the httpx client that connects through it.
+private. `GuardedResolver` is the connection-level form of the call-time check: it
+resolves and vets, and the connection goes to exactly the vetted addresses, so a name
+that re-resolves to a private address between check and connect (DNS rebinding) gets
+nowhere. `webhook_http.webhook_transport` connects through it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import ipaddress
 import socket
-import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+import aiohttp.abc
 
 # Host names that always mean this machine or a cloud metadata service.
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "metadata.google.internal"})
@@ -121,119 +118,34 @@ async def resolve_public(host: str, port: int, *, resolver: Resolver | None = No
     return addresses
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to public addresses it has just vetted.
+class GuardedResolver(aiohttp.abc.AbstractResolver):
+    """aiohttp's resolver for webhook connections: public addresses only, vetted as given.
 
-    Each new connection resolves its host once, refuses it (RefusedAddress) if any
-    address is private, and connects to those same addresses, never re-resolving; TLS
-    still verifies the certificate against the host name, because httpcore starts TLS
-    with the origin's host as server name.
+    Each new connection resolves its host once through `resolve_public`, which refuses
+    it (RefusedAddress) if any address is private; aiohttp then connects to exactly
+    the addresses returned here, never resolving again. TLS still verifies the
+    certificate against the host name, which aiohttp gives as the server name.
     """
 
-    def __init__(
-        self,
-        *,
-        resolver: Resolver | None = None,
-        connector: httpcore.AsyncNetworkBackend | None = None,
-    ) -> None:
+    def __init__(self, resolver: Resolver | None = None) -> None:
         self._resolver = resolver
-        self._connector = connector or httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Resolve and vet `host`, then connect to the first vetted address that answers."""
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await resolve_public(host, port, resolver=self._resolver)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"DNS lookup of {host} timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(f"DNS lookup of {host} failed: {exc}") from exc
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._connector.connect_tcp(
-                    address,
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None  # resolve_public never returns an empty list
-        raise failure
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        """The vetted addresses of `host`, in the resolver's order."""
+        addresses = await resolve_public(host, port, resolver=self._resolver)
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for address in addresses
+        ]
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Refused: a webhook never goes to a local socket."""
-        raise RefusedAddress("unix sockets are refused")
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep as the underlying backend does (httpcore's connect retries)."""
-        await self._connector.sleep(seconds)
-
-
-def guarded_transport(
-    *,
-    verify: ssl.SSLContext | bool = True,
-    limits: httpx.Limits | None = None,
-    resolver: Resolver | None = None,
-    connector: httpcore.AsyncNetworkBackend | None = None,
-) -> httpx.AsyncHTTPTransport:
-    """An httpx transport whose every new connection goes through a GuardedBackend.
-
-    Connections stay pooled by host name, so a kept-alive connection is only reused for
-    the host whose certificate it verified.
-    """
-    limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
-    transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
-    # httpx has no public way to give its pool a network backend; its pool is replaced by
-    # one built with the same settings. tests/test_targets.py fails if this stops working.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=GuardedBackend(resolver=resolver, connector=connector),
-    )
-    return transport
-
-
-def webhook_client(
-    *,
-    allow_private: bool = False,
-    max_connections: int = 100,
-    verify: ssl.SSLContext | bool = True,
-    resolver: Resolver | None = None,
-    connector: httpcore.AsyncNetworkBackend | None = None,
-) -> httpx.AsyncClient:
-    """The httpx client for webhook calls: pinned to vetted addresses, no redirects, no cookies.
-
-    Unless allow_private, every new connection goes through a GuardedBackend, which
-    closes the DNS-rebinding window a check before the call leaves open. Proxy variables
-    are ignored (through a proxy the address check would mean nothing), and cookies are
-    never kept, so one tenant's receiver cannot set a cookie another tenant's call sends.
-    """
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    transport = (
-        httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
-        if allow_private
-        else guarded_transport(verify=verify, limits=limits, resolver=resolver, connector=connector)
-    )
-    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(
-        transport=transport, follow_redirects=False, trust_env=False, cookies=no_cookies
-    )
+    async def close(self) -> None:
+        """Nothing to release."""

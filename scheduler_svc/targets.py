@@ -9,7 +9,7 @@ import inspect
 import re
 import ssl
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,7 +43,8 @@ _OWN_HEADERS = frozenset(
         "x-scheduler-signature",
     }
 )
-# Framing is httpx's job: a user's Content-Length or Host would desynchronise or redirect it.
+# Framing is the transport's job: a user's Content-Length or Host would desynchronise or
+# redirect it.
 _FRAMING_HEADERS = frozenset(
     {
         "host",
@@ -206,19 +207,16 @@ class Deliverer:
 
     def __init__(
         self,
-        http: httpx.AsyncClient | Sequence[httpx.AsyncClient],
+        http: httpx.AsyncBaseTransport,
         *,
         webhook_secret: str | None = None,
         allow_private: bool = False,
         handlers: Mapping[str, Handler] | None = None,
         resolver: Resolver | None = None,
     ) -> None:
-        # Webhook calls go to the client with the fewest calls in flight. httpcore's
-        # pool scans every connection it holds on each request (and polls the idle
-        # ones' sockets), so one client with 32 calls in flight spends twice the CPU
-        # per call that 8 clients with 4 each do.
-        self._clients = [http] if isinstance(http, httpx.AsyncClient) else list(http)
-        self._in_flight = [0] * len(self._clients)
+        # Webhook calls go straight to the transport (webhook_http.webhook_transport):
+        # an httpx client's redirects, cookies and auth are all things they must not do.
+        self._http = http
         self._secret = webhook_secret or None
         self._allow_private = allow_private
         self._resolver = resolver
@@ -340,16 +338,10 @@ class Deliverer:
                 retryable=False,
             )
 
-        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-        self._in_flight[shard] += 1
-        try:
-            return await self._exchange(self._clients[shard], request, host, port, d, scrub)
-        finally:
-            self._in_flight[shard] -= 1
+        return await self._exchange(request, host, port, d, scrub)
 
     async def _exchange(
         self,
-        client: httpx.AsyncClient,
         request: httpx.Request,
         host: str,
         port: int,
@@ -357,7 +349,7 @@ class Deliverer:
         scrub: Callable[[str], str],
     ) -> Outcome:
         try:
-            response = await client.send(request, stream=True, follow_redirects=False)
+            response = await self._http.handle_async_request(request)
         except RefusedAddress as exc:
             return Outcome(ok=False, error=_one_line(f"refused: {exc}"), retryable=False)
         except httpx.RequestError as exc:

@@ -7,15 +7,16 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 import structlog
+from httpx import AsyncBaseTransport
 
 from scheduler_svc import store
 from scheduler_svc.executor import Executor, result_of, retry_delay_s
 from scheduler_svc.models import ClaimedRun, RunResult, RunRow
 from scheduler_svc.scheduler import tick_once
 from scheduler_svc.targets import Deliverer, HandlerContext, Outcome
+from scheduler_svc.webhook_http import webhook_transport
 from tests.factories import make_job, runs_of
 
 
@@ -25,9 +26,9 @@ async def _clean(clean: None) -> None:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
+async def http() -> AsyncIterator[AsyncBaseTransport]:
+    async with webhook_transport(allow_private=True) as transport:
+        yield transport
 
 
 Handler = Callable[[HandlerContext], Any]
@@ -35,7 +36,7 @@ Handler = Callable[[HandlerContext], Any]
 
 def executor(
     pool: Any,
-    http: httpx.AsyncClient,
+    http: AsyncBaseTransport,
     handlers: dict[str, Handler] | None = None,
     worker: str = "w1",
     **options: Any,
@@ -90,7 +91,7 @@ async def run_until_final(pool: Any, ex: Executor, run_id: int) -> RunRow:
         await ex.drain(1)
 
 
-async def test_claim_leases_a_run_to_one_worker_only(pool: Any, http: httpx.AsyncClient) -> None:
+async def test_claim_leases_a_run_to_one_worker_only(pool: Any, http: AsyncBaseTransport) -> None:
     _, run = await due_run(pool)
     first, second = executor(pool, http, worker="a"), executor(pool, http, worker="b")
     claims = await asyncio.gather(first.claim_once(10), second.claim_once(10))
@@ -103,7 +104,7 @@ async def test_claim_leases_a_run_to_one_worker_only(pool: Any, http: httpx.Asyn
     assert leased.lease_expires_at - leased.started_at >= timedelta(seconds=30)  # timeout + margin
 
 
-async def test_claim_takes_no_more_than_asked(pool: Any, http: httpx.AsyncClient) -> None:
+async def test_claim_takes_no_more_than_asked(pool: Any, http: AsyncBaseTransport) -> None:
     now = await store.db_now(pool)
     for _ in range(5):
         await make_job(pool, schedule="@every 1h", next_run_at=now - timedelta(seconds=1))
@@ -111,7 +112,7 @@ async def test_claim_takes_no_more_than_asked(pool: Any, http: httpx.AsyncClient
     assert len(await executor(pool, http).claim_once(3)) == 3
 
 
-async def test_log_run_succeeds_and_is_recorded(pool: Any, http: httpx.AsyncClient) -> None:
+async def test_log_run_succeeds_and_is_recorded(pool: Any, http: AsyncBaseTransport) -> None:
     _, run = await due_run(pool, attributes={"k": "v"})
     ex = executor(pool, http)
     done = await run_until_final(pool, ex, run.id)
@@ -123,7 +124,7 @@ async def test_log_run_succeeds_and_is_recorded(pool: Any, http: httpx.AsyncClie
 
 
 async def test_an_attempt_logs_its_start_and_its_end_with_the_run_ids(
-    pool: Any, http: httpx.AsyncClient
+    pool: Any, http: AsyncBaseTransport
 ) -> None:
     job_id, run = await due_run(pool)
     ex = executor(pool, http)
@@ -148,7 +149,7 @@ async def test_an_attempt_logs_its_start_and_its_end_with_the_run_ids(
     assert attempted["duration_ms"] >= 0
 
 
-async def test_failing_handler_is_retried_then_failed(pool: Any, http: httpx.AsyncClient) -> None:
+async def test_failing_handler_is_retried_then_failed(pool: Any, http: AsyncBaseTransport) -> None:
     calls: list[int] = []
 
     async def boom(ctx: HandlerContext) -> None:
@@ -165,7 +166,9 @@ async def test_failing_handler_is_retried_then_failed(pool: Any, http: httpx.Asy
     assert done.error == "RuntimeError: the database of the customer is down"
 
 
-async def test_retry_waits_pending_with_next_attempt_at(pool: Any, http: httpx.AsyncClient) -> None:
+async def test_retry_waits_pending_with_next_attempt_at(
+    pool: Any, http: AsyncBaseTransport
+) -> None:
     async def boom(ctx: HandlerContext) -> None:
         raise RuntimeError("nope")
 
@@ -185,7 +188,7 @@ async def test_retry_waits_pending_with_next_attempt_at(pool: Any, http: httpx.A
 
 
 async def test_timeout_cancels_the_attempt_and_counts_as_failure(
-    pool: Any, http: httpx.AsyncClient
+    pool: Any, http: AsyncBaseTransport
 ) -> None:
     cancelled = asyncio.Event()
 
@@ -205,7 +208,7 @@ async def test_timeout_cancels_the_attempt_and_counts_as_failure(
 
 
 async def test_result_for_another_workers_lease_is_not_recorded(
-    pool: Any, http: httpx.AsyncClient
+    pool: Any, http: AsyncBaseTransport
 ) -> None:
     _, run = await due_run(pool)
     ex = executor(pool, http, worker="a")
@@ -217,7 +220,7 @@ async def test_result_for_another_workers_lease_is_not_recorded(
 
 
 async def test_a_result_whose_lease_was_taken_over_is_dropped_and_logged_with_its_run(
-    pool: Any, http: httpx.AsyncClient
+    pool: Any, http: AsyncBaseTransport
 ) -> None:
     job_id, run = await due_run(pool)
     ex = executor(pool, http, worker="a")
@@ -245,7 +248,7 @@ async def test_a_result_whose_lease_was_taken_over_is_dropped_and_logged_with_it
 
 
 async def test_expired_lease_is_taken_over_as_the_next_attempt(
-    pool: Any, http: httpx.AsyncClient
+    pool: Any, http: AsyncBaseTransport
 ) -> None:
     _, run = await due_run(pool, timeout_s=1)
     dead = executor(pool, http, worker="dead", lease_margin_s=0)
@@ -271,7 +274,7 @@ async def test_expired_lease_is_taken_over_as_the_next_attempt(
 
 
 async def test_drain_hands_back_unfinished_runs_without_using_an_attempt(
-    pool: Any, http: httpx.AsyncClient
+    pool: Any, http: AsyncBaseTransport
 ) -> None:
     started = asyncio.Event()
 
@@ -293,7 +296,7 @@ async def test_drain_hands_back_unfinished_runs_without_using_an_attempt(
 
 
 async def test_drain_waits_for_runs_that_finish_within_the_grace(
-    pool: Any, http: httpx.AsyncClient
+    pool: Any, http: AsyncBaseTransport
 ) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -365,7 +368,7 @@ def test_last_attempt_failure_is_final() -> None:
     assert result_of(claimed_run(attempt=2), outcome, 1.0).status == "pending"
 
 
-async def test_every_run_of_a_busy_loop_is_recorded(pool: Any, http: httpx.AsyncClient) -> None:
+async def test_every_run_of_a_busy_loop_is_recorded(pool: Any, http: AsyncBaseTransport) -> None:
     """Results that arrive while an exchange is in flight are recorded by the next one."""
     release = asyncio.Event()
 

@@ -10,20 +10,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
 import structlog
+from aiohttp.abc import ResolveResult
+from httpx import AsyncBaseTransport
 
-from scheduler_svc import netguard
-from scheduler_svc.netguard import RefusedAddress, resolve_public, webhook_client
+from scheduler_svc.netguard import GuardedResolver, RefusedAddress, resolve_public
 from scheduler_svc.targets import (
     USER_AGENT,
     Deliverer,
@@ -33,6 +33,7 @@ from scheduler_svc.targets import (
     load_handlers,
     parse_retry_after,
 )
+from scheduler_svc.webhook_http import webhook_transport
 from tests.webhook_receiver import Reply, WebhookReceiver, serve_receiver
 
 pytestmark = pytest.mark.timeout(20)
@@ -90,34 +91,20 @@ class FakeResolver:
         return answer
 
 
-class ToLoopback(httpcore.AsyncNetworkBackend):
-    """Records the address the guard connects to, and really connects to 127.0.0.1 instead."""
+class ToLoopback(GuardedResolver):
+    """Records the addresses the guard vetted for a new connection, and sends that
+    connection to 127.0.0.1 instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolver: FakeResolver) -> None:
+        super().__init__(resolver)
         self.calls: list[tuple[str, int]] = []
-        self._real = httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.calls.append((host, port))
-        return await self._real.connect_tcp("127.0.0.1", port, timeout=timeout)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise NotImplementedError
-
-    async def sleep(self, seconds: float) -> None:
-        await self._real.sleep(seconds)
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        vetted = await super().resolve(host, port, family)
+        self.calls += [(answer["host"], answer["port"]) for answer in vetted]
+        return [{**answer, "host": "127.0.0.1", "family": socket.AF_INET} for answer in vetted]
 
 
 @pytest.fixture(scope="session")
@@ -134,13 +121,13 @@ def receiver(receiver_server: WebhookReceiver) -> WebhookReceiver:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with webhook_client(allow_private=True) as client:
-        yield client
+async def http() -> AsyncIterator[AsyncBaseTransport]:
+    async with webhook_transport(allow_private=True) as transport:
+        yield transport
 
 
 @pytest.fixture
-def deliverer(http: httpx.AsyncClient) -> Deliverer:
+def deliverer(http: AsyncBaseTransport) -> Deliverer:
     return Deliverer(http, allow_private=True)
 
 
@@ -277,7 +264,7 @@ async def test_json_body_is_encoded_and_the_users_content_type_kept(
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
 async def test_get_and_delete_without_a_body_send_none(
-    http: httpx.AsyncClient, receiver: WebhookReceiver, method: str
+    http: AsyncBaseTransport, receiver: WebhookReceiver, method: str
 ) -> None:
     deliverer = Deliverer(http, allow_private=True, webhook_secret="whsec_test")
     await deliverer.deliver(make_delivery(http_target(receiver.url(), method=method)))
@@ -299,7 +286,7 @@ def verify_signature(header: str, body: bytes, secret: str) -> bool:
 
 
 async def test_signature_is_an_hmac_of_timestamp_and_exact_body(
-    http: httpx.AsyncClient, receiver: WebhookReceiver
+    http: AsyncBaseTransport, receiver: WebhookReceiver
 ) -> None:
     deliverer = Deliverer(http, allow_private=True, webhook_secret="whsec_test")
     await deliverer.deliver(make_delivery(http_target(receiver.url())))
@@ -474,7 +461,7 @@ async def test_a_receiver_too_slow_to_answer_is_a_retryable_read_timeout(
     ],
 )
 async def test_loopback_is_refused_without_allow_private(
-    http: httpx.AsyncClient, receiver: WebhookReceiver, url: str
+    http: AsyncBaseTransport, receiver: WebhookReceiver, url: str
 ) -> None:
     deliverer = Deliverer(http, allow_private=False)
 
@@ -487,7 +474,7 @@ async def test_loopback_is_refused_without_allow_private(
 
 
 async def test_a_name_resolving_to_a_private_address_is_refused_before_calling(
-    http: httpx.AsyncClient,
+    http: AsyncBaseTransport,
 ) -> None:
     resolver = FakeResolver({"hook.example": [[PUBLIC_V4, "10.1.2.3"]]})
     deliverer = Deliverer(http, allow_private=False, resolver=resolver)
@@ -503,7 +490,7 @@ async def test_a_name_resolving_to_a_private_address_is_refused_before_calling(
     assert "10.1.2.3" not in (outcome.error or "")
 
 
-async def test_a_failed_dns_lookup_is_a_retryable_failure(http: httpx.AsyncClient) -> None:
+async def test_a_failed_dns_lookup_is_a_retryable_failure(http: AsyncBaseTransport) -> None:
     resolver = FakeResolver({})
     deliverer = Deliverer(http, allow_private=False, resolver=resolver)
 
@@ -567,9 +554,9 @@ async def test_a_public_name_is_called_on_the_address_that_was_vetted(
     receiver: WebhookReceiver,
 ) -> None:
     resolver = FakeResolver({"hook.example": [[PUBLIC_V4]]})
-    connector = ToLoopback()
-    async with webhook_client(resolver=resolver, connector=connector) as client:
-        deliverer = Deliverer(client, allow_private=False, resolver=resolver)
+    connector = ToLoopback(resolver)
+    async with webhook_transport(guard=connector) as transport:
+        deliverer = Deliverer(transport, allow_private=False, resolver=resolver)
         target = http_target(f"http://hook.example:{receiver.port}/hook")
 
         outcomes = [await deliverer.deliver(make_delivery(target)) for _ in range(2)]
@@ -586,9 +573,9 @@ async def test_a_name_rebound_to_loopback_after_the_check_is_refused_at_connect(
 ) -> None:
     # The Deliverer's check sees a public address; the connection's own lookup gets loopback.
     resolver = FakeResolver({"hook.example": [[PUBLIC_V4], ["127.0.0.1"]]})
-    connector = ToLoopback()
-    async with webhook_client(resolver=resolver, connector=connector) as client:
-        deliverer = Deliverer(client, allow_private=False, resolver=resolver)
+    connector = ToLoopback(resolver)
+    async with webhook_transport(guard=connector) as transport:
+        deliverer = Deliverer(transport, allow_private=False, resolver=resolver)
         target = http_target(f"http://hook.example:{receiver.port}/hook")
 
         outcome = await deliverer.deliver(make_delivery(target))
@@ -609,12 +596,12 @@ async def test_pinned_https_still_checks_the_certificate_against_the_host_name(
     cert, key = certificate
     trust = ssl.create_default_context(cafile=str(cert))
     resolver = FakeResolver({"hook.example": [[PUBLIC_V4]], "other.example": [[PUBLIC_V4]]})
-    connector = ToLoopback()
+    connector = ToLoopback(resolver)
     async with (
         serve_receiver(certfile=cert, keyfile=key) as receiver,
-        webhook_client(verify=trust, resolver=resolver, connector=connector) as client,
+        webhook_transport(verify=trust, guard=connector) as transport,
     ):
-        deliverer = Deliverer(client, allow_private=False, resolver=resolver)
+        deliverer = Deliverer(transport, allow_private=False, resolver=resolver)
 
         good = await deliverer.deliver(
             make_delivery(http_target(f"https://hook.example:{receiver.port}/hook"))
@@ -634,18 +621,25 @@ async def test_pinned_https_still_checks_the_certificate_against_the_host_name(
     assert connector.calls == [(PUBLIC_V4, receiver.port)] * 2
 
 
-def test_the_guarded_transport_really_uses_the_guard() -> None:
-    # guarded_transport swaps httpx's private pool; if httpx renames it, this says so.
-    transport = netguard.guarded_transport()
-    pool = transport._pool
-    assert isinstance(pool._network_backend, netguard.GuardedBackend)
+async def test_the_webhook_transport_vets_each_new_connection_itself(
+    receiver: WebhookReceiver,
+) -> None:
+    # Called directly, with no Deliverer check before it: the transport's own guard refuses.
+    resolver = FakeResolver({"hook.example": [["127.0.0.1"]]})
+    async with webhook_transport(resolver=resolver) as transport:
+        with pytest.raises(RefusedAddress):
+            await transport.handle_async_request(
+                httpx.Request("POST", f"http://hook.example:{receiver.port}/hook")
+            )
+    assert resolver.calls == ["hook.example"]
+    assert receiver.requests == []
 
 
 # secrets
 
 
 async def test_secrets_stay_out_of_errors_logs_and_output(
-    http: httpx.AsyncClient, receiver: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+    http: AsyncBaseTransport, receiver: WebhookReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = "tok_abcdef1234567890"
     secrets = [token, "key-99999999", "whsec_topsecret"]
@@ -683,7 +677,7 @@ async def test_secrets_stay_out_of_errors_logs_and_output(
 
 
 async def test_a_registered_handler_gets_the_context_and_its_result_is_the_output(
-    http: httpx.AsyncClient,
+    http: AsyncBaseTransport,
 ) -> None:
     seen: list[HandlerContext] = []
 
@@ -714,7 +708,7 @@ async def test_a_registered_handler_gets_the_context_and_its_result_is_the_outpu
     ]
 
 
-async def test_an_unknown_handler_fails_without_retry(http: httpx.AsyncClient) -> None:
+async def test_an_unknown_handler_fails_without_retry(http: AsyncBaseTransport) -> None:
     deliverer = Deliverer(http)
 
     outcome = await deliverer.deliver(make_delivery({"type": "handler", "name": "nope"}))
@@ -723,7 +717,7 @@ async def test_an_unknown_handler_fails_without_retry(http: httpx.AsyncClient) -
 
 
 async def test_a_handler_returning_something_not_json_fails_without_retry(
-    http: httpx.AsyncClient,
+    http: AsyncBaseTransport,
 ) -> None:
     async def odd(context: HandlerContext) -> Any:
         return {"thing": object()}
@@ -738,7 +732,7 @@ async def test_a_handler_returning_something_not_json_fails_without_retry(
 
 
 async def test_a_handler_that_raises_is_a_retryable_failure_on_one_line(
-    http: httpx.AsyncClient,
+    http: AsyncBaseTransport,
 ) -> None:
     async def flaky(context: HandlerContext) -> Any:
         raise ConnectionError("upstream\nwent away")
@@ -762,7 +756,9 @@ async def test_a_handler_that_raises_is_a_retryable_failure_on_one_line(
     assert [e["handler"] for e in logs if e["event"] == "handler_raised"] == ["flaky", "verbose"]
 
 
-async def test_a_handler_that_is_not_async_fails_without_retry(http: httpx.AsyncClient) -> None:
+async def test_a_handler_that_is_not_async_fails_without_retry(
+    http: AsyncBaseTransport,
+) -> None:
     def blocking(context: HandlerContext) -> Any:
         return 1
 
@@ -775,7 +771,7 @@ async def test_a_handler_that_is_not_async_fails_without_retry(http: httpx.Async
     )
 
 
-async def test_cancelling_a_delivery_cancels_the_handler(http: httpx.AsyncClient) -> None:
+async def test_cancelling_a_delivery_cancels_the_handler(http: AsyncBaseTransport) -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
     async def forever(context: HandlerContext) -> Any:
@@ -831,7 +827,7 @@ def handler_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 async def test_handlers_registered_as_entry_points_are_loaded_and_called(
-    handler_plugin: str, http: httpx.AsyncClient
+    handler_plugin: str, http: AsyncBaseTransport
 ) -> None:
     with structlog.testing.capture_logs() as logs:
         handlers = load_handlers()
@@ -849,7 +845,7 @@ async def test_handlers_registered_as_entry_points_are_loaded_and_called(
 
 
 async def test_handlers_given_in_config_take_precedence_over_entry_points(
-    handler_plugin: str, http: httpx.AsyncClient
+    handler_plugin: str, http: AsyncBaseTransport
 ) -> None:
     async def greet(context: HandlerContext) -> Any:
         return "from config"
@@ -859,32 +855,3 @@ async def test_handlers_given_in_config_take_precedence_over_entry_points(
     outcome = await deliverer.deliver(make_delivery({"type": "handler", "name": "greet"}))
 
     assert outcome == Outcome(ok=True, output="from config")
-
-
-async def test_webhook_calls_spread_over_the_clients_by_calls_in_flight(
-    receiver: WebhookReceiver,
-) -> None:
-    receiver.default = Reply(200, hold=True)  # every call stays in flight until released
-    sent: list[int] = []
-
-    def counting(n: int) -> httpx.AsyncClient:
-        async def hook(_: httpx.Request) -> None:
-            sent.append(n)
-
-        return httpx.AsyncClient(event_hooks={"request": [hook]})
-
-    clients = [counting(n) for n in range(3)]
-    try:
-        deliverer = Deliverer(clients, allow_private=True)
-        calls = [
-            asyncio.create_task(deliverer.deliver(make_delivery(http_target(receiver.url("/")))))
-            for _ in range(6)
-        ]
-        await receiver.wait_for(6)
-        # Each new call went to a client with the fewest in flight: two each.
-        assert sorted(sent) == [0, 0, 1, 1, 2, 2]
-        receiver.release()
-        assert [o.ok for o in await asyncio.gather(*calls)] == [True] * 6
-    finally:
-        for client in clients:
-            await client.aclose()

@@ -7,9 +7,9 @@ service, not itself (wrk gets tens of thousands of requests/s from it).
 
     python -m bench.receiver [--concurrency 1 8 32] [--requests 2000]
 
-prints how many requests/s one httpx.AsyncClient (the service's webhook client
-library) gets from it at each concurrency: a ceiling for the webhook path of one
-replica, whose executors run SCHEDULER_CONCURRENCY (32) deliveries at once.
+prints how many requests/s the service's webhook transport (webhook_http) gets from
+it at each concurrency: a ceiling for the webhook path of one replica, whose
+executors run SCHEDULER_CONCURRENCY (32) deliveries at once.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from datetime import datetime
 from typing import cast
 
 import httpx
+
+from scheduler_svc.webhook_http import webhook_transport
 
 _REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
@@ -90,16 +92,20 @@ async def receiving() -> AsyncIterator[tuple[str, Receipts]]:
 
 
 async def client_rate(concurrency: int, requests: int) -> float:
-    """Requests/s of one httpx.AsyncClient posting to the receiver, `concurrency` at once."""
+    """Requests/s of the webhook transport posting to the receiver, `concurrency` at once."""
     async with receiving() as (url, _):
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(limits=limits) as client:
+        transport = webhook_transport(allow_private=True, max_connections=concurrency)
+        async with transport:
             body = json.dumps({"scheduled_for": "2030-01-01T00:00:00Z"}).encode()
             gate = asyncio.Semaphore(concurrency)
 
             async def post() -> None:
                 async with gate:
-                    (await client.post(url, content=body)).raise_for_status()
+                    request = httpx.Request("POST", url, content=body)
+                    response = await transport.handle_async_request(request)
+                    await response.aread()
+                    await response.aclose()
+                    response.raise_for_status()
 
             started = time.perf_counter()
             await asyncio.gather(*(post() for _ in range(requests)))
@@ -113,7 +119,7 @@ async def main() -> None:
     args = parser.parse_args()
     for concurrency in args.concurrency:
         rate = await client_rate(concurrency, args.requests)
-        print(f"httpx.AsyncClient, {concurrency} at once: {rate:,.0f} requests/s")
+        print(f"webhook transport, {concurrency} at once: {rate:,.0f} requests/s")
 
 
 if __name__ == "__main__":

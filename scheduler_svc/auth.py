@@ -1,6 +1,6 @@
 """Who is calling: API keys, JWT bearer tokens and the open-on-loopback rule.
 
-A Litestar authentication middleware resolves each request's principal (or why it has
+An ASGI middleware (AuthMiddleware) resolves each request's principal (or why it has
 none); the ScopeGuard middleware answers 401 without one and 403 without the scope the
 route needs. Handlers get the principal's tenant through the `tenant` dependency.
 """

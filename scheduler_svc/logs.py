@@ -23,8 +23,6 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler_svc.config import LogFormat
 
-log = structlog.get_logger("scheduler_svc")
-
 
 def _json(event: Any, **_: Any) -> str:
     return msgspec.json.encode(event, enc_hook=str).decode()
@@ -119,11 +117,12 @@ def hot_line(logger: str, event: str, own: dict[str, Any], given: dict[str, Any]
     (the log target's `job_executed`) and of each HTTP request.
 
     In JSON it skips structlog's per-call machinery (bound logger, processor chain,
-    which cost about three times the line) and produces the very line structlog would: bound
-    context vars, then the fields, event, level, logger and timestamp. `own` holds
-    the service's fields (ids, times, fixed words), which need no redaction; `given`
-    holds what clients wrote (names, attributes), which is redacted as ever. Any
-    other format, or a level above info, goes through structlog.
+    which cost about three times the line) and produces the very line structlog
+    would: bound context vars, then the fields, event, level, logger and timestamp.
+    `own` holds the service's fields (ids, times, fixed words), which need no
+    redaction; `given` holds what clients wrote (names, attributes, paths, errors),
+    which is redacted as ever. Any other format, or a level above info, goes through
+    structlog.
     """
     if (
         not _hot_lines.direct

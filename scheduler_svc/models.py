@@ -304,11 +304,9 @@ def run_out(row: RunRow) -> RunOut:
     )
 
 
-class DueJob(Struct, frozen=True, kw_only=True):
-    """A job the scheduler claimed for this pass."""
+class Execution(Struct, frozen=True, kw_only=True):
+    """What carrying out a job's tick takes from the job: its target and how to retry it."""
 
-    id: int
-    tenant: str
     name: str
     attributes: dict[str, Any]
     target: dict[str, Any]
@@ -316,6 +314,13 @@ class DueJob(Struct, frozen=True, kw_only=True):
     max_attempts: int
     backoff_s: float
     backoff_max_s: float
+
+
+class DueJob(Execution, frozen=True, kw_only=True):
+    """A job the scheduler claimed for this pass."""
+
+    id: int
+    tenant: str
     schedule: str
     timezone: str
     next_run_at: datetime
@@ -338,7 +343,7 @@ class InsertedRun(Struct, frozen=True):
     started_at: datetime | None
 
 
-class ClaimedRun(Struct, frozen=True, kw_only=True):
+class ClaimedRun(Execution, frozen=True, kw_only=True):
     """A run leased to this worker, with what executing it needs from its job."""
 
     id: int
@@ -349,13 +354,6 @@ class ClaimedRun(Struct, frozen=True, kw_only=True):
     attempt: int
     started_at: datetime
     lost_worker: str | None  # set when this attempt takes over an expired lease
-    name: str
-    attributes: dict[str, Any]
-    target: dict[str, Any]
-    timeout_s: int
-    max_attempts: int
-    backoff_s: float
-    backoff_max_s: float
 
 
 class RunResult(Struct, frozen=True, kw_only=True):

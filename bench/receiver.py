@@ -7,7 +7,7 @@ service, not itself (wrk gets tens of thousands of requests/s from it).
 
     python -m bench.receiver [--concurrency 1 8 32] [--requests 2000]
 
-prints how many requests/s the service's webhook transport (webhook_http) gets from
+prints how many requests/s the service's webhook client (webhook_http) gets from
 it at each concurrency: a ceiling for the webhook path of one replica, whose
 executors run SCHEDULER_CONCURRENCY (32) deliveries at once.
 """
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-import httpx
+import yarl
 
-from scheduler_svc.webhook_http import webhook_transport
+from scheduler_svc.webhook_http import webhook_client
 
 _REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
@@ -92,24 +92,23 @@ async def receiving() -> AsyncIterator[tuple[str, Receipts]]:
 
 
 async def client_rate(concurrency: int, requests: int) -> float:
-    """Requests/s of the webhook transport posting to the receiver, `concurrency` at once."""
-    async with receiving() as (url, _):
-        transport = webhook_transport(allow_private=True, max_connections=concurrency)
-        async with transport:
-            body = json.dumps({"scheduled_for": "2030-01-01T00:00:00Z"}).encode()
-            gate = asyncio.Semaphore(concurrency)
+    """Requests/s of the webhook client posting to the receiver, `concurrency` at once."""
+    async with (
+        receiving() as (url, _),
+        webhook_client(allow_private=True, max_connections=concurrency) as client,
+    ):
+        body = json.dumps({"scheduled_for": "2030-01-01T00:00:00Z"}).encode()
+        gate = asyncio.Semaphore(concurrency)
+        endpoint = yarl.URL(url)
 
-            async def post() -> None:
-                async with gate:
-                    request = httpx.Request("POST", url, content=body)
-                    response = await transport.handle_async_request(request)
-                    await response.aread()
-                    await response.aclose()
-                    response.raise_for_status()
+        async def post() -> None:
+            async with gate:
+                reply = await client.call("POST", endpoint, [], body, timeout_s=10, limit=4096)
+                assert reply.status == 200, reply
 
-            started = time.perf_counter()
-            await asyncio.gather(*(post() for _ in range(requests)))
-            return requests / (time.perf_counter() - started)
+        started = time.perf_counter()
+        await asyncio.gather(*(post() for _ in range(requests)))
+        return requests / (time.perf_counter() - started)
 
 
 async def main() -> None:
@@ -119,7 +118,7 @@ async def main() -> None:
     args = parser.parse_args()
     for concurrency in args.concurrency:
         rate = await client_rate(concurrency, args.requests)
-        print(f"webhook transport, {concurrency} at once: {rate:,.0f} requests/s")
+        print(f"webhook client, {concurrency} at once: {rate:,.0f} requests/s")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
@@ -40,7 +39,7 @@ from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError
 from scheduler_svc.models import Status
 from scheduler_svc.ratelimit import rate_limit_middleware
 from scheduler_svc.targets import Deliverer, Handler
-from scheduler_svc.webhook_http import webhook_transport
+from scheduler_svc.webhook_http import WebhookClient, webhook_client
 from scheduler_svc.worker import Worker
 
 log = structlog.get_logger("scheduler_svc.app")
@@ -177,7 +176,7 @@ def _stop_process_if_failed(app: Litestar, task: asyncio.Task[None]) -> None:
 def create_app(
     settings: Settings,
     pool: Pool | None = None,
-    http: httpx.AsyncBaseTransport | None = None,
+    http: WebhookClient | None = None,
     handlers: Mapping[str, Handler] | None = None,
 ) -> Litestar:
     """The application for `settings.role`. Pass `pool` and `http` to share them (tests);
@@ -197,15 +196,15 @@ def create_app(
 
             app.state.pool = pool or await open_pool()
             if settings.role != "api":
-                transport = http
-                if transport is None:
-                    transport = webhook_transport(
+                client = http
+                if client is None:
+                    client = webhook_client(
                         allow_private=settings.webhook_allow_private,
                         max_connections=max(64, settings.concurrency),
                     )
-                    stack.push_async_callback(transport.aclose)
+                    stack.push_async_callback(client.aclose)
                 deliverer = Deliverer(
-                    transport,
+                    client,
                     webhook_secret=settings.webhook_secret,
                     allow_private=settings.webhook_allow_private,
                     handlers=handlers,

@@ -28,6 +28,8 @@ log = structlog.get_logger(_LOGGER)
 FINAL_WRITE_S = 10.0
 # Results written per statement at most (larger batches only lengthen a transaction).
 RECORD_BATCH = 200
+# How long a finished attempt's result may wait for others to be recorded with it.
+RECORD_GAP_S = 0.02
 
 
 def retry_delay_s(attempt: int, backoff_s: float, backoff_max_s: float) -> float:
@@ -108,7 +110,10 @@ class Executor:
         self._reserved = 0  # slots held for runs a scheduler pass is leasing to us
         self._results: list[RunResult] = []
         self._attempts: dict[int, ClaimedRun] = {}  # the runs of those results, for the log
-        self._attempt_done = asyncio.Event()  # a result to record, and a slot free
+        self._attempt_done = asyncio.Event()  # a slot free
+        # Set RECORD_GAP_S after the first result no exchange has taken yet.
+        self._record_due = asyncio.Event()
+        self._record_timer: asyncio.TimerHandle | None = None
 
     # --- the pass: exchange, execute -------------------------------------------
 
@@ -118,6 +123,10 @@ class Executor:
         The leased runs are returned, not started. Results the database did not take
         stay collected for the next exchange.
         """
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
+        self._record_due.clear()
         batch, self._results = self._results[:RECORD_BATCH], self._results[RECORD_BATCH:]
         try:
             exchange = await store.runs_exchange(
@@ -226,6 +235,13 @@ class Executor:
             # Only now look up the list: exchange_once replaces it while we await.
             self._results.append(result)
             self._attempts[run.id] = run
+            if self._record_timer is None:
+                # Finished attempts are recorded together, not each on its own round
+                # trip: at thousands of runs a second those trips were most of the
+                # database's work. The slot is free already; only the record waits.
+                self._record_timer = asyncio.get_running_loop().call_later(
+                    RECORD_GAP_S, self._record_due.set
+                )
 
         task = asyncio.create_task(execute_and_collect(), name=f"run-{run.id}")
         self._inflight[run.id] = task
@@ -262,9 +278,10 @@ class Executor:
             except DATABASE_ERRORS as exc:
                 log.warning("executor_database_error", error=str(exc), retry_in_s=retry_s)
                 sleep_s, retry_s = retry_s, min(retry_s * 2, 5.0)
-            # With every slot busy there is nothing to claim: wait for an attempt to end.
-            wake_on = (self.wake, self._attempt_done) if claim > 0 else (self._attempt_done,)
-            await wait_any(sleep_s, stop, *wake_on)
+            # With free slots, runs waiting for one wake us (NOTIFY, or this replica's
+            # scheduler); with every slot busy, the end of an attempt does.
+            wake_on = self.wake if claim > 0 else self._attempt_done
+            await wait_any(sleep_s, stop, wake_on, self._record_due)
 
     async def drain(self, grace_s: float) -> None:
         """Let in-flight runs finish for up to `grace_s`, record them, and put the rest

@@ -274,10 +274,16 @@ async def runs_exchange(
         lease_margin_s,
     )
     assert record is not None
+    recorded = set(record["finished"])
+    # The statement's snapshot cannot see the retries it scheduled itself.
+    due_in = [record["next_due_in_s"]] + [
+        r.delay_s for r in results if r.status == "pending" and r.run_id in recorded
+    ]
+    known = [seconds for seconds in due_in if seconds is not None]
     return Exchange(
-        recorded=set(record["finished"]),
+        recorded=recorded,
         leased=msgspec.json.decode(record["claimed"], type=list[ClaimedRun]),
-        next_due_in_s=record["next_due_in_s"],
+        next_due_in_s=min(known) if known else None,
     )
 
 

@@ -9,21 +9,22 @@ import inspect
 import re
 import ssl
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from importlib.metadata import entry_points, version
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-import httpx
 import msgspec
 import structlog
+import yarl
 
 from scheduler_svc import logs
 from scheduler_svc.models import SENSITIVE_HEADERS
 from scheduler_svc.netguard import RefusedAddress, Resolver, resolve_public, url_problem
+from scheduler_svc.webhook_http import CallFailed, Reply, WebhookClient
 
 log = structlog.get_logger(__name__)
 
@@ -207,15 +208,13 @@ class Deliverer:
 
     def __init__(
         self,
-        http: httpx.AsyncBaseTransport,
+        http: WebhookClient,
         *,
         webhook_secret: str | None = None,
         allow_private: bool = False,
         handlers: Mapping[str, Handler] | None = None,
         resolver: Resolver | None = None,
     ) -> None:
-        # Webhook calls go straight to the transport (webhook_http.webhook_transport):
-        # an httpx client's redirects, cookies and auth are all things they must not do.
         self._http = http
         self._secret = webhook_secret or None
         self._allow_private = allow_private
@@ -302,15 +301,10 @@ class Deliverer:
         url = target.get("url")
         if not isinstance(url, str):
             return Outcome(ok=False, error="http target has no url", retryable=False)
-        problem = url_problem(url, allow_private=self._allow_private)
-        if problem is not None:
-            return Outcome(ok=False, error=_one_line(f"url {problem}"), retryable=False)
-        try:
-            parsed = httpx.URL(url)
-            host = parsed.raw_host.decode("ascii")
-        except (httpx.InvalidURL, UnicodeDecodeError):
-            return Outcome(ok=False, error="url is not a valid URL", retryable=False)
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        endpoint = _endpoint(url, self._allow_private)
+        if isinstance(endpoint, str):
+            return Outcome(ok=False, error=endpoint, retryable=False)
+        host, port = endpoint.host, endpoint.port
         if not self._allow_private:
             try:
                 await resolve_public(host, port, resolver=self._resolver)
@@ -322,47 +316,26 @@ class Deliverer:
         method = str(target.get("method") or "POST").upper()
         body, content_type = _request_body(d, method)
         user_headers: dict[str, str] = target.get("headers") or {}
-        scrub = _scrubber(user_headers, self._secret)
-        try:
-            request = httpx.Request(
-                method,
-                parsed,
-                headers=self._request_headers(d, user_headers, body, content_type),
-                content=body,
-                extensions={"timeout": httpx.Timeout(d.timeout_s).as_dict()},
-            )
-        except UnicodeEncodeError:
+        if not all(name.isascii() and value.isascii() for name, value in user_headers.items()):
             return Outcome(
                 ok=False,
                 error="a target header value is not ASCII, so cannot be sent",
                 retryable=False,
             )
-
-        return await self._exchange(request, host, port, d, scrub)
-
-    async def _exchange(
-        self,
-        request: httpx.Request,
-        host: str,
-        port: int,
-        d: Delivery,
-        scrub: Callable[[str], str],
-    ) -> Outcome:
+        headers = self._request_headers(d, user_headers, body, content_type)
         try:
-            response = await self._http.handle_async_request(request)
+            reply = await self._http.call(
+                method, endpoint.url, headers, body, timeout_s=d.timeout_s, limit=OUTPUT_LIMIT
+            )
         except RefusedAddress as exc:
             return Outcome(ok=False, error=_one_line(f"refused: {exc}"), retryable=False)
-        except httpx.RequestError as exc:
-            return Outcome(
-                ok=False,
-                error=scrub(_transport_problem(exc, host, port)),
-                retryable=not isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol),
-            )
-        try:
-            head = await _read_head(response, OUTPUT_LIMIT)
-        finally:
-            await response.aclose()
-        return _classify(response, head, host, d.backoff_max_s, scrub)
+        except CallFailed as exc:
+            error = _scrub(_call_problem(exc, host, port), user_headers, self._secret)
+            return Outcome(ok=False, error=error, retryable=exc.retryable)
+        # Without final=True a multi-byte character cut at the limit is dropped, not garbled.
+        head = codecs.getincrementaldecoder("utf-8")("replace").decode(reply.head)
+        output = {"status_code": reply.status, "body": _scrub(head, user_headers, self._secret)}
+        return _classify(reply, output, host, d.backoff_max_s)
 
     def _request_headers(
         self, d: Delivery, user: Mapping[str, str], body: bytes | None, content_type: str | None
@@ -421,35 +394,36 @@ def _request_body(d: Delivery, method: str) -> tuple[bytes | None, str | None]:
     return msgspec.json.encode(body), "application/json"
 
 
-async def _read_head(response: httpx.Response, limit: int) -> str:
-    """At most `limit` bytes of the body, decoded; stops reading there.
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """A webhook URL as the client takes it, and the host and port errors name."""
 
-    A body that breaks off early keeps what arrived: the status already said how the call went.
+    url: yarl.URL
+    host: str
+    port: int
+
+
+@lru_cache(maxsize=4096)
+def _endpoint(url: str, allow_private: bool) -> _Endpoint | str:
+    """The endpoint `url` calls, or the run's error if it cannot be called.
+
+    Cached: a job calls the same URL on every tick, and parsing it is a good part of a call.
     """
-    data = bytearray()
+    problem = url_problem(url, allow_private=allow_private)
+    if problem is not None:
+        return _one_line(f"url {problem}")
     try:
-        # aiter_bytes is an async generator; closing it at once releases the stream now.
-        stream = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
-        async with aclosing(stream) as chunks:
-            async for chunk in chunks:
-                data += chunk
-                if len(data) >= limit:
-                    break
-    except httpx.RequestError:
-        pass
-    # Without final=True a multi-byte character cut at the limit is dropped, not garbled.
-    return codecs.getincrementaldecoder("utf-8")("replace").decode(bytes(data[:limit]))
+        parsed = yarl.URL(url)
+        host, port = parsed.raw_host, parsed.port
+    except (ValueError, TypeError, UnicodeError):
+        return "url is not a valid URL"
+    if not host or port is None:
+        return "url is not a valid URL"
+    return _Endpoint(parsed, host, port)
 
 
-def _classify(
-    response: httpx.Response,
-    head: str,
-    host: str,
-    backoff_max_s: float,
-    scrub: Callable[[str], str],
-) -> Outcome:
-    status = response.status_code
-    output = {"status_code": status, "body": scrub(head)}
+def _classify(reply: Reply, output: dict[str, Any], host: str, backoff_max_s: float) -> Outcome:
+    status = reply.status
     if 200 <= status < 300:
         return Outcome(ok=True, output=output)
     error = f"HTTP {status} from {host}"
@@ -458,23 +432,19 @@ def _classify(
             ok=False, output=output, error=f"{error}: redirects are not followed", retryable=False
         )
     if status in (408, 429) or status >= 500:
-        wait = parse_retry_after(response.headers.get("retry-after"), cap_s=backoff_max_s)
+        wait = parse_retry_after(reply.retry_after, cap_s=backoff_max_s)
         return Outcome(ok=False, output=output, error=error, retry_after_s=wait)
     return Outcome(ok=False, output=output, error=error, retryable=False)
 
 
-def _transport_problem(exc: httpx.RequestError, host: str, port: int) -> str:
+def _call_problem(exc: CallFailed, host: str, port: int) -> str:
     """One line on a failed call, naming host and port only: URLs and headers may hold secrets."""
     where = f"{host}:{port}"
-    if isinstance(exc, httpx.ConnectTimeout):
+    if exc.kind == "connect_timeout":
         return f"connect timeout: {where}"
-    if isinstance(exc, httpx.ReadTimeout):
+    if exc.kind == "read_timeout":
         return f"read timeout: {where}"
-    if isinstance(exc, httpx.WriteTimeout):
-        return f"write timeout: {where}"
-    if isinstance(exc, httpx.PoolTimeout):
-        return f"no free connection for {where}"
-    if isinstance(exc, httpx.ConnectError):
+    if exc.kind == "connect":
         if _caused_by(exc, ConnectionRefusedError):
             return f"connection refused: {where}"
         tls = _caused_by(exc, ssl.SSLError)
@@ -482,14 +452,12 @@ def _transport_problem(exc: httpx.RequestError, host: str, port: int) -> str:
             reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or tls
             return f"TLS handshake with {where} failed: {reason}"
         return f"connection to {where} failed: {exc}"
-    if isinstance(exc, httpx.LocalProtocolError):
-        # h11's message quotes the offending header value.
+    if exc.kind == "unsendable":
+        # aiohttp's message quotes the offending header value.
         return f"request to {where} could not be sent: invalid header or body"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if exc.kind == "protocol":
         return f"protocol error from {where}: {exc}"
-    if isinstance(exc, httpx.ReadError | httpx.WriteError):
-        return f"connection to {where} lost"
-    return f"{type(exc).__name__} calling {where}"
+    return f"connection to {where} lost"
 
 
 _E = TypeVar("_E", bound=BaseException)
@@ -512,22 +480,19 @@ def _caused_by(exc: BaseException, kind: type[_E]) -> _E | None:
     return None
 
 
-def _scrubber(headers: Mapping[str, str], secret: str | None) -> Callable[[str], str]:
-    """A function masking the signing secret and credential-like header values in a text."""
+def _scrub(text: str, headers: Mapping[str, str], secret: str | None) -> str:
+    """`text` with the signing secret and credential-like header values masked."""
+    if not text:
+        return text  # most replies have no body: nothing to look for
     values: set[str] = {secret} if secret else set()
     for name, value in headers.items():
         lowered = name.lower()
         if lowered in SENSITIVE_HEADERS or any(word in lowered for word in _SECRET_WORDS):
             values.add(value)
             values.update(part for part in value.split() if len(part) >= 8)
-    ordered = sorted((v for v in values if len(v) >= _SCRUB_MIN), key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for value in ordered:
-            text = text.replace(value, "***")
-        return text
-
-    return scrub
+    for value in sorted((v for v in values if len(v) >= _SCRUB_MIN), key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
 
 
 def _one_line(text: str) -> str:

@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 import structlog
-from httpx import AsyncBaseTransport
 
 from scheduler_svc import store
 from scheduler_svc.executor import Executor, result_of, retry_delay_s
 from scheduler_svc.models import ClaimedRun, RunResult, RunRow
 from scheduler_svc.scheduler import tick_once
 from scheduler_svc.targets import Deliverer, HandlerContext, Outcome
-from scheduler_svc.webhook_http import webhook_transport
+from scheduler_svc.webhook_http import WebhookClient, webhook_client
 from tests.factories import make_job, runs_of
 
 
@@ -26,9 +25,9 @@ async def _clean(clean: None) -> None:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[AsyncBaseTransport]:
-    async with webhook_transport(allow_private=True) as transport:
-        yield transport
+async def http() -> AsyncIterator[WebhookClient]:
+    async with webhook_client(allow_private=True) as client:
+        yield client
 
 
 Handler = Callable[[HandlerContext], Any]
@@ -36,7 +35,7 @@ Handler = Callable[[HandlerContext], Any]
 
 def executor(
     pool: Any,
-    http: AsyncBaseTransport,
+    http: WebhookClient,
     handlers: dict[str, Handler] | None = None,
     worker: str = "w1",
     **options: Any,
@@ -91,7 +90,7 @@ async def run_until_final(pool: Any, ex: Executor, run_id: int) -> RunRow:
         await ex.drain(1)
 
 
-async def test_claim_leases_a_run_to_one_worker_only(pool: Any, http: AsyncBaseTransport) -> None:
+async def test_claim_leases_a_run_to_one_worker_only(pool: Any, http: WebhookClient) -> None:
     _, run = await due_run(pool)
     first, second = executor(pool, http, worker="a"), executor(pool, http, worker="b")
     claims = await asyncio.gather(first.claim_once(10), second.claim_once(10))
@@ -104,7 +103,7 @@ async def test_claim_leases_a_run_to_one_worker_only(pool: Any, http: AsyncBaseT
     assert leased.lease_expires_at - leased.started_at >= timedelta(seconds=30)  # timeout + margin
 
 
-async def test_claim_takes_no_more_than_asked(pool: Any, http: AsyncBaseTransport) -> None:
+async def test_claim_takes_no_more_than_asked(pool: Any, http: WebhookClient) -> None:
     now = await store.db_now(pool)
     for _ in range(5):
         await make_job(pool, schedule="@every 1h", next_run_at=now - timedelta(seconds=1))
@@ -112,7 +111,7 @@ async def test_claim_takes_no_more_than_asked(pool: Any, http: AsyncBaseTranspor
     assert len(await executor(pool, http).claim_once(3)) == 3
 
 
-async def test_log_run_succeeds_and_is_recorded(pool: Any, http: AsyncBaseTransport) -> None:
+async def test_log_run_succeeds_and_is_recorded(pool: Any, http: WebhookClient) -> None:
     _, run = await due_run(pool, attributes={"k": "v"})
     ex = executor(pool, http)
     done = await run_until_final(pool, ex, run.id)
@@ -124,7 +123,7 @@ async def test_log_run_succeeds_and_is_recorded(pool: Any, http: AsyncBaseTransp
 
 
 async def test_an_attempt_logs_its_start_and_its_end_with_the_run_ids(
-    pool: Any, http: AsyncBaseTransport
+    pool: Any, http: WebhookClient
 ) -> None:
     job_id, run = await due_run(pool)
     ex = executor(pool, http)
@@ -149,7 +148,7 @@ async def test_an_attempt_logs_its_start_and_its_end_with_the_run_ids(
     assert attempted["duration_ms"] >= 0
 
 
-async def test_failing_handler_is_retried_then_failed(pool: Any, http: AsyncBaseTransport) -> None:
+async def test_failing_handler_is_retried_then_failed(pool: Any, http: WebhookClient) -> None:
     calls: list[int] = []
 
     async def boom(ctx: HandlerContext) -> None:
@@ -166,9 +165,31 @@ async def test_failing_handler_is_retried_then_failed(pool: Any, http: AsyncBase
     assert done.error == "RuntimeError: the database of the customer is down"
 
 
-async def test_retry_waits_pending_with_next_attempt_at(
-    pool: Any, http: AsyncBaseTransport
+async def test_a_retry_starts_when_its_delay_is_up_without_a_wake_up(
+    pool: Any, http: WebhookClient
 ) -> None:
+    # Nothing NOTIFYs a retry: the executor that recorded it must wake for it itself,
+    # not at its longest sleep (5 s by default).
+    loop = asyncio.get_running_loop()
+    started: list[float] = []
+
+    async def flaky(ctx: HandlerContext) -> None:
+        started.append(loop.time())
+        if ctx.attempt == 1:
+            raise RuntimeError("not yet")
+
+    _, run = await due_run(
+        pool, target={"type": "handler", "name": "flaky"}, max_attempts=2, backoff_s=0.3
+    )
+    ex = executor(pool, http, handlers={"flaky": flaky})
+    done = await run_until_final(pool, ex, run.id)
+
+    assert (done.status, done.attempt) == ("succeeded", 2)
+    # 0.3 s ± 20 % jitter, plus the time to record the first attempt and lease the second.
+    assert 0.24 <= started[1] - started[0] < 1.5
+
+
+async def test_retry_waits_pending_with_next_attempt_at(pool: Any, http: WebhookClient) -> None:
     async def boom(ctx: HandlerContext) -> None:
         raise RuntimeError("nope")
 
@@ -188,7 +209,7 @@ async def test_retry_waits_pending_with_next_attempt_at(
 
 
 async def test_timeout_cancels_the_attempt_and_counts_as_failure(
-    pool: Any, http: AsyncBaseTransport
+    pool: Any, http: WebhookClient
 ) -> None:
     cancelled = asyncio.Event()
 
@@ -208,7 +229,7 @@ async def test_timeout_cancels_the_attempt_and_counts_as_failure(
 
 
 async def test_result_for_another_workers_lease_is_not_recorded(
-    pool: Any, http: AsyncBaseTransport
+    pool: Any, http: WebhookClient
 ) -> None:
     _, run = await due_run(pool)
     ex = executor(pool, http, worker="a")
@@ -220,7 +241,7 @@ async def test_result_for_another_workers_lease_is_not_recorded(
 
 
 async def test_a_result_whose_lease_was_taken_over_is_dropped_and_logged_with_its_run(
-    pool: Any, http: AsyncBaseTransport
+    pool: Any, http: WebhookClient
 ) -> None:
     job_id, run = await due_run(pool)
     ex = executor(pool, http, worker="a")
@@ -248,7 +269,7 @@ async def test_a_result_whose_lease_was_taken_over_is_dropped_and_logged_with_it
 
 
 async def test_expired_lease_is_taken_over_as_the_next_attempt(
-    pool: Any, http: AsyncBaseTransport
+    pool: Any, http: WebhookClient
 ) -> None:
     _, run = await due_run(pool, timeout_s=1)
     dead = executor(pool, http, worker="dead", lease_margin_s=0)
@@ -274,7 +295,7 @@ async def test_expired_lease_is_taken_over_as_the_next_attempt(
 
 
 async def test_drain_hands_back_unfinished_runs_without_using_an_attempt(
-    pool: Any, http: AsyncBaseTransport
+    pool: Any, http: WebhookClient
 ) -> None:
     started = asyncio.Event()
 
@@ -296,7 +317,7 @@ async def test_drain_hands_back_unfinished_runs_without_using_an_attempt(
 
 
 async def test_drain_waits_for_runs_that_finish_within_the_grace(
-    pool: Any, http: AsyncBaseTransport
+    pool: Any, http: WebhookClient
 ) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -368,7 +389,7 @@ def test_last_attempt_failure_is_final() -> None:
     assert result_of(claimed_run(attempt=2), outcome, 1.0).status == "pending"
 
 
-async def test_every_run_of_a_busy_loop_is_recorded(pool: Any, http: AsyncBaseTransport) -> None:
+async def test_every_run_of_a_busy_loop_is_recorded(pool: Any, http: WebhookClient) -> None:
     """Results that arrive while an exchange is in flight are recorded by the next one."""
     release = asyncio.Event()
 

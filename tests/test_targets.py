@@ -17,11 +17,10 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import structlog
+import yarl
 from aiohttp.abc import ResolveResult
-from httpx import AsyncBaseTransport
 
 from scheduler_svc.netguard import GuardedResolver, RefusedAddress, resolve_public
 from scheduler_svc.targets import (
@@ -33,7 +32,7 @@ from scheduler_svc.targets import (
     load_handlers,
     parse_retry_after,
 )
-from scheduler_svc.webhook_http import webhook_transport
+from scheduler_svc.webhook_http import WebhookClient, webhook_client
 from tests.webhook_receiver import Reply, WebhookReceiver, serve_receiver
 
 pytestmark = pytest.mark.timeout(20)
@@ -121,13 +120,13 @@ def receiver(receiver_server: WebhookReceiver) -> WebhookReceiver:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[AsyncBaseTransport]:
-    async with webhook_transport(allow_private=True) as transport:
-        yield transport
+async def http() -> AsyncIterator[WebhookClient]:
+    async with webhook_client(allow_private=True) as client:
+        yield client
 
 
 @pytest.fixture
-def deliverer(http: AsyncBaseTransport) -> Deliverer:
+def deliverer(http: WebhookClient) -> Deliverer:
     return Deliverer(http, allow_private=True)
 
 
@@ -264,7 +263,7 @@ async def test_json_body_is_encoded_and_the_users_content_type_kept(
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
 async def test_get_and_delete_without_a_body_send_none(
-    http: AsyncBaseTransport, receiver: WebhookReceiver, method: str
+    http: WebhookClient, receiver: WebhookReceiver, method: str
 ) -> None:
     deliverer = Deliverer(http, allow_private=True, webhook_secret="whsec_test")
     await deliverer.deliver(make_delivery(http_target(receiver.url(), method=method)))
@@ -286,7 +285,7 @@ def verify_signature(header: str, body: bytes, secret: str) -> bool:
 
 
 async def test_signature_is_an_hmac_of_timestamp_and_exact_body(
-    http: AsyncBaseTransport, receiver: WebhookReceiver
+    http: WebhookClient, receiver: WebhookReceiver
 ) -> None:
     deliverer = Deliverer(http, allow_private=True, webhook_secret="whsec_test")
     await deliverer.deliver(make_delivery(http_target(receiver.url())))
@@ -461,7 +460,7 @@ async def test_a_receiver_too_slow_to_answer_is_a_retryable_read_timeout(
     ],
 )
 async def test_loopback_is_refused_without_allow_private(
-    http: AsyncBaseTransport, receiver: WebhookReceiver, url: str
+    http: WebhookClient, receiver: WebhookReceiver, url: str
 ) -> None:
     deliverer = Deliverer(http, allow_private=False)
 
@@ -474,7 +473,7 @@ async def test_loopback_is_refused_without_allow_private(
 
 
 async def test_a_name_resolving_to_a_private_address_is_refused_before_calling(
-    http: AsyncBaseTransport,
+    http: WebhookClient,
 ) -> None:
     resolver = FakeResolver({"hook.example": [[PUBLIC_V4, "10.1.2.3"]]})
     deliverer = Deliverer(http, allow_private=False, resolver=resolver)
@@ -490,7 +489,7 @@ async def test_a_name_resolving_to_a_private_address_is_refused_before_calling(
     assert "10.1.2.3" not in (outcome.error or "")
 
 
-async def test_a_failed_dns_lookup_is_a_retryable_failure(http: AsyncBaseTransport) -> None:
+async def test_a_failed_dns_lookup_is_a_retryable_failure(http: WebhookClient) -> None:
     resolver = FakeResolver({})
     deliverer = Deliverer(http, allow_private=False, resolver=resolver)
 
@@ -555,8 +554,8 @@ async def test_a_public_name_is_called_on_the_address_that_was_vetted(
 ) -> None:
     resolver = FakeResolver({"hook.example": [[PUBLIC_V4]]})
     connector = ToLoopback(resolver)
-    async with webhook_transport(guard=connector) as transport:
-        deliverer = Deliverer(transport, allow_private=False, resolver=resolver)
+    async with webhook_client(guard=connector) as client:
+        deliverer = Deliverer(client, allow_private=False, resolver=resolver)
         target = http_target(f"http://hook.example:{receiver.port}/hook")
 
         outcomes = [await deliverer.deliver(make_delivery(target)) for _ in range(2)]
@@ -574,8 +573,8 @@ async def test_a_name_rebound_to_loopback_after_the_check_is_refused_at_connect(
     # The Deliverer's check sees a public address; the connection's own lookup gets loopback.
     resolver = FakeResolver({"hook.example": [[PUBLIC_V4], ["127.0.0.1"]]})
     connector = ToLoopback(resolver)
-    async with webhook_transport(guard=connector) as transport:
-        deliverer = Deliverer(transport, allow_private=False, resolver=resolver)
+    async with webhook_client(guard=connector) as client:
+        deliverer = Deliverer(client, allow_private=False, resolver=resolver)
         target = http_target(f"http://hook.example:{receiver.port}/hook")
 
         outcome = await deliverer.deliver(make_delivery(target))
@@ -599,9 +598,9 @@ async def test_pinned_https_still_checks_the_certificate_against_the_host_name(
     connector = ToLoopback(resolver)
     async with (
         serve_receiver(certfile=cert, keyfile=key) as receiver,
-        webhook_transport(verify=trust, guard=connector) as transport,
+        webhook_client(verify=trust, guard=connector) as client,
     ):
-        deliverer = Deliverer(transport, allow_private=False, resolver=resolver)
+        deliverer = Deliverer(client, allow_private=False, resolver=resolver)
 
         good = await deliverer.deliver(
             make_delivery(http_target(f"https://hook.example:{receiver.port}/hook"))
@@ -621,15 +620,20 @@ async def test_pinned_https_still_checks_the_certificate_against_the_host_name(
     assert connector.calls == [(PUBLIC_V4, receiver.port)] * 2
 
 
-async def test_the_webhook_transport_vets_each_new_connection_itself(
+async def test_the_webhook_client_vets_each_new_connection_itself(
     receiver: WebhookReceiver,
 ) -> None:
-    # Called directly, with no Deliverer check before it: the transport's own guard refuses.
+    # Called directly, with no Deliverer check before it: the client's own guard refuses.
     resolver = FakeResolver({"hook.example": [["127.0.0.1"]]})
-    async with webhook_transport(resolver=resolver) as transport:
+    async with webhook_client(resolver=resolver) as client:
         with pytest.raises(RefusedAddress):
-            await transport.handle_async_request(
-                httpx.Request("POST", f"http://hook.example:{receiver.port}/hook")
+            await client.call(
+                "POST",
+                yarl.URL(f"http://hook.example:{receiver.port}/hook"),
+                [],
+                b"{}",
+                timeout_s=5,
+                limit=4096,
             )
     assert resolver.calls == ["hook.example"]
     assert receiver.requests == []
@@ -639,7 +643,7 @@ async def test_the_webhook_transport_vets_each_new_connection_itself(
 
 
 async def test_secrets_stay_out_of_errors_logs_and_output(
-    http: AsyncBaseTransport, receiver: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+    http: WebhookClient, receiver: WebhookReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = "tok_abcdef1234567890"
     secrets = [token, "key-99999999", "whsec_topsecret"]
@@ -677,7 +681,7 @@ async def test_secrets_stay_out_of_errors_logs_and_output(
 
 
 async def test_a_registered_handler_gets_the_context_and_its_result_is_the_output(
-    http: AsyncBaseTransport,
+    http: WebhookClient,
 ) -> None:
     seen: list[HandlerContext] = []
 
@@ -708,7 +712,7 @@ async def test_a_registered_handler_gets_the_context_and_its_result_is_the_outpu
     ]
 
 
-async def test_an_unknown_handler_fails_without_retry(http: AsyncBaseTransport) -> None:
+async def test_an_unknown_handler_fails_without_retry(http: WebhookClient) -> None:
     deliverer = Deliverer(http)
 
     outcome = await deliverer.deliver(make_delivery({"type": "handler", "name": "nope"}))
@@ -717,7 +721,7 @@ async def test_an_unknown_handler_fails_without_retry(http: AsyncBaseTransport) 
 
 
 async def test_a_handler_returning_something_not_json_fails_without_retry(
-    http: AsyncBaseTransport,
+    http: WebhookClient,
 ) -> None:
     async def odd(context: HandlerContext) -> Any:
         return {"thing": object()}
@@ -732,7 +736,7 @@ async def test_a_handler_returning_something_not_json_fails_without_retry(
 
 
 async def test_a_handler_that_raises_is_a_retryable_failure_on_one_line(
-    http: AsyncBaseTransport,
+    http: WebhookClient,
 ) -> None:
     async def flaky(context: HandlerContext) -> Any:
         raise ConnectionError("upstream\nwent away")
@@ -757,7 +761,7 @@ async def test_a_handler_that_raises_is_a_retryable_failure_on_one_line(
 
 
 async def test_a_handler_that_is_not_async_fails_without_retry(
-    http: AsyncBaseTransport,
+    http: WebhookClient,
 ) -> None:
     def blocking(context: HandlerContext) -> Any:
         return 1
@@ -771,7 +775,7 @@ async def test_a_handler_that_is_not_async_fails_without_retry(
     )
 
 
-async def test_cancelling_a_delivery_cancels_the_handler(http: AsyncBaseTransport) -> None:
+async def test_cancelling_a_delivery_cancels_the_handler(http: WebhookClient) -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
     async def forever(context: HandlerContext) -> Any:
@@ -827,7 +831,7 @@ def handler_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 async def test_handlers_registered_as_entry_points_are_loaded_and_called(
-    handler_plugin: str, http: AsyncBaseTransport
+    handler_plugin: str, http: WebhookClient
 ) -> None:
     with structlog.testing.capture_logs() as logs:
         handlers = load_handlers()
@@ -845,7 +849,7 @@ async def test_handlers_registered_as_entry_points_are_loaded_and_called(
 
 
 async def test_handlers_given_in_config_take_precedence_over_entry_points(
-    handler_plugin: str, http: AsyncBaseTransport
+    handler_plugin: str, http: WebhookClient
 ) -> None:
     async def greet(context: HandlerContext) -> Any:
         return "from config"

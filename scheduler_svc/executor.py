@@ -30,6 +30,10 @@ FINAL_WRITE_S = 10.0
 RECORD_BATCH = 200
 # How long a finished attempt's result may wait for others to be recorded with it.
 RECORD_GAP_S = 0.02
+# How often a busy executor looks for runs whose lease ran out (it also looks when a
+# lease it knows of runs out). Leases last the job's timeout plus a margin of
+# seconds, so this delays no takeover by more than it.
+LEASE_CHECK_S = 1.0
 
 
 def retry_delay_s(attempt: int, backoff_s: float, backoff_max_s: float) -> float:
@@ -114,6 +118,10 @@ class Executor:
         # Set RECORD_GAP_S after the first result no exchange has taken yet.
         self._record_due = asyncio.Event()
         self._record_timer: asyncio.TimerHandle | None = None
+        # Loop times: when to look for expired leases next, and when the next lease
+        # the last look saw runs out.
+        self._lease_check_at = 0.0
+        self._lease_end_at: float | None = None
 
     # --- the pass: exchange, execute -------------------------------------------
 
@@ -128,13 +136,22 @@ class Executor:
             self._record_timer = None
         self._record_due.clear()
         batch, self._results = self._results[:RECORD_BATCH], self._results[RECORD_BATCH:]
+        now = asyncio.get_running_loop().time()
+        leases = claim > 0 and (
+            now >= self._lease_check_at
+            or (self._lease_end_at is not None and now >= self._lease_end_at)
+        )
         try:
             exchange = await store.runs_exchange(
-                self._pool, self.worker_id, batch, claim, self.lease_margin_s
+                self._pool, self.worker_id, batch, claim, self.lease_margin_s, leases=leases
             )
         except BaseException:
             self._results = batch + self._results
             raise
+        if leases:
+            self._lease_check_at = now + LEASE_CHECK_S
+            end_in = exchange.next_lease_end_in_s
+            self._lease_end_at = None if end_in is None else now + end_in
         metrics.leased(exchange.leased, claim)
         for result in batch:
             run = self._attempts.pop(result.run_id, None)
@@ -256,8 +273,8 @@ class Executor:
         """Exchange results for new runs until `stop`; `drain` then finishes the rest.
 
         One round trip both records what finished and leases more, never more than
-        the free slots. With nothing to do it sleeps until a run comes due, a NOTIFY
-        wakes it, or an attempt finishes.
+        the free slots. With nothing to do it sleeps until a run comes due, a lease
+        runs out, a NOTIFY wakes it, or a finished attempt is to be recorded.
         """
         retry_s = 0.1
         while not stop.is_set():
@@ -272,8 +289,12 @@ class Executor:
                         self._start(run)
                     if self._results or (claim > 0 and len(exchange.leased) == claim):
                         continue  # more to record, or more may be ready right now
-                    if exchange.next_due_in_s is not None:
-                        sleep_s = min(exchange.next_due_in_s, self._max_sleep_s)
+                    if exchange.next_attempt_in_s is not None:
+                        sleep_s = min(exchange.next_attempt_in_s, self._max_sleep_s)
+                    if claim > 0 and self._lease_end_at is not None:
+                        # Wake when the next lease runs out: its run may be ours to take over.
+                        lease_end_in = self._lease_end_at - asyncio.get_running_loop().time()
+                        sleep_s = max(0.0, min(sleep_s, lease_end_in))
                 retry_s = 0.1
             except DATABASE_ERRORS as exc:
                 log.warning("executor_database_error", error=str(exc), retry_in_s=retry_s)

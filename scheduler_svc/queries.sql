@@ -162,10 +162,15 @@ FROM inserted;
 
 -- jobs_next_due --
 -- Seconds until the earliest next_run_at of an active job by the database clock
--- (negative when overdue); NULL when no job is active.
-SELECT extract(epoch FROM min(next_run_at) - now())::float8
-FROM jobs
-WHERE status = 'active';
+-- (negative when overdue); NULL when no job is active. ORDER BY … LIMIT 1 rather
+-- than min(): with statistics that believe no job is active (jobs created paused,
+-- then started, before the next ANALYZE) the planner aggregated over every entry
+-- of jobs_due, a thousand buffers a pass; this reads the index from its start.
+SELECT (SELECT extract(epoch FROM next_run_at - now())::float8
+        FROM jobs
+        WHERE status = 'active'
+        ORDER BY next_run_at
+        LIMIT 1);
 
 -- runs_due_backlog --
 -- Due ticks not yet started, for the scheduler_due_backlog gauge: pending runs whose
@@ -180,11 +185,16 @@ SELECT (SELECT count(*) FROM job_runs
 -- An executor's one round trip. It records what attempts came to ($2 … $7) for
 -- runs still leased to worker $1: succeeded or failed (final), or pending again
 -- after a delay (a retry). And it leases up to $8 more runs: pending runs whose
--- attempt is due, and running runs whose lease expired (their worker died), which
--- restart as their next attempt; a lease lasts the job's timeout plus $9 seconds.
--- Returns one row: the ids recorded (a result missing there lost its lease, or its
--- job, meanwhile), the runs leased, as JSON, and how many seconds until a run not
--- leased now becomes claimable (a later attempt, or a lease that runs out).
+-- attempt is due and, when $10, running runs whose lease expired (their worker
+-- died), which restart as their next attempt; a lease lasts the job's timeout plus
+-- $9 seconds. Returns one row: the ids recorded (a result missing there lost its
+-- lease, or its job, meanwhile), the runs leased, as JSON, the seconds until the
+-- next pending run's attempt is due and, when $10, until the next lease runs out.
+--
+-- Leases are looked at only when $10 (the executor asks about once a second, and
+-- when a lease it knows of runs out): every finished run leaves a dead entry in
+-- job_runs_leased until vacuum, and at thousands of runs a second, walking past them
+-- on every exchange was most of what the exchange cost.
 WITH outcome AS (
     SELECT *
     FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::text[], $6::jsonb[],
@@ -215,7 +225,7 @@ WITH outcome AS (
 ), expired AS (
     -- A lease is set exactly while a run is running (a CHECK says so).
     SELECT id, worker AS lost_worker FROM job_runs
-    WHERE lease_expires_at < now()
+    WHERE $10 AND lease_expires_at < now()
       -- Not one this statement records: a row cannot be updated twice in one statement.
       AND id <> ALL($2::bigint[])
     ORDER BY lease_expires_at
@@ -237,11 +247,15 @@ WITH outcome AS (
 )
 SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
        (SELECT coalesce(json_agg(claimed), '[]')::text FROM claimed) AS claimed,
-       extract(epoch FROM least(
-           (SELECT min(next_attempt_at) FROM job_runs
-            WHERE status = 'pending' AND next_attempt_at > now()),
-           (SELECT min(lease_expires_at) FROM job_runs WHERE lease_expires_at >= now())
-       ) - now())::float8 AS next_due_in_s;
+       extract(epoch FROM (SELECT next_attempt_at FROM job_runs
+                           WHERE status = 'pending' AND next_attempt_at > now()
+                           ORDER BY next_attempt_at LIMIT 1) - now())::float8
+           AS next_attempt_in_s,
+       CASE WHEN $10 THEN
+           extract(epoch FROM (SELECT lease_expires_at FROM job_runs
+                               WHERE lease_expires_at >= now()
+                               ORDER BY lease_expires_at LIMIT 1) - now())::float8
+       END AS next_lease_end_in_s;
 
 -- runs_release --
 -- At shutdown: hand runs that did not finish back as pending, due now, without

@@ -250,7 +250,9 @@ class Exchange:
 
     recorded: set[int]  # ids whose results were written; the others lost their lease
     leased: list[ClaimedRun]  # runs now leased to this worker
-    next_due_in_s: float | None  # until a run not leased now becomes claimable
+    next_attempt_in_s: float | None  # until a pending run's attempt is due
+    # Until a running run's lease runs out; None if there is none, or if not looked at.
+    next_lease_end_in_s: float | None = None
 
 
 async def runs_exchange(
@@ -259,8 +261,11 @@ async def runs_exchange(
     results: list[RunResult],
     claim: int,
     lease_margin_s: float,
+    *,
+    leases: bool = True,
 ) -> Exchange:
-    """Record `results` of runs leased to `worker` and lease up to `claim` more runs."""
+    """Record `results` of runs leased to `worker` and lease up to `claim` more runs:
+    pending ones due now and, if `leases`, running ones whose lease ran out."""
     record = await conn.fetchrow(
         QUERIES["runs_exchange"],
         worker,
@@ -272,18 +277,20 @@ async def runs_exchange(
         [r.duration_ms for r in results],
         claim,
         lease_margin_s,
+        leases,
     )
     assert record is not None
     recorded = set(record["finished"])
     # The statement's snapshot cannot see the retries it scheduled itself.
-    due_in = [record["next_due_in_s"]] + [
+    due_in = [record["next_attempt_in_s"]] + [
         r.delay_s for r in results if r.status == "pending" and r.run_id in recorded
     ]
     known = [seconds for seconds in due_in if seconds is not None]
     return Exchange(
         recorded=recorded,
         leased=msgspec.json.decode(record["claimed"], type=list[ClaimedRun]),
-        next_due_in_s=min(known) if known else None,
+        next_attempt_in_s=min(known) if known else None,
+        next_lease_end_in_s=record["next_lease_end_in_s"],
     )
 
 

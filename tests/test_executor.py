@@ -294,6 +294,26 @@ async def test_expired_lease_is_taken_over_as_the_next_attempt(
     assert (done.status, done.worker, done.attempt) == ("succeeded", "alive", 2)
 
 
+async def test_expired_leases_are_taken_only_by_exchanges_that_look_at_leases(
+    pool: Any, http: WebhookClient
+) -> None:
+    _, expired = await due_run(pool, timeout_s=30)
+    await executor(pool, http, worker="dead", lease_margin_s=0).claim_once(1)
+    await due_run(pool, timeout_s=30)  # a run another worker is still on
+    await executor(pool, http, worker="busy", lease_margin_s=0).claim_once(1)
+    await pool.execute(
+        "UPDATE job_runs SET lease_expires_at = now() - interval '1 s' WHERE id = $1", expired.id
+    )
+
+    blind = await store.runs_exchange(pool, "alive", [], 10, 0, leases=False)
+    looking = await store.runs_exchange(pool, "alive", [], 10, 0, leases=True)
+
+    assert (blind.leased, blind.next_lease_end_in_s) == ([], None)
+    assert [(r.id, r.attempt, r.lost_worker) for r in looking.leased] == [(expired.id, 2, "dead")]
+    # The lease still running elsewhere: when to look again.
+    assert looking.next_lease_end_in_s is not None and 20 < looking.next_lease_end_in_s <= 30
+
+
 async def test_drain_hands_back_unfinished_runs_without_using_an_attempt(
     pool: Any, http: WebhookClient
 ) -> None:

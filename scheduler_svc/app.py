@@ -150,7 +150,7 @@ async def healthz() -> Status:
 async def readyz(pool: PoolDep) -> Response[Status]:
     try:
         schema_version = await store.schema_version_get(pool)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except db.DATABASE_ERRORS as exc:
         log.warning("not_ready", error=str(exc))
         return Response(Status(status="database unavailable"), status_code=503)
     if schema_version < db.SCHEMA_VERSION:

@@ -19,7 +19,18 @@ SCHEMA_VERSION = int(
     re.search(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)", SCHEMA_SQL).group(1)  # type: ignore[union-attr]
 )
 # What a lost or restarting database raises: loops wait these out and carry on.
-DATABASE_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError too: when the server ends a session (a restart), a pooled
+# connection can take its next statement between the server's FATAL message and the
+# socket closing, and asyncpg then says "cannot switch to state 12; another
+# operation (2) is in progress" (asyncpg#1069). The connection closes a moment later
+# and the pool replaces it; one worker stopped on it in a database-restart test.
+DATABASE_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 # Arbitrary, fixed: the advisory lock key under which replicas apply the schema.
 SCHEMA_LOCK_KEY = 0x5C4ED01E

@@ -5,7 +5,7 @@ time `resolve_public`, which resolves the host and refuses it if any address is
 private. `GuardedResolver` is the connection-level form of the call-time check: it
 resolves and vets, and the connection goes to exactly the vetted addresses, so a name
 that re-resolves to a private address between check and connect (DNS rebinding) gets
-nowhere. `webhook_http.webhook_transport` connects through it.
+nowhere. `webhook_http.webhook_client` connects through it.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -146,8 +147,13 @@ class Traffic:
             self._progress.notify_all()
 
 
-def client_ports(pid: int) -> set[int]:
-    """The local TCP ports of a live process's sockets (Linux /proc)."""
+def client_ports(pid: int, server_port: int) -> set[int]:
+    """The local TCP ports of a live process's connections to `server_port` (Linux /proc).
+
+    Only those: Linux gives the same ephemeral port to connections to different
+    destinations, so a port of the process's webhook connection can also be the
+    client port of another process's database session.
+    """
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
@@ -158,7 +164,7 @@ def client_ports(pid: int) -> set[int]:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[9] in inodes:
+            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == server_port:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 
@@ -291,7 +297,7 @@ async def test_through_nginx_a_killed_api_replica_and_a_killed_worker_lose_nothi
             backends = await pool.fetch(
                 "SELECT pid FROM pg_stat_activity"
                 " WHERE datname = current_database() AND client_port = ANY($1::int[])",
-                list(client_ports(worker_1.pid)),
+                list(client_ports(worker_1.pid, urlsplit(database_url).port or 5432)),
             )
             assert backends, f"no database session of {worker_1.name} found"
             await sigkill(worker_1)

@@ -12,6 +12,7 @@ import structlog
 
 from scheduler_svc import store
 from scheduler_svc.executor import Executor, result_of, retry_delay_s
+from scheduler_svc.logs import merge_context
 from scheduler_svc.models import ClaimedRun, RunResult, RunRow
 from scheduler_svc.scheduler import tick_once
 from scheduler_svc.targets import Deliverer, HandlerContext, Outcome
@@ -129,9 +130,7 @@ async def test_an_attempt_logs_its_start_and_its_end_with_the_run_ids(
     ex = executor(pool, http)
     [claimed] = await ex.claim_once(1)
     # The run's ids are bound around the attempt, as the service's log lines show them.
-    with structlog.testing.capture_logs(
-        processors=[structlog.contextvars.merge_contextvars]
-    ) as logs:
+    with structlog.testing.capture_logs(processors=[merge_context]) as logs:
         await ex.execute(claimed)
     ids = {
         "job_id": job_id,

@@ -291,7 +291,7 @@ def test_the_run_line_written_directly_is_the_line_structlog_writes() -> None:
             assert logs._hot_lines.direct
             assert structlog.get_config()["processors"] is logs._hot_lines.processors
             logs._hot_lines.direct = direct
-            with structlog.contextvars.bound_contextvars(request_id="r-1", token=COOKIE):
+            with logs.bound(request_id="r-1", token=COOKIE):
                 log_line(3, "nightly", 7, tick, 1, "schedule", "acme", attributes, status="ok")
             logs.flush()
         [line] = [json.loads(text) for text in stream.getvalue().splitlines()]

@@ -53,6 +53,43 @@ async def test_paused_jobs_are_not_claimed(pool: Any) -> None:
     assert (await tick_once(pool, now=T0)).jobs == 0
 
 
+async def test_a_pass_says_when_the_next_tick_is_due_as_the_table_will_after_it(
+    pool: Any,
+) -> None:
+    """The loop sleeps on what the pass says, without asking again: it must count the
+    claimed jobs at their new next tick, which its own statement cannot read back."""
+    now = datetime.now(UTC)
+    hourly = await make_job(pool, schedule="@every 1h", next_run_at=now - timedelta(seconds=1))
+    await make_job(pool, schedule="@every 1h", next_run_at=now + timedelta(seconds=30))
+    result = await tick_once(pool)
+    assert result.jobs == 1
+    # The job due in 30 s, not the claimed job's old, past tick.
+    assert result.next_due_in_s is not None
+    assert 25 < result.next_due_in_s <= 30
+    assert result.next_due_in_s == pytest.approx(await store.jobs_next_due(pool), abs=1)
+
+    # The other job due now, the first in two hours: the claimed one's new tick, in an
+    # hour, is the earliest.
+    await pool.execute(
+        "UPDATE jobs SET next_run_at = CASE WHEN id = $2"
+        " THEN $1::timestamptz + interval '2 hours' ELSE $1 END",
+        now,
+        hourly.id,
+    )
+    result = await tick_once(pool)
+    assert result.jobs == 1
+    assert result.next_due_in_s is not None
+    assert 3500 < result.next_due_in_s < 3600
+    assert result.next_due_in_s == pytest.approx(await store.jobs_next_due(pool), abs=1)
+
+    # A one-off job that has run leaves no active job: nothing is due, ever.
+    await pool.execute("DELETE FROM jobs")
+    await make_job(pool, schedule="@at 2031-03-04T12:00:00Z", next_run_at=now)
+    result = await tick_once(pool)
+    assert (result.jobs, result.next_due_in_s) == (1, None)
+    assert await store.jobs_next_due(pool) is None
+
+
 async def test_racing_passes_materialize_every_tick_exactly_once(pool: Any) -> None:
     jobs = [await make_job(pool, schedule="@every 1s", next_run_at=T0) for _ in range(60)]
     now = T0 + timedelta(seconds=5)

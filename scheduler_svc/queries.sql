@@ -116,12 +116,8 @@ FROM (
 -- pending (for any executor), skipped (overlap), succeeded (a log-target tick the
 -- pass runs itself, as worker $9, before it commits), or running: leased to worker
 -- $9's executor for $11 seconds (timeout plus margin), which starts it once this
--- commits. Returns how many runs were inserted, as JSON those not pending (a
--- dropped tick must not be run, nor reported), and the seconds until the earliest
--- next tick of an active job as jobs_next_due would say after the commit, which
--- saves the scheduler that round trip after every pass that found work. The
--- statement cannot see its own UPDATE, so the claimed jobs count with their new
--- next_run_at ($2) and are left out of the look at the table.
+-- commits. Returns how many runs were inserted and, as JSON, those not pending (a
+-- dropped tick must not be run, nor reported).
 WITH this_transaction AS (
     -- The scheduler's own transaction: the jobs trigger stays quiet, and so does the
     -- runs trigger unless there is a pending run for an executor ($10). It commits
@@ -161,16 +157,7 @@ SELECT count(*),
        coalesce(json_agg(json_build_object('id', id, 'job_id', job_id,
                                            'scheduled_for', scheduled_for,
                                            'status', status, 'started_at', started_at))
-                FILTER (WHERE status <> 'pending'), '[]')::text,
-       extract(epoch FROM least(
-           (SELECT min(a.next_run_at)
-            FROM unnest($2::timestamptz[], $3::text[]) AS a(next_run_at, status)
-            WHERE a.status = 'active'),
-           (SELECT next_run_at FROM jobs
-            WHERE status = 'active' AND id <> ALL($1::bigint[])
-            ORDER BY next_run_at
-            LIMIT 1)
-       ) - clock_timestamp())::float8
+                FILTER (WHERE status <> 'pending'), '[]')::text
 FROM inserted;
 
 -- jobs_next_due --

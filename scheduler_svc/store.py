@@ -206,7 +206,6 @@ class Recorded:
 
     runs: int  # runs inserted, whatever their status
     others: list[InsertedRun]  # those not pending: succeeded, skipped, running
-    next_due_in_s: float | None  # as jobs_next_due would say once this commits
 
 
 async def ticks_record(
@@ -230,7 +229,7 @@ async def ticks_record(
         [t.lease_s for t in ticks],
     )
     assert record is not None
-    return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]), record[2])
+    return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]))
 
 
 async def jobs_next_due(conn: Conn) -> float | None:

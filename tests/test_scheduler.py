@@ -15,7 +15,14 @@ import structlog
 
 from scheduler_svc import store
 from scheduler_svc.models import ClaimedRun
-from scheduler_svc.scheduler import OVERLAP_SKIPPED, tick_once
+from scheduler_svc.scheduler import (
+    BUSY_PASS_GAP_S,
+    BUSY_PASS_JOBS,
+    OVERLAP_SKIPPED,
+    PASS_GAP_S,
+    Scheduler,
+    tick_once,
+)
 from tests.factories import make_job, runs_of
 
 T0 = datetime(2031, 3, 4, 12, 0, 0, tzinfo=UTC)
@@ -53,41 +60,18 @@ async def test_paused_jobs_are_not_claimed(pool: Any) -> None:
     assert (await tick_once(pool, now=T0)).jobs == 0
 
 
-async def test_a_pass_says_when_the_next_tick_is_due_as_the_table_will_after_it(
+async def test_after_a_busy_pass_the_next_waits_longer_but_never_past_a_due_tick(
     pool: Any,
 ) -> None:
-    """The loop sleeps on what the pass says, without asking again: it must count the
-    claimed jobs at their new next tick, which its own statement cannot read back."""
-    now = datetime.now(UTC)
-    hourly = await make_job(pool, schedule="@every 1h", next_run_at=now - timedelta(seconds=1))
-    await make_job(pool, schedule="@every 1h", next_run_at=now + timedelta(seconds=30))
-    result = await tick_once(pool)
-    assert result.jobs == 1
-    # The job due in 30 s, not the claimed job's old, past tick.
-    assert result.next_due_in_s is not None
-    assert 25 < result.next_due_in_s <= 30
-    assert result.next_due_in_s == pytest.approx(await store.jobs_next_due(pool), abs=1)
-
-    # The other job due now, the first in two hours: the claimed one's new tick, in an
-    # hour, is the earliest.
-    await pool.execute(
-        "UPDATE jobs SET next_run_at = CASE WHEN id = $2"
-        " THEN $1::timestamptz + interval '2 hours' ELSE $1 END",
-        now,
-        hourly.id,
-    )
-    result = await tick_once(pool)
-    assert result.jobs == 1
-    assert result.next_due_in_s is not None
-    assert 3500 < result.next_due_in_s < 3600
-    assert result.next_due_in_s == pytest.approx(await store.jobs_next_due(pool), abs=1)
-
-    # A one-off job that has run leaves no active job: nothing is due, ever.
-    await pool.execute("DELETE FROM jobs")
-    await make_job(pool, schedule="@at 2031-03-04T12:00:00Z", next_run_at=now)
-    result = await tick_once(pool)
-    assert (result.jobs, result.next_due_in_s) == (1, None)
-    assert await store.jobs_next_due(pool) is None
+    scheduler = Scheduler(pool)
+    # A job is overdue: the next pass comes after the gap, longer after a busy pass.
+    await make_job(pool, next_run_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert await scheduler._sleep_s(BUSY_PASS_JOBS - 1) == PASS_GAP_S
+    assert await scheduler._sleep_s(BUSY_PASS_JOBS) == BUSY_PASS_GAP_S
+    # Nothing due for a while: the due time decides, whatever the last pass did.
+    await pool.execute("UPDATE jobs SET next_run_at = now() + interval '3 seconds'")
+    for jobs in (0, BUSY_PASS_JOBS):
+        assert 2 < await scheduler._sleep_s(jobs) <= 3
 
 
 async def test_racing_passes_materialize_every_tick_exactly_once(pool: Any) -> None:

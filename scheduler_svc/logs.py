@@ -210,6 +210,9 @@ def configure(
     _hot_lines.direct = fmt == "json" and logging.getLevelName(level.upper()) <= logging.INFO
     _hot_lines.redact = redact
     shared: list[Any] = [
+        # What code of the user's (a registered handler) binds with structlog's own
+        # contextvars still shows on its lines; the service binds with `bind`.
+        structlog.contextvars.merge_contextvars,
         merge_context,
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,

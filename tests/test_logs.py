@@ -281,6 +281,17 @@ async def test_a_500_litestar_raises_itself_is_logged_with_its_cause(make_settin
     assert "Unsupported type" in failure["exception"], failure["exception"]
 
 
+def test_a_line_carries_the_service_bound_fields_and_what_user_code_bound() -> None:
+    with captured_logs() as stream:
+        with logs.bound(run_id=7, job_id=3), structlog.contextvars.bound_contextvars(order="A-1"):
+            structlog.get_logger("handler").info("charged", amount=5)
+        structlog.get_logger("handler").info("after")
+        logs.flush()
+    during, after = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert during.items() >= {"run_id": 7, "job_id": 3, "order": "A-1", "amount": 5}.items()
+    assert not {"run_id", "job_id", "order"} & after.keys()
+
+
 def test_the_run_line_written_directly_is_the_line_structlog_writes() -> None:
     tick = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
     attributes = {"region": "eu", "password": "hunter2-hunter2", "note": TARGET_TOKEN}

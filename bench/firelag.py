@@ -199,7 +199,7 @@ def row(f: dict[str, Any]) -> list[object]:
         f["target"],
         f["phase"],
         f["replicas"],
-        f.get("concurrency", DEFAULT_CONCURRENCY),
+        f["concurrency"],
         f["runs"],
         f["skipped"],
         f["not_started"],

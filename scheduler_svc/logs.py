@@ -157,7 +157,8 @@ def hot_line(logger: str, event: str, own: dict[str, Any], given: dict[str, Any]
     In JSON it skips structlog's per-call machinery (bound logger, processor chain,
     which cost about three times the line) and produces the very line structlog
     would: the bound fields (`bind`), then the fields, event, level, logger and
-    timestamp.
+    timestamp. What user code binds with structlog's own contextvars is left out:
+    reading those walks the whole context, on every line.
     `own` holds the service's fields (ids, times, fixed words), which need no
     redaction; `given` holds what clients wrote (names, attributes, paths, errors),
     which is redacted as ever. Any other format, or a level above info, goes through

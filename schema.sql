@@ -68,13 +68,16 @@ CREATE TABLE IF NOT EXISTS job_runs (
     scheduled_for    timestamptz NOT NULL,
     -- schedule: materialized from the job's schedule; manual: POST /jobs/{id}/trigger.
     trigger          text NOT NULL DEFAULT 'schedule' CHECK (trigger IN ('schedule', 'manual')),
-    -- pending: waiting for an executor (or for its next attempt); running: leased by
+    -- pending: waiting for an executor (or for its next attempt, or, with next_attempt_at
+    -- NULL, for an earlier run of its job to end); running: leased by
     -- `worker` until `lease_expires_at`; succeeded / failed: final; skipped: final,
     -- never executed (overlap forbidden), `error` says why.
     status           text NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'skipped')),
     attempt          integer NOT NULL DEFAULT 0,
-    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    -- When the next attempt is due; NULL while the run waits for an earlier run of its
+    -- job to end (overlap forbid, see waits_for): executors never claim it then.
+    next_attempt_at  timestamptz DEFAULT now(),
     started_at       timestamptz,
     finished_at      timestamptz,
     duration_ms      double precision,
@@ -84,6 +87,13 @@ CREATE TABLE IF NOT EXISTS job_runs (
     -- Set exactly while the run is running: its lease.
     lease_expires_at timestamptz,
     created_at       timestamptz NOT NULL DEFAULT now(),
+    -- When the run became claimable (its insert, or the end of its wait): from then until
+    -- finished_at it was pending or running, which is what overlap forbid judges a later
+    -- tick by. NULL while it waits.
+    ready_at         timestamptz DEFAULT now(),
+    -- A waiting run (next_attempt_at NULL): the earlier run of its job whose outcome
+    -- decides it (NULL: it waits behind other waiting runs or a run of its own pass).
+    waits_for        bigint,
     CONSTRAINT job_runs_leased_while_running
         CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
 );
@@ -115,6 +125,18 @@ CREATE INDEX IF NOT EXISTS job_runs_active ON job_runs (job_id)
 -- pending or running and dead row versions do not pile up between passes.
 ALTER TABLE job_runs SET (autovacuum_analyze_scale_factor = 0.02,
                           autovacuum_vacuum_scale_factor = 0.05);
+
+-- Overlap by real time (schema 4): a tick that came due while an earlier run was still
+-- running by the database's record waits (next_attempt_at NULL) until that run's outcome
+-- is recorded with the time it really finished; it is then skipped or run. finished_at
+-- is that time as the replica measured it, not when the result reached the database.
+ALTER TABLE job_runs ALTER COLUMN next_attempt_at DROP NOT NULL;
+ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS ready_at timestamptz DEFAULT now();
+ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS waits_for bigint;
+-- The waiting runs of a job, in tick order. Partial: empty but after an outage or while
+-- a long run of an overlap-forbidding job holds up its next ticks.
+CREATE INDEX IF NOT EXISTS job_runs_waiting ON job_runs (job_id, scheduled_for)
+    WHERE status = 'pending' AND next_attempt_at IS NULL;
 
 -- A job's last run is derived from its runs, not stored on the job: executors never
 -- write job rows, so they never contend with the scheduler's locks on them.
@@ -172,6 +194,6 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at   timestamptz
 );
 
-INSERT INTO schema_version (version) VALUES (3)
+INSERT INTO schema_version (version) VALUES (4)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now()
 WHERE schema_version.version < excluded.version;

@@ -15,7 +15,7 @@ from typing import Literal
 
 import structlog
 
-from scheduler_svc import logs, metrics, store
+from scheduler_svc import logs, metrics, overlap, store
 from scheduler_svc.aio import wait_any
 from scheduler_svc.db import DATABASE_ERRORS, Pool
 from scheduler_svc.models import ClaimedRun, RunResult
@@ -175,6 +175,41 @@ class Executor:
                 )
         return exchange
 
+    async def settle_waiting(self, exchange: store.Exchange) -> int:
+        """Decide the waiting runs an exchange found decidable (overlap.settle_waiting);
+        how many were released. A failure is only logged: the lease check finds the
+        runs again (stranded_jobs) within seconds."""
+        if not exchange.ended_with_waiters and not exchange.stranded_jobs:
+            return 0
+        ended = exchange.ended_with_waiters
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                jobs = await store.runs_waiting_lock(conn, ended, exchange.stranded_jobs)
+                spans = await store.runs_waiting_get(conn, jobs, ended)
+                settlements = overlap.settle_waiting(spans, ended)
+                if not settlements:
+                    return 0
+                released = await store.runs_waiting_settle(
+                    conn, settlements, overlap.OVERLAP_SKIPPED
+                )
+        except DATABASE_ERRORS as exc:
+            log.warning("waiting_runs_not_settled", error=str(exc), worker=self.worker_id)
+            return 0
+        runs = {span.id: span for span in spans}
+        skipped = [runs[s.id] for s in settlements if s.action == "skip"]
+        metrics.skipped(len(skipped))
+        for run in skipped:
+            log.info(
+                "run_skipped",
+                job_id=run.job_id,
+                run_id=run.id,
+                tick=run.scheduled_for.isoformat(),
+                attempt=0,
+                worker=self.worker_id,
+                reason=overlap.OVERLAP_SKIPPED,
+            )
+        return released
+
     async def claim_once(self, limit: int) -> list[ClaimedRun]:
         """Lease up to `limit` claimable runs to this worker (recording what is collected)."""
         return (await self.exchange_once(limit)).leased
@@ -289,8 +324,11 @@ class Executor:
                     exchange = await self.exchange_once(claim)
                     for run in exchange.leased:
                         self._start(run)
+                    released = await self.settle_waiting(exchange)
                     if self._results or (claim > 0 and len(exchange.leased) == claim):
                         continue  # more to record, or more may be ready right now
+                    if released and claim > len(exchange.leased):
+                        continue  # runs whose wait just ended: claim them now
                     if exchange.next_attempt_in_s is not None:
                         sleep_s = min(exchange.next_attempt_in_s, self._max_sleep_s)
                     if claim > 0 and self._lease_end_at is not None:
@@ -325,7 +363,7 @@ class Executor:
                 retry_s = 0.1
                 while self._results:
                     try:
-                        await self.exchange_once(0)
+                        await self.settle_waiting(await self.exchange_once(0))
                     except DATABASE_ERRORS as exc:
                         log.warning("record_database_error", error=str(exc))
                         await asyncio.sleep(retry_s)

@@ -175,6 +175,12 @@ def finished_in_pass(runs: list[InsertedRun]) -> None:
             FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
 
 
+def skipped(count: int) -> None:
+    """Count waiting runs skipped once the earlier run they waited for ended (overlap)."""
+    if count:
+        RUNS.labels("skipped").inc(count)
+
+
 async def refresh_backlog(pool: Pool) -> None:
     """Read the due backlog from the database into its gauge."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -256,7 +257,7 @@ class RunRow(Struct, frozen=True, kw_only=True):
     trigger: RunTrigger
     status: RunStatus
     attempt: int
-    next_attempt_at: datetime
+    next_attempt_at: datetime | None  # None while it waits for an earlier run of its job
     started_at: datetime | None
     finished_at: datetime | None
     duration_ms: float | None
@@ -327,7 +328,10 @@ class DueJob(Execution, frozen=True, kw_only=True):
     misfire_policy: MisfirePolicy
     misfire_grace_s: int
     overlap: Overlap
-    busy: bool
+    # Its unfinished runs, under overlap forbid (overlap.Unfinished).
+    pending_since: datetime | None
+    blocker: int | None
+    waiting: bool
     now: datetime
 
 
@@ -365,6 +369,9 @@ class RunResult(Struct, frozen=True, kw_only=True):
     error: str | None
     output: Any
     duration_ms: float
+    # time.monotonic() when the attempt ended, which is when its result is made: the
+    # run's finished_at is derived from it however late the result reaches the database.
+    ended_at: float = msgspec.field(default_factory=time.monotonic)
 
 
 class ApiKeyRow(Struct, frozen=True, kw_only=True):

@@ -87,20 +87,31 @@ WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 
 
 -- jobs_claim_due --
 -- Lock due, active jobs for this scheduler pass (the caller's transaction), as one
--- JSON array (decoded in one go, much cheaper than row by row). `busy` says whether
--- an overlap-forbidding job still has a run pending or running; the rest is what
--- running a tick needs, in the pass itself or by this replica's executor.
+-- JSON array (decoded in one go, much cheaper than row by row). For an overlap-
+-- forbidding job, what its unfinished runs say about a tick (overlap.plan_ticks):
+--   pending_since: its earliest pending run became claimable then (a tick since is an
+--                  overlap for certain: a pending run has no attempt under way);
+--   blocker:       one of its claimable runs, pending or running (a running one may have
+--                  ended on its replica without the database knowing yet);
+--   waiting:       it has runs waiting for an earlier one to end.
+-- The rest is what running a tick needs, in the pass itself or by this replica's executor.
 SELECT coalesce(json_agg(due), '[]')::text
 FROM (
     SELECT j.id, j.tenant, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
            j.backoff_s, j.backoff_max_s, j.schedule, j.timezone, j.next_run_at,
            j.misfire_policy, j.misfire_grace_s, j.overlap,
-           j.overlap = 'forbid' AND EXISTS (
-               SELECT FROM job_runs r
-               WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
-           ) AS busy,
+           unfinished.pending_since, unfinished.blocker,
+           coalesce(unfinished.waiting, false) AS waiting,
            coalesce($1::timestamptz, now()) AS now
     FROM jobs j
+    LEFT JOIN LATERAL (
+        SELECT min(r.ready_at) FILTER (WHERE r.status = 'pending'
+                                         AND r.next_attempt_at IS NOT NULL) AS pending_since,
+               max(r.id) FILTER (WHERE r.next_attempt_at IS NOT NULL) AS blocker,
+               bool_or(r.next_attempt_at IS NULL) AS waiting
+        FROM job_runs r
+        WHERE j.overlap = 'forbid' AND r.job_id = j.id AND r.status IN ('pending', 'running')
+    ) unfinished ON true
     WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
     ORDER BY j.next_run_at
     LIMIT $2
@@ -113,11 +124,13 @@ FROM (
 -- In the scheduler's transaction: advance each claimed job and insert a run per due
 -- tick. A tick some replica already materialized conflicts on job_runs_one_per_tick
 -- and is dropped: that, not luck, is what makes a tick run once. A tick is inserted
--- pending (for any executor), skipped (overlap), succeeded (a log-target tick the
--- pass runs itself, as worker $9, before it commits), or running: leased to worker
--- $9's executor for $11 seconds (timeout plus margin), which starts it once this
--- commits. Returns how many runs were inserted and, as JSON, those not pending (a
--- dropped tick must not be run, nor reported).
+-- pending (for any executor), waiting (pending with no attempt due, for run $12 or,
+-- when that is NULL, behind the job's other waiting runs: runs_waiting_settle decides
+-- it), skipped (overlap), succeeded (a log-target tick the pass runs itself, as worker
+-- $9, before it commits), or running: leased to worker $9's executor for $11 seconds
+-- (timeout plus margin), which starts it once this commits. Returns how many runs
+-- were inserted and, as JSON, those neither pending nor waiting (a dropped tick must
+-- not be run, nor reported).
 WITH this_transaction AS (
     -- The scheduler's own transaction: the jobs trigger stays quiet, and so does the
     -- runs trigger unless there is a pending run for an executor ($10). It commits
@@ -138,26 +151,31 @@ WITH this_transaction AS (
 ), inserted AS (
     INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, error,
                           next_attempt_at, attempt, worker, started_at, finished_at,
-                          duration_ms, lease_expires_at)
-    SELECT t.job_id, t.tenant, t.scheduled_for, 'schedule', t.status, t.error,
-           t.scheduled_for,
+                          duration_ms, lease_expires_at, ready_at, waits_for)
+    SELECT t.job_id, t.tenant, t.scheduled_for, 'schedule',
+           CASE WHEN t.status = 'waiting' THEN 'pending' ELSE t.status END, t.error,
+           CASE WHEN t.status <> 'waiting' THEN t.scheduled_for END,
            CASE WHEN t.status IN ('succeeded', 'running') THEN 1 ELSE 0 END,
            CASE WHEN t.status IN ('succeeded', 'running') THEN $9 END,
            CASE WHEN t.status IN ('succeeded', 'running') THEN clock_timestamp() END,
            CASE WHEN t.status IN ('succeeded', 'skipped') THEN clock_timestamp() END,
            CASE WHEN t.status = 'succeeded' THEN 0 END,
-           clock_timestamp() + make_interval(secs => t.lease_s)
+           clock_timestamp() + make_interval(secs => t.lease_s),
+           CASE WHEN t.status <> 'waiting' THEN clock_timestamp() END,
+           t.waits_for
     FROM unnest($4::bigint[], $5::text[], $6::timestamptz[], $7::text[], $8::text[],
-                $11::float8[]) AS t(job_id, tenant, scheduled_for, status, error, lease_s),
+                $11::float8[], $12::bigint[])
+             AS t(job_id, tenant, scheduled_for, status, error, lease_s, waits_for),
          this_transaction
     ON CONFLICT (job_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
-    RETURNING id, job_id, scheduled_for, status, started_at
+    RETURNING id, job_id, scheduled_for, status, started_at, next_attempt_at IS NULL AS waiting
 )
 SELECT count(*),
        coalesce(json_agg(json_build_object('id', id, 'job_id', job_id,
                                            'scheduled_for', scheduled_for,
                                            'status', status, 'started_at', started_at))
-                FILTER (WHERE status <> 'pending'), '[]')::text
+                FILTER (WHERE status <> 'pending'), '[]')::text,
+       count(*) FILTER (WHERE status = 'pending' AND NOT waiting)
 FROM inserted;
 
 -- jobs_next_due --
@@ -174,22 +192,30 @@ SELECT (SELECT extract(epoch FROM next_run_at - now())::float8
 
 -- runs_due_backlog --
 -- Due ticks not yet started, for the scheduler_due_backlog gauge: pending runs whose
--- attempt is due plus active jobs whose next tick is due but not yet materialized
+-- attempt is due or that wait for an earlier run of their job, plus active jobs whose
+-- next tick is due but not yet materialized
 -- (a job that missed several ticks counts once). Both counts use a partial index.
 SELECT (SELECT count(*) FROM job_runs
-        WHERE status = 'pending' AND next_attempt_at <= now())
+        WHERE status = 'pending' AND (next_attempt_at <= now() OR next_attempt_at IS NULL))
      + (SELECT count(*) FROM jobs
         WHERE status = 'active' AND next_run_at <= now());
 
 -- runs_exchange --
 -- An executor's one round trip. It records what attempts came to ($2 … $7) for
 -- runs still leased to worker $1: succeeded or failed (final), or pending again
--- after a delay (a retry). And it leases up to $8 more runs: pending runs whose
+-- after a delay (a retry). A final run's finished_at is when the attempt really ended,
+-- $11 seconds before now as the replica measured it: after a database outage a result
+-- reaches the database long after the run ended, and overlap is judged by the end.
+-- And it leases up to $8 more runs: pending runs whose
 -- attempt is due and, when $10, running runs whose lease expired (their worker
 -- died), which restart as their next attempt; a lease lasts the job's timeout plus
 -- $9 seconds. Returns one row: the ids recorded (a result missing there lost its
 -- lease, or its job, meanwhile), the runs leased, as JSON, the seconds until the
 -- next pending run's attempt is due and, when $10, until the next lease runs out.
+-- Waiting runs that may now be decided (runs_waiting_settle) come back too: the runs
+-- this statement ended whose job has waiting runs, and, when $10, the jobs whose
+-- waiting runs have no earlier run left to wait for (a scheduler pass added them while
+-- this or another statement recorded the end they waited for, which neither could see).
 --
 -- Leases are looked at only when $10 (the executor asks about once a second, and
 -- when a lease it knows of runs out): every finished run leaves a dead entry in
@@ -198,14 +224,16 @@ SELECT (SELECT count(*) FROM job_runs
 WITH outcome AS (
     SELECT *
     FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::text[], $6::jsonb[],
-                $7::float8[]) AS o(id, status, delay_s, error, output, duration_ms)
+                $7::float8[], $11::float8[])
+             AS o(id, status, delay_s, error, output, duration_ms, ended_ago_s)
 ), finished AS (
     UPDATE job_runs r
     SET status = o.status,
         next_attempt_at = CASE WHEN o.status = 'pending'
                                THEN now() + make_interval(secs => o.delay_s)
                                ELSE r.next_attempt_at END,
-        finished_at = CASE WHEN o.status = 'pending' THEN NULL ELSE now() END,
+        finished_at = CASE WHEN o.status = 'pending' THEN NULL
+                           ELSE now() - make_interval(secs => o.ended_ago_s) END,
         error = o.error, output = o.output, duration_ms = o.duration_ms,
         lease_expires_at = NULL
     FROM outcome o
@@ -215,7 +243,7 @@ WITH outcome AS (
     -- partial index of running runs when it wrongly believes that index is small.
     WHERE r.id = o.id AND r.id = ANY($2::bigint[])
       AND r.worker = $1 AND r.lease_expires_at IS NOT NULL
-    RETURNING r.id
+    RETURNING r.id, r.job_id, o.status
 ), due AS (
     SELECT id, NULL::text AS lost_worker FROM job_runs
     WHERE status = 'pending' AND next_attempt_at <= now()
@@ -247,6 +275,19 @@ WITH outcome AS (
 )
 SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
        (SELECT coalesce(json_agg(claimed), '[]')::text FROM claimed) AS claimed,
+       (SELECT coalesce(array_agg(f.id), '{}') FROM finished f
+        WHERE f.status <> 'pending' AND EXISTS (
+            SELECT FROM job_runs w
+            WHERE w.job_id = f.job_id AND w.status = 'pending' AND w.next_attempt_at IS NULL
+        )) AS ended_with_waiters,
+       CASE WHEN $10 THEN
+           (SELECT coalesce(array_agg(DISTINCT w.job_id), '{}') FROM job_runs w
+            WHERE w.status = 'pending' AND w.next_attempt_at IS NULL AND NOT EXISTS (
+                SELECT FROM job_runs r
+                WHERE r.job_id = w.job_id AND r.status IN ('pending', 'running')
+                  AND r.next_attempt_at IS NOT NULL
+            ))
+       END AS stranded_jobs,
        extract(epoch FROM (SELECT next_attempt_at FROM job_runs
                            WHERE status = 'pending' AND next_attempt_at > now()
                            ORDER BY next_attempt_at LIMIT 1) - now())::float8
@@ -256,6 +297,55 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
                                WHERE lease_expires_at >= now()
                                ORDER BY lease_expires_at LIMIT 1) - now())::float8
        END AS next_lease_end_in_s;
+
+-- runs_waiting_lock --
+-- Lock the jobs of runs $1 and the jobs $2 (in id order, so two executors cannot
+-- deadlock) for the caller's transaction: one decider of a job's waiting runs at a
+-- time, and no scheduler pass adds to them meanwhile (it skips a locked job).
+SELECT id FROM jobs
+WHERE id IN (SELECT job_id FROM job_runs WHERE id = ANY($1::bigint[])) OR id = ANY($2::bigint[])
+ORDER BY id
+FOR NO KEY UPDATE;
+
+-- runs_waiting_get --
+-- What deciding the waiting runs of jobs $1 takes, as JSON: those runs, the runs of
+-- those jobs that are pending or running, the runs $2 that just ended, and the runs
+-- the waiting ones wait for.
+SELECT coalesce(json_agg(r), '[]')::text
+FROM (
+    SELECT id, job_id, status, scheduled_for, ready_at, finished_at, waits_for,
+           next_attempt_at IS NULL AS waiting
+    FROM job_runs
+    WHERE (job_id = ANY($1::bigint[]) AND status IN ('pending', 'running'))
+       OR id = ANY($2::bigint[])
+       OR id IN (SELECT waits_for FROM job_runs
+                 WHERE job_id = ANY($1::bigint[]) AND status = 'pending'
+                   AND next_attempt_at IS NULL)
+) r;
+
+-- runs_waiting_settle --
+-- Decide waiting runs (overlap.settle_waiting), under runs_waiting_lock: each is
+-- skipped (an earlier run was pending or running at its tick; the reason is $4),
+-- released (claimable now: its wait is over), or waits on, for run $3. Wakes the
+-- executors when one was released.
+WITH decided AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS d(id, action, waits_for)
+), settled AS (
+    UPDATE job_runs r
+    SET status = CASE WHEN d.action = 'skip' THEN 'skipped' ELSE 'pending' END,
+        error = CASE WHEN d.action = 'skip' THEN $4 END,
+        finished_at = CASE WHEN d.action = 'skip' THEN now() END,
+        next_attempt_at = CASE WHEN d.action = 'release' THEN now() END,
+        ready_at = CASE WHEN d.action = 'release' THEN now() END,
+        waits_for = d.waits_for
+    FROM decided d
+    WHERE r.id = d.id AND r.status = 'pending' AND r.next_attempt_at IS NULL
+    RETURNING d.action
+)
+SELECT count(*) FILTER (WHERE action = 'release'),
+       (SELECT pg_notify('scheduler_runs', '')
+        WHERE EXISTS (SELECT FROM settled WHERE action = 'release'))
+FROM settled;
 
 -- runs_release --
 -- At shutdown: hand runs that did not finish back as pending, due now, without

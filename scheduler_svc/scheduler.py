@@ -23,12 +23,11 @@ from scheduler_svc import logs, metrics, schedule, store
 from scheduler_svc.aio import wait_any
 from scheduler_svc.db import DATABASE_ERRORS, Pool
 from scheduler_svc.models import ClaimedRun, DueJob, InsertedRun, MisfirePolicy
+from scheduler_svc.overlap import OVERLAP_SKIPPED, Unfinished, plan_ticks
 from scheduler_svc.store import Advance, Tick
 from scheduler_svc.targets import RUN_IN_PASS, log_line
 
 log = structlog.get_logger("scheduler_svc.scheduler")
-
-OVERLAP_SKIPPED = "an earlier run of this job was still pending or running (overlap: forbid)"
 # After a pass that left nothing due, the next starts no sooner than this. Ticks
 # spread over each second (thousands of jobs created at different times) then come
 # a few per pass rather than one pass each, and a replica that lost the race for a
@@ -51,7 +50,7 @@ class PassResult:
     """What one scheduler pass did."""
 
     jobs: int  # jobs claimed
-    runs: int  # runs inserted (pending, skipped, or succeeded: run by the pass)
+    runs: int  # runs inserted (pending, waiting, skipped, or succeeded: run by the pass)
     full: bool  # the claim batch was full: more jobs may be due right now
     for_executors: bool = False  # some inserted runs wait for an executor
 
@@ -84,8 +83,9 @@ def _due(
 def plan_job(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[Tick]]:
     """The runs a claimed job gets in this pass, and where its schedule goes next.
 
-    With `run_in_pass` its due ticks are run by the pass itself (succeeded), so
-    they never overlap one another."""
+    Overlap decides each tick (overlap.plan_ticks): run (pending, or with `run_in_pass`
+    run by the pass itself: succeeded, so such ticks never overlap one another), wait
+    for an earlier run of the job, or skip."""
     due = _due(
         job.schedule,
         job.timezone,
@@ -95,17 +95,18 @@ def plan_job(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[T
         job.misfire_grace_s,
     )
     advance = Advance(job.id, due.next_run_at, "active" if due.next_run_at else "completed")
+    unfinished = Unfinished(job.pending_since, job.blocker, job.waiting)
+    plans = plan_ticks(due.ticks, unfinished, forbid=job.overlap == "forbid" and not run_in_pass)
     ticks = []
-    busy = job.busy
-    for tick in due.ticks:
-        if busy:
+    for tick, plan in zip(due.ticks, plans, strict=True):
+        if plan == "skip":
             ticks.append(Tick(job.id, job.tenant, tick, "skipped", OVERLAP_SKIPPED))
+        elif plan == "wait":
+            ticks.append(Tick(job.id, job.tenant, tick, "waiting", waits_for=job.blocker))
         elif run_in_pass:
             ticks.append(Tick(job.id, job.tenant, tick, "succeeded"))
         else:
             ticks.append(Tick(job.id, job.tenant, tick, "pending"))
-            # With overlap forbidden, a second tick of this pass overlaps the first.
-            busy = job.overlap == "forbid"
     if due.skipped:
         log.info(
             "ticks_missed",
@@ -210,7 +211,7 @@ async def tick_once(
         len(jobs),
         recorded.runs,
         len(jobs) == batch,
-        for_executors=recorded.runs > len(recorded.others),
+        for_executors=recorded.pending > 0,
     )
 
 

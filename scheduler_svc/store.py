@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, Literal, NamedTuple, TypeAlias
@@ -23,6 +24,7 @@ from scheduler_svc.models import (
     RunResult,
     RunRow,
 )
+from scheduler_svc.overlap import RunSpan, Settlement
 
 # A connection, plain or pooled: what a transaction runs on.
 Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
@@ -189,15 +191,17 @@ class Advance(NamedTuple):
 
 
 class Tick(NamedTuple):
-    """A run to materialize: pending; skipped with the reason in `error`; succeeded,
-    run by the scheduler itself in its pass; or running, leased for `lease_s`."""
+    """A run to materialize: pending; waiting for run `waits_for` (or behind the job's
+    other waiting runs); skipped with the reason in `error`; succeeded, run by the
+    scheduler itself in its pass; or running, leased for `lease_s`."""
 
     job_id: int
     tenant: str
     scheduled_for: datetime
-    status: Literal["pending", "skipped", "succeeded", "running"]
+    status: Literal["pending", "waiting", "skipped", "succeeded", "running"]
     error: str | None = None
     lease_s: float | None = None
+    waits_for: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,8 @@ class Recorded:
     """What ticks_record inserted."""
 
     runs: int  # runs inserted, whatever their status
-    others: list[InsertedRun]  # those not pending: succeeded, skipped, running
+    others: list[InsertedRun]  # those neither pending nor waiting: succeeded, skipped, running
+    pending: int  # those pending, for any executor
 
 
 async def ticks_record(
@@ -227,9 +232,10 @@ async def ticks_record(
         worker,
         any(t.status == "pending" for t in ticks),
         [t.lease_s for t in ticks],
+        [t.waits_for for t in ticks],
     )
     assert record is not None
-    return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]))
+    return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]), record[2])
 
 
 async def jobs_next_due(conn: Conn) -> float | None:
@@ -253,6 +259,10 @@ class Exchange:
     next_attempt_in_s: float | None  # until a pending run's attempt is due
     # Until a running run's lease runs out; None if there is none, or if not looked at.
     next_lease_end_in_s: float | None = None
+    # Runs recorded final whose job has waiting runs, and (when leases were looked at)
+    # jobs whose waiting runs have nothing left to wait for: runs_waiting_settle's work.
+    ended_with_waiters: list[int] = field(default_factory=list)
+    stranded_jobs: list[int] = field(default_factory=list)
 
 
 async def runs_exchange(
@@ -266,6 +276,7 @@ async def runs_exchange(
 ) -> Exchange:
     """Record `results` of runs leased to `worker` and lease up to `claim` more runs:
     pending ones due now and, if `leases`, running ones whose lease ran out."""
+    now = time.monotonic()
     record = await conn.fetchrow(
         QUERIES["runs_exchange"],
         worker,
@@ -278,6 +289,7 @@ async def runs_exchange(
         claim,
         lease_margin_s,
         leases,
+        [max(0.0, now - r.ended_at) for r in results],
     )
     assert record is not None
     recorded = set(record["finished"])
@@ -291,7 +303,33 @@ async def runs_exchange(
         leased=msgspec.json.decode(record["claimed"], type=list[ClaimedRun]),
         next_attempt_in_s=min(known) if known else None,
         next_lease_end_in_s=record["next_lease_end_in_s"],
+        ended_with_waiters=record["ended_with_waiters"],
+        stranded_jobs=record["stranded_jobs"] or [],
     )
+
+
+async def runs_waiting_lock(conn: Connection, run_ids: list[int], job_ids: list[int]) -> list[int]:
+    """Lock the jobs of `run_ids` and `job_ids` until the caller's transaction ends."""
+    return [r["id"] for r in await conn.fetch(QUERIES["runs_waiting_lock"], run_ids, job_ids)]
+
+
+async def runs_waiting_get(conn: Connection, job_ids: list[int], ended: list[int]) -> list[RunSpan]:
+    """The waiting and unfinished runs of `job_ids`, the `ended` runs, and what the
+    waiting runs wait for."""
+    text: str = await conn.fetchval(QUERIES["runs_waiting_get"], job_ids, ended)
+    return msgspec.json.decode(text, type=list[RunSpan])
+
+
+async def runs_waiting_settle(conn: Connection, settlements: list[Settlement], reason: str) -> int:
+    """Write what became of waiting runs (skipped with `reason`); how many were released."""
+    released: int = await conn.fetchval(
+        QUERIES["runs_waiting_settle"],
+        [s.id for s in settlements],
+        [s.action for s in settlements],
+        [s.waits_for for s in settlements],
+        reason,
+    )
+    return released
 
 
 async def runs_release(conn: Conn, worker: str, run_ids: list[int]) -> None:

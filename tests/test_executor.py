@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from scheduler_svc import store
 from scheduler_svc.executor import Executor, result_of, retry_delay_s
 from scheduler_svc.logs import merge_context
 from scheduler_svc.models import ClaimedRun, RunResult, RunRow
+from scheduler_svc.overlap import OVERLAP_SKIPPED
 from scheduler_svc.scheduler import tick_once
 from scheduler_svc.targets import Deliverer, HandlerContext, Outcome
 from scheduler_svc.webhook_http import WebhookClient, webhook_client
@@ -445,3 +447,112 @@ async def test_every_run_of_a_busy_loop_is_recorded(pool: Any, http: WebhookClie
     outputs = await pool.fetch("SELECT id, output, attempt FROM job_runs")
     assert all(r["output"] == r["id"] and r["attempt"] == 1 for r in outputs)
     assert len({r["id"] for r in outputs}) == len(jobs)
+
+
+# --- overlap forbid by real time (§3.7) ---------------------------------------------
+
+
+async def db_clock_past(pool: Any, instant: datetime, timeout_s: float = 10) -> None:
+    """Return once the database clock is past `instant`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while await store.db_now(pool) <= instant:
+        assert asyncio.get_running_loop().time() < deadline, f"the clock never passed {instant}"
+        await asyncio.sleep(0.02)
+
+
+async def running_then_waiting(pool: Any, ex: Executor) -> tuple[ClaimedRun, RunRow, datetime]:
+    """An overlap-forbidding job whose first tick's run `ex` has leased, and whose next
+    tick (returned with its run) came due meanwhile and waits for it."""
+    now = await store.db_now(pool)
+    first_tick = now + timedelta(seconds=0.2)
+    job = await make_job(pool, schedule="@every 1s", next_run_at=first_tick, overlap="forbid")
+    await tick_once(pool, now=first_tick)
+    await db_clock_past(pool, first_tick)  # its attempt is due
+    [claimed] = await ex.claim_once(1)
+    next_tick = first_tick + timedelta(seconds=1)
+    await tick_once(pool, now=next_tick)
+    _, waiting = await runs_of(pool, job.id)
+    assert (waiting.status, waiting.next_attempt_at) == ("pending", None)
+    return claimed, waiting, next_tick
+
+
+async def test_a_tick_due_after_a_run_ended_unrecorded_is_run_when_the_end_is_recorded(
+    pool: Any, http: WebhookClient
+) -> None:
+    """The database outage in small: the run ends before the next tick, but its result
+    reaches the database only after it. The tick is no overlap: it runs."""
+    ex = executor(pool, http)
+    claimed, waiting, next_tick = await running_then_waiting(pool, ex)
+    result = await ex.execute(claimed)  # ends now, well before the next tick
+    await db_clock_past(pool, next_tick)  # ... and is recorded only after it
+    exchange = await store.runs_exchange(pool, "w1", [result], 0, 10)
+    assert exchange.ended_with_waiters == [claimed.id]
+    assert await ex.settle_waiting(exchange) == 1
+
+    first = await store.run_get(pool, "default", claimed.id)
+    assert first is not None and first.finished_at is not None
+    assert first.finished_at < next_tick  # when it really ended, not when it was recorded
+    released = await run_until_final(pool, ex, waiting.id)
+    assert (released.status, released.attempt) == ("succeeded", 1)
+    assert released.started_at is not None and released.started_at > first.finished_at
+
+
+async def test_a_tick_due_while_a_run_was_really_running_is_skipped_when_it_ends(
+    pool: Any, http: WebhookClient
+) -> None:
+    ex = executor(pool, http)
+    claimed, waiting, next_tick = await running_then_waiting(pool, ex)
+    await db_clock_past(pool, next_tick)  # the run is still under way at the next tick
+    result = await ex.execute(claimed)
+    with structlog.testing.capture_logs() as logs:
+        assert await ex.settle_waiting(await store.runs_exchange(pool, "w1", [result], 0, 10)) == 0
+    skipped = await store.run_get(pool, "default", waiting.id)
+    assert skipped is not None
+    assert (skipped.status, skipped.error) == ("skipped", OVERLAP_SKIPPED)
+    assert [(e["run_id"], e["tick"]) for e in logs if e["event"] == "run_skipped"] == [
+        (waiting.id, waiting.scheduled_for.isoformat())
+    ]
+
+
+async def test_a_backlog_of_forbidden_overlap_runs_one_tick_at_a_time_in_order(
+    pool: Any, http: WebhookClient
+) -> None:
+    now = await store.db_now(pool)
+    job = await make_job(
+        pool,
+        schedule="@every 1s",
+        next_run_at=now - timedelta(seconds=3),
+        overlap="forbid",
+        misfire_policy="run_all",
+        misfire_grace_s=60,
+    )
+    await tick_once(pool)
+    backlog = await runs_of(pool, job.id)
+    assert len(backlog) == 4
+    await run_until_final(pool, executor(pool, http), backlog[-1].id)
+    runs = await runs_of(pool, job.id)
+    assert [r.status for r in runs] == ["succeeded"] * 4
+    for earlier, later in itertools.pairwise(runs):
+        assert earlier.finished_at is not None and later.started_at is not None
+        assert later.started_at >= earlier.finished_at, "two runs of the job overlapped"
+
+
+async def test_a_waiting_run_whose_wait_ended_unseen_is_found_by_the_lease_check(
+    pool: Any, http: WebhookClient
+) -> None:
+    """A pass can add a waiting run while an exchange records the end it waits for; neither
+    sees the other. The executors' periodic look at leases finds it and runs it."""
+    job_id, first = await due_run(pool, overlap="forbid")
+    ex = executor(pool, http)
+    await run_until_final(pool, ex, first.id)
+    stranded = await pool.fetchval(
+        "INSERT INTO job_runs (job_id, tenant, scheduled_for, status, next_attempt_at,"
+        " ready_at, waits_for) VALUES ($1, 'default', now(), 'pending', NULL, NULL, $2)"
+        " RETURNING id",
+        job_id,
+        first.id,
+    )
+    blind = await store.runs_exchange(pool, "w1", [], 0, 10, leases=False)
+    assert blind.stranded_jobs == []
+    ran = await run_until_final(pool, executor(pool, http), stranded)
+    assert ran.status == "succeeded"

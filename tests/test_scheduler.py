@@ -141,13 +141,39 @@ async def test_overlap_forbid_records_a_skipped_run_with_the_reason(pool: Any) -
     assert second.finished_at is not None
 
 
-async def test_overlap_forbid_skips_all_but_one_tick_of_a_pass(pool: Any) -> None:
+async def test_overlap_forbid_backlog_of_a_pass_waits_behind_its_first_tick(pool: Any) -> None:
+    # Ticks that came due while nothing of the job ran are not overlaps (§3.7): the
+    # first is pending, the others wait for it, to run one at a time in tick order.
     job = await make_job(
         pool, schedule="@every 1s", next_run_at=T0, overlap="forbid", misfire_policy="run_all"
     )
     await tick_once(pool, now=T0 + timedelta(seconds=3))
-    statuses = [r.status for r in await runs_of(pool, job.id)]
-    assert statuses == ["pending", "skipped", "skipped", "skipped"]
+    runs = await runs_of(pool, job.id)
+    assert [(r.status, r.next_attempt_at is None) for r in runs] == [("pending", False)] + [
+        ("pending", True)
+    ] * 3
+
+
+async def test_overlap_forbid_tick_waits_for_a_running_run_of_its_job(pool: Any) -> None:
+    # The database says the earlier run is running; on its replica it may have ended
+    # already, its result held up, so the tick waits for that run's outcome.
+    job = await make_job(pool, schedule="@every 10s", next_run_at=T0, overlap="forbid")
+    await tick_once(pool, now=T0)
+    [first] = await runs_of(pool, job.id)
+    await pool.execute(
+        "UPDATE job_runs SET status = 'running', attempt = 1, worker = 'w1',"
+        " started_at = now(), lease_expires_at = now() + interval '1 minute' WHERE id = $1",
+        first.id,
+    )
+    await tick_once(pool, now=T0 + timedelta(seconds=10))
+    _, second = await runs_of(pool, job.id)
+    assert (second.status, second.next_attempt_at, second.attempt) == ("pending", None, 0)
+    waits_for = await pool.fetchval("SELECT waits_for FROM job_runs WHERE id = $1", second.id)
+    assert waits_for == first.id
+    # A third tick waits too, and the backlog gauge counts both.
+    await tick_once(pool, now=T0 + timedelta(seconds=20))
+    assert [r.status for r in await runs_of(pool, job.id)] == ["running", "pending", "pending"]
+    assert await store.runs_due_backlog(pool) == 2
 
 
 async def test_overlap_allow_queues_every_tick(pool: Any) -> None:
@@ -357,7 +383,8 @@ async def test_run_all_log_ticks_run_in_the_pass_do_not_overlap_each_other(pool:
     await tick_once(pool, now=T0 + timedelta(seconds=4), executor=Hands("w-1"))
     runs = await runs_of(pool, job.id)
     assert [r.status for r in runs] == ["succeeded"] * 5
-    # Left to executors, the same backlog skips all but the first as overlapping.
+    # Left to executors, the same backlog runs one at a time: the first is pending, the
+    # others wait for it; none is skipped.
     other = await make_job(
         pool,
         target=HTTP_TARGET,
@@ -370,12 +397,22 @@ async def test_run_all_log_ticks_run_in_the_pass_do_not_overlap_each_other(pool:
     with structlog.testing.capture_logs() as logs:
         await tick_once(pool, now=T0 + timedelta(seconds=4), executor=Hands("w-1"))
     others = await runs_of(pool, other.id)
-    assert [r.status for r in others] == ["pending"] + ["skipped"] * 4
-    # Each skipped run says so in the log, with its ids and why.
-    assert sorted((e["run_id"], e["tick"]) for e in logs if e["event"] == "run_skipped") == [
-        (r.id, r.scheduled_for.isoformat()) for r in others[1:]
+    assert [(r.status, r.next_attempt_at is None) for r in others] == [("pending", False)] + [
+        ("pending", True)
+    ] * 4
+    assert [e for e in logs if e["event"] == "run_skipped"] == []
+
+
+async def test_a_skipped_tick_says_so_in_the_log_with_its_ids_and_why(pool: Any) -> None:
+    job = await make_job(pool, schedule="@every 10s", next_run_at=T0, overlap="forbid")
+    await tick_once(pool, now=T0)  # pending, nobody runs it: the next tick overlaps it
+    with structlog.testing.capture_logs() as logs:
+        await tick_once(pool, now=T0 + timedelta(seconds=10))
+    _, skipped = await runs_of(pool, job.id)
+    assert skipped.status == "skipped"
+    assert [(e["run_id"], e["tick"], e["reason"]) for e in logs if e["event"] == "run_skipped"] == [
+        (skipped.id, skipped.scheduled_for.isoformat(), OVERLAP_SKIPPED)
     ]
-    assert {e["reason"] for e in logs if e["event"] == "run_skipped"} == {OVERLAP_SKIPPED}
 
 
 async def test_runs_a_pass_finished_itself_wake_no_executor(pool: Any) -> None:

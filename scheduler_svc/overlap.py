@@ -1,0 +1,140 @@
+"""Overlap `forbid` by real time (SPEC §3.7): which ticks run, wait or are skipped.
+
+A tick is skipped only if an earlier run of its job was pending or running at the
+tick, by the clock that matters: a run counts from when it became claimable
+(`ready_at`) until it really ended on its replica (`finished_at`, which the executor
+records as measured, not as when the result reached the database). A run the database
+still shows running may have ended already, its result held back by an outage, so a
+tick that comes due while one is running waits (a pending run with no attempt due)
+until that run's outcome is recorded; it is then skipped or released. Ticks that came
+due while nothing of the job was running (after an outage, a backlog) are not
+overlaps: they run one at a time, in tick order.
+
+Pure: the scheduler and the executor read rows, ask here, and write back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+OVERLAP_SKIPPED = "an earlier run of this job was still pending or running (overlap: forbid)"
+
+TickPlan = Literal["run", "wait", "skip"]
+
+
+class Unfinished(msgspec.Struct, frozen=True):
+    """What a claimed job's unfinished runs say about its due ticks (jobs_claim_due)."""
+
+    pending_since: datetime | None  # its earliest pending run became claimable then
+    blocker: int | None  # a pending or running run of it, for a waiting tick to wait for
+    waiting: bool  # it has ticks waiting already
+
+
+def plan_ticks(
+    ticks: Iterable[datetime], unfinished: Unfinished, *, forbid: bool
+) -> list[TickPlan]:
+    """For a job's due ticks, in order: run now, wait for an earlier run, or skip.
+
+    A tick at or after `pending_since` overlaps for certain: a pending run has no
+    attempt under way that could have ended unseen. Otherwise a tick waits while
+    anything of the job is pending, running or waiting, and behind an earlier tick of
+    the same pass when overlap is forbidden."""
+    plans: list[TickPlan] = []
+    free = unfinished.blocker is None and not unfinished.waiting
+    for tick in ticks:
+        if unfinished.pending_since is not None and unfinished.pending_since <= tick:
+            plans.append("skip")
+        elif free:
+            plans.append("run")
+            free = not forbid
+        else:
+            plans.append("wait")
+    return plans
+
+
+class RunSpan(msgspec.Struct, frozen=True):
+    """A run as deciding waiting runs sees it (runs_waiting_get)."""
+
+    id: int
+    job_id: int
+    status: str
+    scheduled_for: datetime
+    ready_at: datetime | None
+    finished_at: datetime | None
+    waits_for: int | None
+    waiting: bool
+
+    @property
+    def claimable(self) -> bool:
+        """Pending with an attempt due, or running: it holds up later ticks."""
+        return not self.waiting and self.status in ("pending", "running")
+
+    def covers(self, tick: datetime) -> bool:
+        """Whether this ended run was pending or running at `tick`."""
+        return (
+            self.ready_at is not None
+            and self.finished_at is not None
+            and self.ready_at <= tick < self.finished_at
+        )
+
+
+class Settlement(msgspec.Struct, frozen=True):
+    """What becomes of one waiting run: skipped, released now, or waiting for `waits_for`."""
+
+    id: int
+    action: Literal["skip", "release", "wait"]
+    waits_for: int | None
+
+
+def settle_waiting(spans: list[RunSpan], ended: Iterable[int]) -> list[Settlement]:
+    """Decide the waiting runs among `spans` once earlier runs of their jobs ended.
+
+    A waiting run is judged against each run that just `ended` and against the run it
+    waited for, if that one has ended: skipped if one of them was pending or running
+    at its tick. It waits on while its job still has a claimable run (for that run).
+    Otherwise the earliest of its job's remaining waiting runs is released, and the
+    others wait for it: one at a time, in tick order."""
+    by_id = {span.id: span for span in spans}
+    ended_by_job: dict[int, list[RunSpan]] = defaultdict(list)
+    for run_id in ended:
+        span = by_id.get(run_id)
+        if span is not None and span.finished_at is not None:
+            ended_by_job[span.job_id].append(span)
+    waiting: dict[int, list[RunSpan]] = defaultdict(list)
+    claimable: dict[int, int] = {}
+    for span in spans:
+        if span.waiting:
+            waiting[span.job_id].append(span)
+        elif span.claimable:
+            claimable[span.job_id] = max(span.id, claimable.get(span.job_id, 0))
+
+    settlements: list[Settlement] = []
+    for job_id, runs in waiting.items():
+        remaining = []
+        for run in sorted(runs, key=lambda r: (r.scheduled_for, r.id)):
+            judges = list(ended_by_job.get(job_id, ()))
+            blocker = by_id.get(run.waits_for) if run.waits_for is not None else None
+            if blocker is not None and blocker.finished_at is not None:
+                judges.append(blocker)
+            if any(judge.covers(run.scheduled_for) for judge in judges):
+                settlements.append(Settlement(run.id, "skip", None))
+            else:
+                remaining.append(run)
+        if not remaining:
+            continue
+        holder = claimable.get(job_id)
+        if holder is None:
+            first, *rest = remaining
+            settlements.append(Settlement(first.id, "release", None))
+            holder = first.id
+        else:
+            rest = remaining
+        settlements += [
+            Settlement(run.id, "wait", holder) for run in rest if run.waits_for != holder
+        ]
+    return settlements

@@ -1,0 +1,163 @@
+"""Overlap `forbid` by real time (SPEC §3.7), as pure decisions: tables, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from scheduler_svc.overlap import (
+    RunSpan,
+    Settlement,
+    TickPlan,
+    Unfinished,
+    plan_ticks,
+    settle_waiting,
+)
+
+T0 = datetime(2031, 3, 4, 12, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+TICKS = [at(0), at(1), at(2)]
+NOTHING = Unfinished(pending_since=None, blocker=None, waiting=False)
+
+
+@pytest.mark.parametrize(
+    ("unfinished", "forbid", "plans"),
+    [
+        # Nothing of the job unfinished: the first runs, the backlog waits behind it.
+        (NOTHING, True, ["run", "wait", "wait"]),
+        # Overlap allowed: every tick runs.
+        (NOTHING, False, ["run", "run", "run"]),
+        # A running run (it may have ended unseen): every tick waits for its outcome.
+        (Unfinished(None, 7, False), True, ["wait", "wait", "wait"]),
+        # Ticks already waiting: later ticks queue behind them, in order.
+        (Unfinished(None, None, True), True, ["wait", "wait", "wait"]),
+        # A pending run, claimable since 1 s: a tick from then on overlaps it for certain;
+        # an earlier tick came due before it and waits.
+        (Unfinished(at(1), 7, False), True, ["wait", "skip", "skip"]),
+        (Unfinished(at(-5), 7, False), True, ["skip", "skip", "skip"]),
+    ],
+)
+def test_plan_ticks(unfinished: Unfinished, forbid: bool, plans: list[TickPlan]) -> None:
+    assert plan_ticks(TICKS, unfinished, forbid=forbid) == plans
+
+
+def span(
+    run_id: int,
+    tick: float,
+    status: str = "pending",
+    *,
+    ready: float | None = None,
+    ended: float | None = None,
+    waits_for: int | None = None,
+    job_id: int = 1,
+) -> RunSpan:
+    """A run of job 1 by default; waiting when pending and never claimable (`ready` None)."""
+    waiting = status == "pending" and ready is None
+    return RunSpan(
+        id=run_id,
+        job_id=job_id,
+        status=status,
+        scheduled_for=at(tick),
+        ready_at=None if ready is None else at(ready),
+        finished_at=None if ended is None else at(ended),
+        waits_for=waits_for,
+        waiting=waiting,
+    )
+
+
+def test_a_tick_due_after_the_run_it_waited_for_really_ended_is_released() -> None:
+    # The outage: run 1 ended at 0.1 s but its result was recorded later; ticks 1 and 2
+    # came due after it ended. The first is released, the other waits for it.
+    spans = [
+        span(1, 0, "succeeded", ready=0, ended=0.1),
+        span(2, 1, waits_for=1),
+        span(3, 2, waits_for=1),
+    ]
+    assert settle_waiting(spans, ended=[1]) == [
+        Settlement(2, "release", None),
+        Settlement(3, "wait", 2),
+    ]
+
+
+def test_a_tick_due_while_the_run_it_waited_for_was_running_is_skipped() -> None:
+    spans = [
+        span(1, 0, "succeeded", ready=0, ended=2.5),
+        span(2, 1, waits_for=1),
+        span(3, 2, waits_for=1),
+        span(4, 3, waits_for=1),
+    ]
+    assert settle_waiting(spans, ended=[1]) == [
+        Settlement(2, "skip", None),
+        Settlement(3, "skip", None),
+        Settlement(4, "release", None),
+    ]
+
+
+def test_a_backlog_runs_one_at_a_time_in_tick_order() -> None:
+    # Ticks 1-3 came due before run 5 (released at 10 s) became claimable: it does not
+    # cover them, so the next in tick order is released when it ends.
+    spans = [
+        span(5, 0, "succeeded", ready=10, ended=10.2),
+        span(7, 2, waits_for=5),
+        span(6, 1, waits_for=5),
+        span(8, 3),
+    ]
+    assert settle_waiting(spans, ended=[5]) == [
+        Settlement(6, "release", None),
+        Settlement(7, "wait", 6),
+        Settlement(8, "wait", 6),
+    ]
+
+
+def test_waiting_runs_wait_on_while_another_run_of_their_job_is_claimable() -> None:
+    # A manual run (9) is still running: nothing is released; a tick the ended run
+    # covered is skipped all the same, and the rest now wait for the manual run.
+    spans = [
+        span(1, 0, "succeeded", ready=0, ended=1.5),
+        span(9, 0.5, "running", ready=0.5),
+        span(2, 1, waits_for=1),
+        span(3, 2, waits_for=1),
+    ]
+    assert settle_waiting(spans, ended=[1]) == [
+        Settlement(2, "skip", None),
+        Settlement(3, "wait", 9),
+    ]
+
+
+def test_a_run_that_ended_judges_every_waiting_run_of_its_job() -> None:
+    # Run 3 waits for run 9, still running; run 1, a manual run that ended, was running at
+    # its tick: skipped, though it did not wait for run 1.
+    spans = [
+        span(1, 0, "succeeded", ready=0, ended=5),
+        span(9, 0.5, "running", ready=0.5),
+        span(3, 2, waits_for=9),
+    ]
+    assert settle_waiting(spans, ended=[1]) == [Settlement(3, "skip", None)]
+
+
+def test_a_stranded_waiting_run_is_judged_by_the_run_it_waited_for() -> None:
+    # A pass added run 2 while run 1's end was being recorded: nothing ended now, but the
+    # run it waits for has, at 0.5 s, before its tick.
+    spans = [span(1, 0, "succeeded", ready=0, ended=0.5), span(2, 1, waits_for=1)]
+    assert settle_waiting(spans, ended=[]) == [Settlement(2, "release", None)]
+    covered = [span(1, 0, "failed", ready=0, ended=3), span(2, 1, waits_for=1)]
+    assert settle_waiting(covered, ended=[]) == [Settlement(2, "skip", None)]
+
+
+def test_jobs_are_settled_apart() -> None:
+    spans = [
+        span(1, 0, "succeeded", ready=0, ended=0.5),
+        span(2, 1, waits_for=1),
+        span(11, 0, "running", ready=0, job_id=2),
+        span(12, 1, job_id=2),
+    ]
+    assert settle_waiting(spans, ended=[1]) == [
+        Settlement(2, "release", None),
+        Settlement(12, "wait", 11),
+    ]

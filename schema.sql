@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS job_runs (
     -- A waiting run (next_attempt_at NULL): the earlier run of its job whose outcome
     -- decides it (NULL: it waits behind other waiting runs or a run of its own pass).
     waits_for        bigint,
+    -- A tick run late, after the next tick of its job had come due (a backlog after an
+    -- outage): ticks that come due while it runs are catch-up too and wait their turn
+    -- instead of being skipped as overlaps (within the job's misfire grace).
+    catch_up         boolean NOT NULL DEFAULT false,
     CONSTRAINT job_runs_leased_while_running
         CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
 );
@@ -133,6 +137,7 @@ ALTER TABLE job_runs SET (autovacuum_analyze_scale_factor = 0.02,
 ALTER TABLE job_runs ALTER COLUMN next_attempt_at DROP NOT NULL;
 ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS ready_at timestamptz DEFAULT now();
 ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS waits_for bigint;
+ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS catch_up boolean NOT NULL DEFAULT false;
 -- The waiting runs of a job, in tick order. Partial: empty but after an outage or while
 -- a long run of an overlap-forbidding job holds up its next ticks.
 CREATE INDEX IF NOT EXISTS job_runs_waiting ON job_runs (job_id, scheduled_for)

@@ -185,8 +185,8 @@ class Executor:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 jobs = await store.runs_waiting_lock(conn, ended, exchange.stranded_jobs)
-                spans = await store.runs_waiting_get(conn, jobs, ended)
-                settlements = overlap.settle_waiting(spans, ended)
+                spans, now = await store.runs_waiting_get(conn, jobs, ended)
+                settlements = overlap.settle_waiting(spans, ended, now)
                 if not settlements:
                     return 0
                 released = await store.runs_waiting_settle(

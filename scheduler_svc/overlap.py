@@ -10,6 +10,12 @@ until that run's outcome is recorded; it is then skipped or released. Ticks that
 due while nothing of the job was running (after an outage, a backlog) are not
 overlaps: they run one at a time, in tick order.
 
+A backlog's runs are catch-up (`catch_up`: run after the next tick of their job had
+come due). A tick that comes due while one of them runs belongs to the backlog too: it
+waits its turn rather than being skipped, for as long as it is within the job's misfire
+grace, so that an outage loses no tick and a catch-up slower than the schedule cannot
+grow a queue without end.
+
 Pure: the scheduler and the executor read rows, ask here, and write back.
 """
 
@@ -57,8 +63,8 @@ def plan_ticks(
     return plans
 
 
-class RunSpan(msgspec.Struct, frozen=True):
-    """A run as deciding waiting runs sees it (runs_waiting_get)."""
+class RunSpan(msgspec.Struct, frozen=True, kw_only=True):
+    """A run as deciding waiting runs sees it (runs_waiting_get), with its job's grace."""
 
     id: int
     job_id: int
@@ -68,37 +74,46 @@ class RunSpan(msgspec.Struct, frozen=True):
     finished_at: datetime | None
     waits_for: int | None
     waiting: bool
+    catch_up: bool = False
+    misfire_grace_s: int = 60
+    job_next_run_at: datetime | None = None
 
     @property
     def claimable(self) -> bool:
         """Pending with an attempt due, or running: it holds up later ticks."""
         return not self.waiting and self.status in ("pending", "running")
 
-    def covers(self, tick: datetime) -> bool:
-        """Whether this ended run was pending or running at `tick`."""
-        return (
-            self.ready_at is not None
-            and self.finished_at is not None
-            and self.ready_at <= tick < self.finished_at
-        )
+    def overlaps(self, run: RunSpan, now: datetime) -> bool:
+        """Whether this ended run makes the waiting `run` an overlap: it was pending or
+        running at that run's tick, and was on time, or was catch-up while the tick has
+        been waiting longer than its misfire grace."""
+        tick = run.scheduled_for
+        if self.ready_at is None or self.finished_at is None:
+            return False
+        if not self.ready_at <= tick < self.finished_at:
+            return False
+        return not self.catch_up or (now - tick).total_seconds() > run.misfire_grace_s
 
 
 class Settlement(msgspec.Struct, frozen=True):
-    """What becomes of one waiting run: skipped, released now, or waiting for `waits_for`."""
+    """What becomes of one waiting run: skipped, released now (catch-up or not), or
+    waiting for `waits_for`."""
 
     id: int
     action: Literal["skip", "release", "wait"]
     waits_for: int | None
+    catch_up: bool = False
 
 
-def settle_waiting(spans: list[RunSpan], ended: Iterable[int]) -> list[Settlement]:
+def settle_waiting(spans: list[RunSpan], ended: Iterable[int], now: datetime) -> list[Settlement]:
     """Decide the waiting runs among `spans` once earlier runs of their jobs ended.
 
     A waiting run is judged against each run that just `ended` and against the run it
-    waited for, if that one has ended: skipped if one of them was pending or running
-    at its tick. It waits on while its job still has a claimable run (for that run).
-    Otherwise the earliest of its job's remaining waiting runs is released, and the
-    others wait for it: one at a time, in tick order."""
+    waited for, if that one has ended: skipped if one of them overlaps it
+    (RunSpan.overlaps). It waits on while its job still has a claimable run (for that
+    run). Otherwise the earliest of its job's remaining waiting runs is released, and
+    the others wait for it: one at a time, in tick order. The released run is catch-up
+    when a later tick of its job has come due already."""
     by_id = {span.id: span for span in spans}
     ended_by_job: dict[int, list[RunSpan]] = defaultdict(list)
     for run_id in ended:
@@ -121,7 +136,7 @@ def settle_waiting(spans: list[RunSpan], ended: Iterable[int]) -> list[Settlemen
             blocker = by_id.get(run.waits_for) if run.waits_for is not None else None
             if blocker is not None and blocker.finished_at is not None:
                 judges.append(blocker)
-            if any(judge.covers(run.scheduled_for) for judge in judges):
+            if any(judge.overlaps(run, now) for judge in judges):
                 settlements.append(Settlement(run.id, "skip", None))
             else:
                 remaining.append(run)
@@ -130,7 +145,8 @@ def settle_waiting(spans: list[RunSpan], ended: Iterable[int]) -> list[Settlemen
         holder = claimable.get(job_id)
         if holder is None:
             first, *rest = remaining
-            settlements.append(Settlement(first.id, "release", None))
+            next_due = first.job_next_run_at is not None and first.job_next_run_at <= now
+            settlements.append(Settlement(first.id, "release", None, bool(rest) or next_due))
             holder = first.id
         else:
             rest = remaining

@@ -89,8 +89,9 @@ WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 
 -- Lock due, active jobs for this scheduler pass (the caller's transaction), as one
 -- JSON array (decoded in one go, much cheaper than row by row). For an overlap-
 -- forbidding job, what its unfinished runs say about a tick (overlap.plan_ticks):
---   pending_since: its earliest pending run became claimable then (a tick since is an
---                  overlap for certain: a pending run has no attempt under way);
+--   pending_since: its earliest pending run that is not catch-up became claimable then
+--                  (a tick since is an overlap for certain: a pending run has no attempt
+--                  under way);
 --   blocker:       one of its claimable runs, pending or running (a running one may have
 --                  ended on its replica without the database knowing yet);
 --   waiting:       it has runs waiting for an earlier one to end.
@@ -105,7 +106,7 @@ FROM (
            coalesce($1::timestamptz, now()) AS now
     FROM jobs j
     LEFT JOIN LATERAL (
-        SELECT min(r.ready_at) FILTER (WHERE r.status = 'pending'
+        SELECT min(r.ready_at) FILTER (WHERE r.status = 'pending' AND NOT r.catch_up
                                          AND r.next_attempt_at IS NOT NULL) AS pending_since,
                max(r.id) FILTER (WHERE r.next_attempt_at IS NOT NULL) AS blocker,
                bool_or(r.next_attempt_at IS NULL) AS waiting
@@ -126,7 +127,7 @@ FROM (
 -- and is dropped: that, not luck, is what makes a tick run once. A tick is inserted
 -- pending (for any executor), waiting (pending with no attempt due, for run $12 or,
 -- when that is NULL, behind the job's other waiting runs: runs_waiting_settle decides
--- it), skipped (overlap), succeeded (a log-target tick the pass runs itself, as worker
+-- it), skipped (overlap), catch-up or not ($13), succeeded (a log-target tick the pass runs itself, as worker
 -- $9, before it commits), or running: leased to worker $9's executor for $11 seconds
 -- (timeout plus margin), which starts it once this commits. Returns how many runs
 -- were inserted and, as JSON, those neither pending nor waiting (a dropped tick must
@@ -151,7 +152,7 @@ WITH this_transaction AS (
 ), inserted AS (
     INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, error,
                           next_attempt_at, attempt, worker, started_at, finished_at,
-                          duration_ms, lease_expires_at, ready_at, waits_for)
+                          duration_ms, lease_expires_at, ready_at, waits_for, catch_up)
     SELECT t.job_id, t.tenant, t.scheduled_for, 'schedule',
            CASE WHEN t.status = 'waiting' THEN 'pending' ELSE t.status END, t.error,
            CASE WHEN t.status <> 'waiting' THEN t.scheduled_for END,
@@ -162,10 +163,10 @@ WITH this_transaction AS (
            CASE WHEN t.status = 'succeeded' THEN 0 END,
            clock_timestamp() + make_interval(secs => t.lease_s),
            CASE WHEN t.status <> 'waiting' THEN clock_timestamp() END,
-           t.waits_for
+           t.waits_for, t.catch_up
     FROM unnest($4::bigint[], $5::text[], $6::timestamptz[], $7::text[], $8::text[],
-                $11::float8[], $12::bigint[])
-             AS t(job_id, tenant, scheduled_for, status, error, lease_s, waits_for),
+                $11::float8[], $12::bigint[], $13::boolean[])
+             AS t(job_id, tenant, scheduled_for, status, error, lease_s, waits_for, catch_up),
          this_transaction
     ON CONFLICT (job_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
     RETURNING id, job_id, scheduled_for, status, started_at, next_attempt_at IS NULL AS waiting
@@ -310,26 +311,30 @@ FOR NO KEY UPDATE;
 -- runs_waiting_get --
 -- What deciding the waiting runs of jobs $1 takes, as JSON: those runs, the runs of
 -- those jobs that are pending or running, the runs $2 that just ended, and the runs
--- the waiting ones wait for.
-SELECT coalesce(json_agg(r), '[]')::text
+-- the waiting ones wait for; each with its job's misfire grace and next tick. And the
+-- database clock.
+SELECT coalesce(json_agg(r), '[]')::text, now()
 FROM (
-    SELECT id, job_id, status, scheduled_for, ready_at, finished_at, waits_for,
-           next_attempt_at IS NULL AS waiting
-    FROM job_runs
-    WHERE (job_id = ANY($1::bigint[]) AND status IN ('pending', 'running'))
-       OR id = ANY($2::bigint[])
-       OR id IN (SELECT waits_for FROM job_runs
-                 WHERE job_id = ANY($1::bigint[]) AND status = 'pending'
-                   AND next_attempt_at IS NULL)
+    SELECT r.id, r.job_id, r.status, r.scheduled_for, r.ready_at, r.finished_at,
+           r.waits_for, r.next_attempt_at IS NULL AS waiting, r.catch_up,
+           j.misfire_grace_s, j.next_run_at AS job_next_run_at
+    FROM job_runs r
+    JOIN jobs j ON j.id = r.job_id
+    WHERE (r.job_id = ANY($1::bigint[]) AND r.status IN ('pending', 'running'))
+       OR r.id = ANY($2::bigint[])
+       OR r.id IN (SELECT waits_for FROM job_runs
+                   WHERE job_id = ANY($1::bigint[]) AND status = 'pending'
+                     AND next_attempt_at IS NULL)
 ) r;
 
 -- runs_waiting_settle --
 -- Decide waiting runs (overlap.settle_waiting), under runs_waiting_lock: each is
 -- skipped (an earlier run was pending or running at its tick; the reason is $4),
--- released (claimable now: its wait is over), or waits on, for run $3. Wakes the
--- executors when one was released.
+-- released (claimable now: its wait is over; catch-up or not, $5), or waits on, for
+-- run $3. Wakes the executors when one was released.
 WITH decided AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS d(id, action, waits_for)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $5::boolean[])
+        AS d(id, action, waits_for, catch_up)
 ), settled AS (
     UPDATE job_runs r
     SET status = CASE WHEN d.action = 'skip' THEN 'skipped' ELSE 'pending' END,
@@ -337,7 +342,8 @@ WITH decided AS (
         finished_at = CASE WHEN d.action = 'skip' THEN now() END,
         next_attempt_at = CASE WHEN d.action = 'release' THEN now() END,
         ready_at = CASE WHEN d.action = 'release' THEN now() END,
-        waits_for = d.waits_for
+        waits_for = d.waits_for,
+        catch_up = d.catch_up
     FROM decided d
     WHERE r.id = d.id AND r.status = 'pending' AND r.next_attempt_at IS NULL
     RETURNING d.action

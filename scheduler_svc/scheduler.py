@@ -14,7 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Protocol
+from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -98,15 +98,17 @@ def plan_job(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[T
     unfinished = Unfinished(job.pending_since, job.blocker, job.waiting)
     plans = plan_ticks(due.ticks, unfinished, forbid=job.overlap == "forbid" and not run_in_pass)
     ticks = []
-    for tick, plan in zip(due.ticks, plans, strict=True):
+    # The tick after each due tick: a tick runs as catch-up when that one is due too.
+    following = [*due.ticks[1:], due.next_run_at]
+    for tick, plan, after in zip(due.ticks, plans, following, strict=True):
         if plan == "skip":
             ticks.append(Tick(job.id, job.tenant, tick, "skipped", OVERLAP_SKIPPED))
         elif plan == "wait":
             ticks.append(Tick(job.id, job.tenant, tick, "waiting", waits_for=job.blocker))
-        elif run_in_pass:
-            ticks.append(Tick(job.id, job.tenant, tick, "succeeded"))
         else:
-            ticks.append(Tick(job.id, job.tenant, tick, "pending"))
+            status: Literal["succeeded", "pending"] = "succeeded" if run_in_pass else "pending"
+            late = after is not None and after <= job.now
+            ticks.append(Tick(job.id, job.tenant, tick, status, catch_up=late))
     if due.skipped:
         log.info(
             "ticks_missed",

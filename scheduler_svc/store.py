@@ -202,6 +202,7 @@ class Tick(NamedTuple):
     error: str | None = None
     lease_s: float | None = None
     waits_for: int | None = None
+    catch_up: bool = False  # run after its job's next tick had come due (overlap.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,7 @@ async def ticks_record(
         any(t.status == "pending" for t in ticks),
         [t.lease_s for t in ticks],
         [t.waits_for for t in ticks],
+        [t.catch_up for t in ticks],
     )
     assert record is not None
     return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]), record[2])
@@ -313,11 +315,14 @@ async def runs_waiting_lock(conn: Connection, run_ids: list[int], job_ids: list[
     return [r["id"] for r in await conn.fetch(QUERIES["runs_waiting_lock"], run_ids, job_ids)]
 
 
-async def runs_waiting_get(conn: Connection, job_ids: list[int], ended: list[int]) -> list[RunSpan]:
+async def runs_waiting_get(
+    conn: Connection, job_ids: list[int], ended: list[int]
+) -> tuple[list[RunSpan], datetime]:
     """The waiting and unfinished runs of `job_ids`, the `ended` runs, and what the
-    waiting runs wait for."""
-    text: str = await conn.fetchval(QUERIES["runs_waiting_get"], job_ids, ended)
-    return msgspec.json.decode(text, type=list[RunSpan])
+    waiting runs wait for; and the database clock."""
+    record = await conn.fetchrow(QUERIES["runs_waiting_get"], job_ids, ended)
+    assert record is not None
+    return msgspec.json.decode(record[0], type=list[RunSpan]), record[1]
 
 
 async def runs_waiting_settle(conn: Connection, settlements: list[Settlement], reason: str) -> int:
@@ -328,6 +333,7 @@ async def runs_waiting_settle(conn: Connection, settlements: list[Settlement], r
         [s.action for s in settlements],
         [s.waits_for for s in settlements],
         reason,
+        [s.catch_up for s in settlements],
     )
     return released
 

@@ -83,6 +83,13 @@ def embedded_data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """A directory for an embedded server's data, outside pytest's temporary root."""
+    with embedded_data_dir() as path:
+        yield path
+
+
 def with_database(url: str, name: str) -> str:
     """`url` pointing at database `name` instead."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))

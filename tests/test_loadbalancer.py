@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from bench.cluster import Cluster, Process, cluster, nginx_binary
-from tests.test_replicas import (
+from tests.replicas import (
     SECOND,
     deliveries,
     eventually,

@@ -56,8 +56,11 @@ def span(
     ended: float | None = None,
     waits_for: int | None = None,
     job_id: int = 1,
+    catch_up: bool = False,
+    next_tick: float | None = None,
 ) -> RunSpan:
-    """A run of job 1 by default; waiting when pending and never claimable (`ready` None)."""
+    """A run of job 1 by default (misfire grace 60 s); waiting when pending and never
+    claimable (`ready` None)."""
     waiting = status == "pending" and ready is None
     return RunSpan(
         id=run_id,
@@ -68,7 +71,14 @@ def span(
         finished_at=None if ended is None else at(ended),
         waits_for=waits_for,
         waiting=waiting,
+        catch_up=catch_up,
+        misfire_grace_s=60,
+        job_next_run_at=None if next_tick is None else at(next_tick),
     )
+
+
+def settle(spans: list[RunSpan], ended: list[int], now: float = 20) -> list[Settlement]:
+    return settle_waiting(spans, ended, at(now))
 
 
 def test_a_tick_due_after_the_run_it_waited_for_really_ended_is_released() -> None:
@@ -79,8 +89,8 @@ def test_a_tick_due_after_the_run_it_waited_for_really_ended_is_released() -> No
         span(2, 1, waits_for=1),
         span(3, 2, waits_for=1),
     ]
-    assert settle_waiting(spans, ended=[1]) == [
-        Settlement(2, "release", None),
+    assert settle(spans, [1]) == [
+        Settlement(2, "release", None, catch_up=True),
         Settlement(3, "wait", 2),
     ]
 
@@ -92,7 +102,7 @@ def test_a_tick_due_while_the_run_it_waited_for_was_running_is_skipped() -> None
         span(3, 2, waits_for=1),
         span(4, 3, waits_for=1),
     ]
-    assert settle_waiting(spans, ended=[1]) == [
+    assert settle(spans, [1]) == [
         Settlement(2, "skip", None),
         Settlement(3, "skip", None),
         Settlement(4, "release", None),
@@ -108,8 +118,8 @@ def test_a_backlog_runs_one_at_a_time_in_tick_order() -> None:
         span(6, 1, waits_for=5),
         span(8, 3),
     ]
-    assert settle_waiting(spans, ended=[5]) == [
-        Settlement(6, "release", None),
+    assert settle(spans, [5]) == [
+        Settlement(6, "release", None, catch_up=True),
         Settlement(7, "wait", 6),
         Settlement(8, "wait", 6),
     ]
@@ -124,7 +134,7 @@ def test_waiting_runs_wait_on_while_another_run_of_their_job_is_claimable() -> N
         span(2, 1, waits_for=1),
         span(3, 2, waits_for=1),
     ]
-    assert settle_waiting(spans, ended=[1]) == [
+    assert settle(spans, [1]) == [
         Settlement(2, "skip", None),
         Settlement(3, "wait", 9),
     ]
@@ -138,16 +148,16 @@ def test_a_run_that_ended_judges_every_waiting_run_of_its_job() -> None:
         span(9, 0.5, "running", ready=0.5),
         span(3, 2, waits_for=9),
     ]
-    assert settle_waiting(spans, ended=[1]) == [Settlement(3, "skip", None)]
+    assert settle(spans, [1]) == [Settlement(3, "skip", None)]
 
 
 def test_a_stranded_waiting_run_is_judged_by_the_run_it_waited_for() -> None:
     # A pass added run 2 while run 1's end was being recorded: nothing ended now, but the
     # run it waits for has, at 0.5 s, before its tick.
     spans = [span(1, 0, "succeeded", ready=0, ended=0.5), span(2, 1, waits_for=1)]
-    assert settle_waiting(spans, ended=[]) == [Settlement(2, "release", None)]
+    assert settle(spans, []) == [Settlement(2, "release", None)]
     covered = [span(1, 0, "failed", ready=0, ended=3), span(2, 1, waits_for=1)]
-    assert settle_waiting(covered, ended=[]) == [Settlement(2, "skip", None)]
+    assert settle(covered, []) == [Settlement(2, "skip", None)]
 
 
 def test_jobs_are_settled_apart() -> None:
@@ -157,7 +167,41 @@ def test_jobs_are_settled_apart() -> None:
         span(11, 0, "running", ready=0, job_id=2),
         span(12, 1, job_id=2),
     ]
-    assert settle_waiting(spans, ended=[1]) == [
+    assert settle(spans, [1]) == [
         Settlement(2, "release", None),
         Settlement(12, "wait", 11),
     ]
+
+
+def test_a_tick_due_while_a_catch_up_run_ran_waits_its_turn_within_the_grace() -> None:
+    # After an outage, run 5 replays tick 0 from 30 s to 30.2 s; tick 30.1 came due
+    # meanwhile. It belongs to the backlog: not skipped, it runs after the others.
+    spans = [
+        span(5, 0, "succeeded", ready=30, ended=30.2, catch_up=True),
+        span(6, 1, waits_for=5),
+        span(7, 30.1, waits_for=5),
+    ]
+    assert settle(spans, [5], now=30.3) == [
+        Settlement(6, "release", None, catch_up=True),
+        Settlement(7, "wait", 6),
+    ]
+
+
+def test_a_tick_held_up_by_catch_up_past_its_misfire_grace_is_skipped() -> None:
+    # A catch-up slower than the schedule: a tick it held up for more than the job's
+    # grace (60 s) is skipped, so the backlog cannot grow without end.
+    spans = [
+        span(5, 0, "succeeded", ready=30, ended=95, catch_up=True),
+        span(7, 31, waits_for=5),
+        span(8, 94, waits_for=5),
+    ]
+    assert settle(spans, [5], now=95) == [
+        Settlement(7, "skip", None),
+        Settlement(8, "release", None),
+    ]
+
+
+def test_the_last_waiting_tick_released_is_catch_up_when_the_next_tick_is_due() -> None:
+    spans = [span(1, 0, "succeeded", ready=0, ended=0.1), span(2, 1, waits_for=1, next_tick=2)]
+    assert settle(spans, [1], now=2.5) == [Settlement(2, "release", None, catch_up=True)]
+    assert settle(spans, [1], now=1.5) == [Settlement(2, "release", None, catch_up=False)]

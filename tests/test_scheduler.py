@@ -152,6 +152,14 @@ async def test_overlap_forbid_backlog_of_a_pass_waits_behind_its_first_tick(pool
     assert [(r.status, r.next_attempt_at is None) for r in runs] == [("pending", False)] + [
         ("pending", True)
     ] * 3
+    # The first runs late, after the next tick came due: catch-up (overlap.py).
+    catch_up = await pool.fetchval("SELECT catch_up FROM job_runs WHERE id = $1", runs[0].id)
+    assert catch_up is True
+    # A tick that runs on time is not.
+    punctual = await make_job(pool, schedule="@every 10s", next_run_at=T0, overlap="forbid")
+    await tick_once(pool, now=T0 + timedelta(seconds=1))
+    [run] = await runs_of(pool, punctual.id)
+    assert await pool.fetchval("SELECT catch_up FROM job_runs WHERE id = $1", run.id) is False
 
 
 async def test_overlap_forbid_tick_waits_for_a_running_run_of_its_job(pool: Any) -> None:

@@ -1,8 +1,8 @@
 """The rules of a job: validating what clients send, and when it next runs.
 
-The API hands requests here; this module checks them against the schedule math and
-the URL guard, decides status and next_run_at by the database clock, and writes
-through the store.
+The API hands requests here; this module checks them against the schedule math, the
+URL guard and the registered handlers, decides status and next_run_at by the database
+clock, and writes through the store.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from scheduler_svc.errors import (
 )
 from scheduler_svc.models import (
     MASK,
+    HandlerTarget,
     HttpTarget,
     JobCreate,
     JobPatch,
@@ -47,6 +48,7 @@ class Rules:
 
     min_interval_s: float = 1.0
     allow_private_webhooks: bool = False
+    handler_names: frozenset[str] = frozenset()  # the registered handlers (every role loads them)
 
 
 def schedule_errors(text: str, timezone: str, rules: Rules) -> list[FieldError]:
@@ -75,10 +77,16 @@ def _schedule_errors(text: str, timezone: str, min_interval_s: float) -> tuple[F
 
 
 def _check_target(target: Target, rules: Rules) -> list[FieldError]:
+    """What is wrong with a target the client sent."""
     if isinstance(target, HttpTarget):
         problem = url_problem(target.url, allow_private=rules.allow_private_webhooks)
         if problem is not None:
             return [FieldError("target.url", problem)]
+    if isinstance(target, HandlerTarget) and target.name not in rules.handler_names:
+        names = ", ".join(sorted(rules.handler_names))
+        registered = f"registered: {names}" if names else "none is registered"
+        message = f"no handler is registered as {target.name!r} ({registered})"
+        return [FieldError("target.name", message)]
     return []
 
 
@@ -147,7 +155,11 @@ def spec_from_patch(row: JobRow, patch: JobPatch, rules: Rules) -> JobSpec:
     target = (
         target_from_json(row.target) if patch.target is UNSET else _unmask(patch.target, row.target)
     )
-    errors = schedule_errors(text, timezone, rules) + _check_target(target, rules)
+    # The stored target a PATCH leaves alone is not judged again: its handler may since
+    # have gone, or its URL have been accepted by an older, looser guard, and the job
+    # must still be pausable. The worker refuses to call either.
+    sent = [] if patch.target is UNSET else _check_target(target, rules)
+    errors = schedule_errors(text, timezone, rules) + sent
     if errors:
         raise InvalidRequest(errors)
     return JobSpec(

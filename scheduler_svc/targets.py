@@ -143,6 +143,15 @@ def load_handlers() -> dict[str, Handler]:
     return handlers
 
 
+def registered_handlers(given: Mapping[str, Handler] | None = None) -> dict[str, Handler]:
+    """Every handler a job may name: the entry-point group, and `given` (config) over it.
+
+    Every role loads them once at start: the API refuses a job naming anything else,
+    the worker calls them.
+    """
+    return {**load_handlers(), **(given or {})}
+
+
 def parse_retry_after(value: str | None, *, cap_s: float, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After value (delay-seconds or HTTP-date), at most cap_s.
 
@@ -204,6 +213,7 @@ class Deliverer:
 
     `deliver` turns every target-side failure into an Outcome; only bugs and
     cancellation escape it. The caller enforces the attempt's overall timeout.
+    `handlers` are those a run may call by name (default: `registered_handlers()`).
     """
 
     def __init__(
@@ -219,7 +229,7 @@ class Deliverer:
         self._secret = webhook_secret or None
         self._allow_private = allow_private
         self._resolver = resolver
-        self._handlers: dict[str, Handler] = {**load_handlers(), **(handlers or {})}
+        self._handlers = dict(registered_handlers() if handlers is None else handlers)
 
     @property
     def handler_names(self) -> frozenset[str]:

@@ -9,6 +9,11 @@ import asyncpg
 import httpx
 import pytest
 
+from scheduler_svc import targets
+from scheduler_svc.config import Settings
+from scheduler_svc.targets import HandlerContext
+from tests.conftest import running_app
+
 SEED_JOB = {"name": "Example Job", "attributes": {"key": "value"}, "interval": "* * * * *"}
 
 
@@ -175,6 +180,132 @@ async def test_credentials_in_target_headers_are_stored_but_never_echoed(
     await client.patch(f"/jobs/{job['id']}", json={"target": shown})
     stored = await pool.fetchval("SELECT target FROM jobs WHERE id = $1", job["id"])
     assert stored["headers"]["Authorization"] == "Bearer new"
+
+
+def problem_fields(response: httpx.Response) -> list[dict[str, str]]:
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    errors: list[dict[str, str]] = response.json()["errors"]
+    return errors
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433:9/hook",  # 127.0.0.1 as one decimal number
+        "http://0x7f.1:9/hook",
+        "http://[::ffff:7f00:1]:9/hook",
+        "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:9/hook",  # full-width digits
+        "http://2852039166/latest/meta-data",  # 169.254.169.254
+    ],
+)
+async def test_a_webhook_host_spelling_a_private_address_is_a_400_naming_target_url(
+    client: httpx.AsyncClient, url: str
+) -> None:
+    response = await client.post("/jobs", json={**SEED_JOB, "target": {"type": "http", "url": url}})
+
+    [error] = problem_fields(response)
+    assert error["field"] == "target.url"
+    assert "private, loopback or link-local" in error["message"]
+    job = await create(client)
+    response = await client.patch(
+        f"/jobs/{job['id']}", json={"target": {"type": "http", "url": url}}
+    )
+    assert [e["field"] for e in problem_fields(response)] == ["target.url"]
+
+
+async def record(context: HandlerContext) -> None:
+    """A handler for jobs to name; never called here."""
+
+
+async def test_a_handler_target_must_name_a_registered_handler(
+    settings: Settings, pool: asyncpg.Pool[Any], clean: None
+) -> None:
+    async with (
+        running_app(settings, pool, handlers={"record": record, "audit": record}) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        unknown = {**SEED_JOB, "target": {"type": "handler", "name": "os.system"}}
+        assert problem_fields(await http.post("/jobs", json=unknown)) == [
+            {
+                "field": "target.name",
+                "message": "no handler is registered as 'os.system' (registered: audit, record)",
+            }
+        ]
+        known = {**SEED_JOB, "target": {"type": "handler", "name": "record"}}
+        created = await http.post("/jobs", json=known)
+        assert created.status_code == 201, created.text
+        job = created.json()
+        typo = {"target": {"type": "handler", "name": "recrod"}}
+        response = await http.patch(f"/jobs/{job['id']}", json=typo)
+        assert [e["field"] for e in problem_fields(response)] == ["target.name"]
+        assert "registered: audit, record" in response.json()["detail"]
+        assert (await http.get(f"/jobs/{job['id']}")).json() == job
+        response = await http.patch(
+            f"/jobs/{job['id']}", json={"target": {"type": "handler", "name": "audit"}}
+        )
+        assert response.status_code == 200, response.text
+
+
+async def test_with_no_handler_registered_the_400_says_so(client: httpx.AsyncClient) -> None:
+    body = {**SEED_JOB, "target": {"type": "handler", "name": "record"}}
+
+    [error] = problem_fields(await client.post("/jobs", json=body))
+
+    assert error == {
+        "field": "target.name",
+        "message": "no handler is registered as 'record' (none is registered)",
+    }
+
+
+async def test_the_api_role_loads_the_handler_entry_points(
+    settings: Settings, pool: asyncpg.Pool[Any], clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(targets, "load_handlers", lambda: {"from_plugin": record})
+    assert settings.role == "api"
+    async with (
+        running_app(settings, pool) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        body = {**SEED_JOB, "target": {"type": "handler", "name": "from_plugin"}}
+        response = await http.post("/jobs", json=body)
+        assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("target", "then"),
+    [
+        # Its handler was registered then, and is not on this replica.
+        ({"type": "handler", "name": "record"}, {"handlers": {"record": record}}),
+        # Private webhooks were allowed then (or the guard was looser).
+        ({"type": "http", "url": "http://2130706433:9/hook"}, {"webhook_allow_private": True}),
+    ],
+    ids=["handler gone", "webhook no longer allowed"],
+)
+async def test_a_job_whose_stored_target_is_no_longer_accepted_can_still_be_changed(
+    make_settings: Any,
+    pool: asyncpg.Pool[Any],
+    client: httpx.AsyncClient,
+    target: dict[str, Any],
+    then: dict[str, Any],
+) -> None:
+    options = dict(then)
+    handlers = options.pop("handlers", None)
+    async with (
+        running_app(make_settings(**options), pool, handlers=handlers) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        created = await http.post("/jobs", json={**SEED_JOB, "target": target})
+        assert created.status_code == 201, created.text
+        job = created.json()
+
+    # The shared app would refuse that target; one a PATCH leaves alone is not judged again.
+    response = await client.post(f"/jobs/{job['id']}/pause")
+    assert response.status_code == 200, response.text
+    response = await client.patch(f"/jobs/{job['id']}", json={"name": "renamed"})
+    assert response.status_code == 200, response.text
+    response = await client.patch(f"/jobs/{job['id']}", json={"target": target})
+    assert response.status_code == 400, response.text
 
 
 async def test_patch_changes_fields_bumps_version_and_replans(

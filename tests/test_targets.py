@@ -31,6 +31,7 @@ from scheduler_svc.targets import (
     Outcome,
     load_handlers,
     parse_retry_after,
+    registered_handlers,
 )
 from scheduler_svc.webhook_http import WebhookClient, webhook_client
 from tests.webhook_receiver import Reply, WebhookReceiver, serve_receiver
@@ -472,6 +473,27 @@ async def test_loopback_is_refused_without_allow_private(
     assert receiver.requests == []
 
 
+@pytest.mark.parametrize(
+    "host", ["2130706433", "0x7f.0.0.1", "0177.0.0.1", "127.1", "%31%32%37.0.0.1", "LocalHost."]
+)
+async def test_a_loopback_spelling_is_refused_at_call_time_whatever_dns_answers(
+    http: WebhookClient, receiver: WebhookReceiver, host: str
+) -> None:
+    # The resolver calls every host public: only the address the spelling means can refuse it.
+    resolver = FakeResolver({host: [[PUBLIC_V4]], host.lower(): [[PUBLIC_V4]]})
+    deliverer = Deliverer(http, allow_private=False, resolver=resolver)
+
+    outcome = await deliverer.deliver(
+        make_delivery(http_target(f"http://{host}:{receiver.port}/hook"))
+    )
+
+    assert (outcome.ok, outcome.retryable) == (False, False)
+    assert outcome.error is not None
+    assert outcome.error.startswith("url points at a ")
+    assert resolver.calls == []
+    assert receiver.requests == []
+
+
 async def test_a_name_resolving_to_a_private_address_is_refused_before_calling(
     http: WebhookClient,
 ) -> None:
@@ -854,7 +876,8 @@ async def test_handlers_given_in_config_take_precedence_over_entry_points(
     async def greet(context: HandlerContext) -> Any:
         return "from config"
 
-    deliverer = Deliverer(http, handlers={"greet": greet})
+    handlers = registered_handlers({"greet": greet})
+    deliverer = Deliverer(http, handlers=handlers)
 
     outcome = await deliverer.deliver(make_delivery({"type": "handler", "name": "greet"}))
 

@@ -21,7 +21,8 @@ from litestar.params import (
     QueryParameter,
 )
 
-from scheduler_svc import jobs, schedule, store
+from scheduler_svc import jobs, store
+from scheduler_svc import schedule as schedules
 from scheduler_svc.apidoc import problem_responses
 from scheduler_svc.db import Pool
 from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
@@ -309,21 +310,22 @@ async def get_run(
 )
 async def preview_schedule(
     rules: RulesDep,
-    schedule_text: Annotated[str, QueryParameter(name="schedule", min_length=1, max_length=200)],
+    schedule: Annotated[str, QueryParameter(min_length=1, max_length=200)],
     timezone: Annotated[str, QueryParameter(min_length=1, max_length=64)] = "UTC",
     after: Annotated[
         str | None, QueryParameter(max_length=64, description="RFC 3339; default now")
     ] = None,
     count: Annotated[int, QueryParameter(ge=1, le=100)] = 5,
 ) -> SchedulePreview:
-    """The next `count` fire times of `schedule` in `timezone` after `after`."""
-    errors = jobs.schedule_errors(schedule_text, timezone, rules)
+    """The next `count` fire times of `schedule` in `timezone` after `after`, up to 100
+    years ahead: a schedule that fires more rarely than that has fewer."""
+    errors = jobs.schedule_errors(schedule, timezone, rules)
     if errors:
         raise InvalidRequest(errors)
     start = _parse_after(after) if after is not None else datetime.now(UTC)
-    parsed = schedule.parse(schedule_text)
-    tz = schedule.parse_timezone(timezone)
-    return SchedulePreview(times=schedule.preview(parsed, tz, start, count))
+    parsed = schedules.parse(schedule)
+    tz = schedules.parse_timezone(timezone)
+    return SchedulePreview(times=schedules.preview(parsed, tz, start, count))
 
 
 def _parse_after(value: str) -> datetime:
@@ -333,4 +335,7 @@ def _parse_after(value: str) -> datetime:
         raise InvalidRequest.field("after", "is not an RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
         raise InvalidRequest.field("after", "needs a time zone offset or Z")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first UTC instant
+        raise InvalidRequest.field("after", "is outside the years 1 to 9999 in UTC") from None

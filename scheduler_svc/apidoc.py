@@ -21,6 +21,7 @@ from litestar.typing import FieldDefinition
 from msgspec import UNSET, Struct, UnsetType
 
 from scheduler_svc.auth import EXEMPT_PATHS
+from scheduler_svc.csrf import BODY_METHODS
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 SECURITY_SCHEME = "BearerAuth"
@@ -60,8 +61,9 @@ def problem_responses(*status_codes: int) -> dict[int, ResponseSpec]:
 
 class ProblemDocsPlugin(InitPlugin, ReceiveRoutePlugin):
     """Declares the bearer scheme, and on each route the problems every route can answer:
-    400 (parameters, body), 404 (ids in the path), 413 (body), and 401, 403 and 429 for
-    routes that need a principal. A route's own `responses=` win."""
+    400 (parameters, body), 404 (ids in the path), 413 (body), 415 (a body that is not
+    JSON, on every method that may carry one), and 401, 403, 421 (open mode, a foreign
+    Host) and 429 for routes that need a principal. A route's own `responses=` win."""
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         if app_config.openapi_config is not None:
@@ -87,8 +89,10 @@ class ProblemDocsPlugin(InitPlugin, ReceiveRoutePlugin):
             body = "data" in handler.parsed_fn_signature.parameters
             if body:
                 codes += [400, 413]
+            if handler.http_methods & BODY_METHODS:
+                codes += [415]
             if _EXEMPT.match(route.path_format or "/") is None:
-                codes += [400, 401, 403, 429]
+                codes += [400, 401, 403, 421, 429]
                 handler.security = [*(handler.security or []), {SECURITY_SCHEME: []}]
             # Litestar documents its validation errors as its own JSON; ours are problems.
             handler.responses = {

@@ -30,15 +30,16 @@ from litestar.plugins.problem_details import (
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from scheduler_svc import auth, db, jobs, logs, metrics, store
+from scheduler_svc import auth, csrf, db, jobs, logs, metrics, store
 from scheduler_svc.api import JobsController, PoolDep, TenantDep, get_run, preview_schedule
 from scheduler_svc.apidoc import ProblemDocsPlugin, StrictStructSchemaPlugin
+from scheduler_svc.bodies import JsonRequest
 from scheduler_svc.config import Settings
 from scheduler_svc.db import Pool
-from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError
+from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError, problem_of
 from scheduler_svc.models import Status
 from scheduler_svc.ratelimit import rate_limit_middleware
-from scheduler_svc.targets import Deliverer, Handler
+from scheduler_svc.targets import Deliverer, Handler, registered_handlers
 from scheduler_svc.webhook_http import WebhookClient, webhook_client
 from scheduler_svc.worker import Worker
 
@@ -47,22 +48,36 @@ log = structlog.get_logger("scheduler_svc.app")
 SWAGGER_ASSETS = "/api/assets"
 
 
-def _problem_type(slug: str) -> str:
-    return f"urn:scheduler-svc:problem:{slug}"
+def _problem(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemDetailsException:
+    """A problem document of the type, and so the title, that errors.PROBLEM_TYPES gives
+    `status` (or names `slug`): every problem the API answers with is built here."""
+    type_, title = problem_of(status, slug)
+    return ProblemDetailsException(
+        type_=type_,
+        title=title,
+        status_code=status,
+        detail=detail,
+        headers=headers,
+        extra={"errors": errors} if errors is not None else None,
+    )
 
 
 def _from_http(exc: HTTPException) -> ProblemDetailsException:
     if exc.status_code == 500:  # Litestar's own 500 (e.g. a dependency failed): keep the cause
         log.error("internal_error", exc_info=exc)
     phrase = HTTPStatus(exc.status_code).phrase
-    detail = exc.detail if exc.detail != phrase else ""
-    return ProblemDetailsException(
-        type_="about:blank",
-        title=phrase,
-        status_code=exc.status_code,
-        detail=detail or phrase,
-        headers=exc.headers,
-    )
+    detail = exc.detail if exc.detail and exc.detail != phrase else phrase
+    if exc.status_code == 400:  # a body that is not JSON (fields are ValidationException's)
+        errors = [{"field": "body", "message": detail}]
+        return _problem(400, f"body: {detail}", errors=errors, headers=exc.headers)
+    return _problem(exc.status_code, detail, headers=exc.headers)
 
 
 _MISSING_PARAMETER = re.compile(r"Missing required \w+ parameter '([^']+)'")
@@ -83,27 +98,15 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
         missing = _MISSING_PARAMETER.match(exc.detail)
         field = missing.group(1) if missing else "body"
         errors = [{"field": field, "message": exc.detail}]
-    return ProblemDetailsException(
-        type_=_problem_type("invalid-request"),
-        title="Invalid request",
-        status_code=400,
-        detail="; ".join(f"{e['field']}: {e['message']}" for e in errors),
-        extra={"errors": errors},
-    )
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return _problem(400, detail, errors=errors)
 
 
 def _from_domain(exc: SchedulerError) -> ProblemDetailsException:
-    extra = None
+    errors = None
     if isinstance(exc, InvalidRequest):
-        extra = {"errors": [{"field": e.field, "message": e.message} for e in exc.errors]}
-    slug = "invalid-request" if isinstance(exc, InvalidRequest) else type(exc).__name__.lower()
-    return ProblemDetailsException(
-        type_=_problem_type(slug),
-        title=HTTPStatus(exc.status_code).phrase,
-        status_code=exc.status_code,
-        detail=exc.detail,
-        extra=extra,
-    )
+        errors = [{"field": e.field, "message": e.message} for e in exc.errors]
+    return _problem(exc.status_code, exc.detail, slug=exc.problem_type, errors=errors)
 
 
 def _from_unstorable(exc: asyncpg.DataError) -> ProblemDetailsException:
@@ -111,24 +114,14 @@ def _from_unstorable(exc: asyncpg.DataError) -> ProblemDetailsException:
     request is at fault, not the server."""
     log.warning("unstorable_text", error=type(exc).__name__)
     message = "contains text the database cannot store, such as the NUL character (\\u0000)"
-    return ProblemDetailsException(
-        type_=_problem_type("invalid-request"),
-        title="Invalid request",
-        status_code=400,
-        detail=f"body: {message}",
-        extra={"errors": [{"field": "body", "message": message}]},
-    )
+    return _problem(400, f"body: {message}", errors=[{"field": "body", "message": message}])
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Last resort: a bug, not bad input. Logged with its cause, answered as a problem."""
     log.exception("unhandled_error", path=request.url.path)
-    return ProblemDetailsException(
-        type_="about:blank",
-        title="Internal Server Error",
-        status_code=500,
-        detail="The server failed to handle this request; it has been logged.",
-    ).to_response(request)
+    detail = "The server failed to handle this request; it has been logged."
+    return _problem(500, detail).to_response(request)
 
 
 @get("/", operation_id="root", tags=["health"], summary="Liveness (the old service's check)")
@@ -181,6 +174,8 @@ def create_app(
 ) -> Litestar:
     """The application for `settings.role`. Pass `pool` and `http` to share them (tests);
     otherwise the lifespan opens its own. `handlers` add to the registered ones."""
+    # Every role loads them: the API refuses a job naming another, the worker calls them.
+    registry = registered_handlers(handlers)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -207,7 +202,7 @@ def create_app(
                     client,
                     webhook_secret=settings.webhook_secret,
                     allow_private=settings.webhook_allow_private,
-                    handlers=handlers,
+                    handlers=registry,
                 )
                 # Scheduler lanes (3), the executor, maintenance and a spare.
                 worker_pool = pool or await open_pool(max_size=6, durable=False)
@@ -221,6 +216,7 @@ def create_app(
     rules = jobs.Rules(
         min_interval_s=settings.min_interval_s,
         allow_private_webhooks=settings.webhook_allow_private,
+        handler_names=frozenset(registry),
     )
 
     def provide_pool(request: Request[Any, Any, Any]) -> Pool:
@@ -260,12 +256,14 @@ def create_app(
         },
         lifespan=[lifespan],
         # Outermost first: measure every request (401 and 429 included), resolve its
-        # principal, count it against the rate limit, then refuse it without the scope.
+        # principal, count it against the rate limit, refuse it without the scope, then
+        # (open mode) for a foreign Host and (any mode) for a body that is not JSON.
         middleware=[
             metrics.HTTP.middleware,
             DefineMiddleware(auth.AuthMiddleware, authenticator=auth.Authenticator(settings)),
             rate_limit_middleware(settings.rate_limit),
             auth.ScopeGuard,
+            DefineMiddleware(csrf.CrossSiteGuard, allowed_hosts=settings.allowed_hosts),
         ],
         plugins=[
             ProblemDocsPlugin(),
@@ -285,6 +283,8 @@ def create_app(
         ],
         exception_handlers={Exception: _internal_error},
         request_max_body_size=settings.max_body_bytes,
+        # JSON bodies are checked for depth before Litestar decodes them (bodies.py).
+        request_class=JsonRequest,
         openapi_config=OpenAPIConfig(
             title="scheduler-svc",
             version=version("scheduler-svc"),

@@ -31,6 +31,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from scheduler_svc import store
 from scheduler_svc.config import ConfigError, Settings
 from scheduler_svc.db import Pool
+from scheduler_svc.errors import SchedulerError
 
 log = structlog.get_logger("scheduler_svc.auth")
 
@@ -164,7 +165,8 @@ def check_start(settings: Settings, keys_exist: bool) -> None:
             "insecure_open_mode",
             host=settings.host,
             detail=f"--insecure: serving without authentication on {settings.host}, "
-            "reachable from other machines, until an API key is created",
+            "reachable from other machines, until an API key is created; only loopback "
+            "host names and SCHEDULER_ALLOWED_HOSTS are answered",
         )
     else:
         raise ConfigError(
@@ -407,7 +409,9 @@ def _refusal(scope: Scope) -> HTTPException | None:
     )
 
 
-async def answer_in_route(scope: Scope, receive: Receive, send: Send, exc: HTTPException) -> None:
+async def answer_in_route(
+    scope: Scope, receive: Receive, send: Send, exc: HTTPException | SchedulerError
+) -> None:
     """Answer a request with `exc` as its route's exception handlers render it.
 
     For middleware inside the route: raising would skip the outer middleware's view

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +69,9 @@ class Settings:
     webhook_allow_private: bool = False
     min_interval_s: float = 1.0
     run_retention_days: int = 30
+    # Host names an open service answers besides loopback ones (normal_host's form; a
+    # leading "*." stands for any subdomain). Keyed and JWT modes answer any Host.
+    allowed_hosts: tuple[str, ...] = ()
     # `serve --insecure`: serve without authentication on a non-loopback address. A flag
     # only, never read from the environment, so it cannot be left on by accident.
     insecure: bool = False
@@ -130,6 +135,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         webhook_allow_private=get("SCHEDULER_WEBHOOK_ALLOW_PRIVATE", _bool, False),
         min_interval_s=get("SCHEDULER_MIN_INTERVAL_S", _float_between(1, 86400), 1.0),
         run_retention_days=get("SCHEDULER_RUN_RETENTION_DAYS", _int_between(1, 36500), 30),
+        allowed_hosts=get("SCHEDULER_ALLOWED_HOSTS", _host_names, ()),
         unknown_variables=tuple(sorted(k for k in env if k.startswith(PREFIX) and k not in known)),
     )
 
@@ -160,6 +166,7 @@ _VARIABLES = (
     "SCHEDULER_WEBHOOK_ALLOW_PRIVATE",
     "SCHEDULER_MIN_INTERVAL_S",
     "SCHEDULER_RUN_RETENTION_DAYS",
+    "SCHEDULER_ALLOWED_HOSTS",
     "SCHEDULER_TEST_DATABASE_URL",
 )
 
@@ -215,6 +222,48 @@ def _bool(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("expected true or false")
+
+
+# One label of a host name; underscores too, as Docker and Compose service names have them.
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def normal_host(name: str) -> str | None:
+    """`name` as host names are compared: lower case, no trailing dot, an IP address in its
+    compressed form (IPv6 in brackets); None if it is neither a DNS name nor an address."""
+    name = name.strip().lower().removesuffix(".")
+    bracketed = name.startswith("[") and name.endswith("]")
+    try:
+        address = ipaddress.ip_address(name[1:-1] if bracketed else name)
+    except ValueError:
+        if bracketed or len(name) > 253 or not all(map(_LABEL.match, name.split("."))):
+            return None
+        return name
+    return f"[{address.compressed}]" if address.version == 6 else address.compressed
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _host_names(raw: str) -> tuple[str, ...]:
+    names: list[str] = []
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        wildcard = entry.startswith("*.")
+        name = normal_host(entry.removeprefix("*."))
+        # "*." before an address means nothing: addresses have no subdomains.
+        if name is None or (wildcard and _is_address(name)):
+            raise ValueError(
+                f"{entry!r} is not a host name: expected host names separated by commas, "
+                "without scheme or port; '*.' before a domain admits its subdomains "
+                "(e.g. scheduler.internal,*.corp.example)"
+            )
+        names.append(f"*.{name}" if wildcard else name)
+    return tuple(dict.fromkeys(names))
 
 
 def _rate_limit(raw: str) -> RateLimit:

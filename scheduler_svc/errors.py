@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from http import HTTPStatus
 
 _NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 
@@ -12,6 +13,8 @@ class SchedulerError(Exception):
     """Something went wrong."""
 
     status_code = 500
+    # Its problem type, a slug of PROBLEM_TYPES; None for the one of its status.
+    problem_type: str | None = None
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or (self.__doc__ or "").strip())
@@ -37,6 +40,63 @@ class IdempotencyConflict(SchedulerError):
     """This Idempotency-Key was already used with a different request body."""
 
     status_code = 409
+
+
+class UnsupportedMediaType(SchedulerError):
+    """Request bodies must be JSON: send Content-Type: application/json."""
+
+    status_code = 415
+
+
+class CrossOriginRequest(SchedulerError):
+    """Without API keys this service takes no change from a web page of another origin."""
+
+    status_code = 403
+
+
+class MisdirectedRequest(SchedulerError):
+    """This service does not answer for that host name."""
+
+    status_code = 421
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    """A kind of problem the API answers with: its status and its one title."""
+
+    status: int
+    title: str
+
+
+PROBLEM_TYPE_PREFIX = "urn:scheduler-svc:problem:"
+# Every problem type the API answers with, by slug (its `type` is the prefix and the
+# slug). RFC 9457: a type keeps its title from one occurrence to the next; what differs
+# goes in `detail` (and, for a bad request, `errors`). The first listed with a status
+# is that status's type, unless a SchedulerError names another (`problem_type`).
+PROBLEM_TYPES: dict[str, ProblemType] = {
+    "invalid-request": ProblemType(400, "Invalid request"),
+    "unauthorized": ProblemType(401, "Authentication required"),
+    "forbidden": ProblemType(403, "Permission denied"),
+    "not-found": ProblemType(404, "Not found"),
+    "method-not-allowed": ProblemType(405, "Method not allowed"),
+    "idempotency-conflict": ProblemType(409, "Idempotency key reused"),
+    "version-mismatch": ProblemType(412, "Version mismatch"),
+    "body-too-large": ProblemType(413, "Request body too large"),
+    "unsupported-media-type": ProblemType(415, "Unsupported media type"),
+    "misdirected-request": ProblemType(421, "Misdirected request"),
+    "rate-limited": ProblemType(429, "Too many requests"),
+    "internal-error": ProblemType(500, "Internal server error"),
+}
+# Built backwards, so that the first listed with a status wins.
+_SLUG_BY_STATUS = {problem.status: slug for slug, problem in reversed(PROBLEM_TYPES.items())}
+
+
+def problem_of(status: int, slug: str | None = None) -> tuple[str, str]:
+    """The `type` and `title` of a problem answered with `status` (of type `slug`)."""
+    slug = slug or _SLUG_BY_STATUS.get(status)
+    if slug is None:  # none of ours: RFC 9457's default type, titled by its status
+        return "about:blank", HTTPStatus(status).phrase
+    return PROBLEM_TYPE_PREFIX + slug, PROBLEM_TYPES[slug].title
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 __all__ = [
+    "PREVIEW_HORIZON",
     "DueTicks",
     "MisfirePolicy",
     "Schedule",
@@ -81,6 +82,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _MICROSECOND = timedelta(microseconds=1)
 _PROBE = timedelta(days=3)
+# More than any change of a zone's offset, and than _PROBE.
+_LEAP = 2 * _PROBE
 # A valid cron fires at least every 8 years; stepping _PROBE at a time that is
 # ~1000 steps, so this only stops runaway loops.
 _MAX_STEPS = 20_000
@@ -88,6 +91,8 @@ _CRON_REFERENCE = datetime(2000, 1, 1)
 _INTERVAL_REFERENCE = datetime(2024, 1, 1, tzinfo=UTC)
 _INTERVAL_SAMPLES = 300
 _INTERVAL_HORIZON = timedelta(days=400)
+# How far ahead preview looks: see preview.
+PREVIEW_HORIZON = timedelta(days=100 * 365 + 24)
 _EXACT_DUE = 256
 _COUNT_STRATA = 16
 _COUNT_BUDGET = 64
@@ -253,7 +258,10 @@ def next_fire(schedule: Schedule, tz: ZoneInfo, after: datetime) -> datetime | N
     """Return the first fire time strictly after `after` (UTC), or None if there is none."""
     after = _utc(after)
     if schedule.kind == "every":
-        return after + _every(schedule)
+        try:
+            return after + _every(schedule)
+        except OverflowError:
+            return None  # past the end of the calendar
     if schedule.kind == "at":
         at = _at(schedule)
         return at if at > after else None
@@ -267,14 +275,29 @@ def first_fire(schedule: Schedule, tz: ZoneInfo, now: datetime) -> datetime | No
     return next_fire(schedule, tz, now)
 
 
-def preview(schedule: Schedule, tz: ZoneInfo, after: datetime, count: int) -> list[datetime]:
-    """Return up to `count` successive fire times strictly after `after` (UTC)."""
+def preview(
+    schedule: Schedule,
+    tz: ZoneInfo,
+    after: datetime,
+    count: int,
+    within: timedelta = PREVIEW_HORIZON,
+) -> list[datetime]:
+    """Return up to `count` successive fire times strictly after `after` (UTC), and no
+    later than `within` after it.
+
+    The horizon bounds the work: croniter's search costs time in proportion to the
+    years it passes, and a schedule may fire once in decades (``0 0 29 2 1#5``).
+    """
+    try:
+        until = _utc(after) + within
+    except OverflowError:
+        until = datetime.max.replace(tzinfo=UTC)
     fires: list[datetime] = []
-    current: datetime | None = after
-    while current is not None and len(fires) < count:
-        current = next_fire(schedule, tz, current)
-        if current is not None:
-            fires.append(current)
+    while len(fires) < count:
+        found = next_fire(schedule, tz, fires[-1] if fires else after)
+        if found is None or found > until:
+            break
+        fires.append(found)
     return fires
 
 
@@ -289,10 +312,12 @@ def check_min_interval(schedule: Schedule, tz: ZoneInfo, min_interval_s: float) 
         return
     if schedule.kind == "every":
         gap = _every(schedule)
+    elif min_interval_s <= (1 if schedule.has_seconds else 60):
+        return  # nothing fires sooner than its field's resolution: no need to sample
     else:
-        horizon = _INTERVAL_REFERENCE + _INTERVAL_HORIZON
-        sample = preview(schedule, tz, _INTERVAL_REFERENCE, _INTERVAL_SAMPLES)
-        fires = [t for t in sample if t <= horizon]
+        fires = preview(
+            schedule, tz, _INTERVAL_REFERENCE, _INTERVAL_SAMPLES, within=_INTERVAL_HORIZON
+        )
         if len(fires) < 2:
             return
         gap = min(b - a for a, b in itertools.pairwise(fires))
@@ -343,8 +368,8 @@ class _Cron:
         start = floor - self.step if inclusive and floor == lower else floor
         try:
             found: datetime = copy.copy(self.prototype).get_next(datetime, start)
-        except (CroniterBadDateError, OverflowError):
-            return None
+        except (CroniterBadDateError, OverflowError, ValueError):
+            return None  # none before the end of the calendar (dateutil: "year 10000 ...")
         return found
 
 
@@ -400,7 +425,8 @@ def _next_cron(cron: _Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
 
 
 def _walk(cron: _Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
-    """Walk real time from `after` one constant-offset stretch (or _PROBE) at a time."""
+    """Walk real time from `after` one constant-offset stretch (or _PROBE) at a time,
+    leaping over the stretch between the first probe and the last few before the target."""
     current, offset = after, _offset(tz, after)
     lower, inclusive = _wall(after, offset), False
     if not cron.all_hours and after.astimezone(tz).fold:
@@ -420,6 +446,11 @@ def _walk(cron: _Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
         change = _transition(tz, current, min(target, horizon), offset)
         if change is None:
             current = horizon
+            if target - current > _LEAP:
+                # An offset change further than _PROBE from `after` and than _LEAP from
+                # the target moves no wall time across `wall`: only the offset is left.
+                current = target - _LEAP
+                offset = _offset(tz, current)
             continue
         new_offset = _offset(tz, change)
         resumed_wall = _wall(change, new_offset)

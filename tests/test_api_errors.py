@@ -7,7 +7,11 @@ from typing import Any
 import httpx
 import pytest
 
+from scheduler_svc import auth, store
+from scheduler_svc.config import RateLimit
+from scheduler_svc.errors import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES, SchedulerError, problem_of
 from tests.conftest import running_app
+from tests.principals import bearer, make_key
 
 GOOD = {"name": "job", "schedule": "* * * * *"}
 
@@ -148,6 +152,30 @@ BAD_REQUESTS: list[tuple[str, str, str, Any, int, str | None]] = [
         400,
         "target",
     ),
+    (
+        "handler not registered",
+        "POST",
+        "/jobs",
+        body(target={"type": "handler", "name": "os.system"}),
+        400,
+        "target.name",
+    ),
+    (
+        "webhook loopback as a decimal number",
+        "POST",
+        "/jobs",
+        body(target={"type": "http", "url": "http://2130706433:9/hook"}),
+        400,
+        "target.url",
+    ),
+    (
+        "patch webhook loopback in hex",
+        "PATCH",
+        "/jobs/1",
+        {"target": {"type": "http", "url": "http://0x7f.0.0.1/"}},
+        400,
+        "target.url",
+    ),
     ("non-numeric id", "GET", "/jobs/abc", None, 404, None),
     ("id out of range", "GET", "/jobs/99999999999999999999", None, 400, None),
     ("id zero", "GET", "/jobs/0", None, 400, None),
@@ -264,3 +292,71 @@ async def test_private_webhooks_are_allowed_when_configured(make_settings: Any, 
         httpx.AsyncClient(base_url=url) as http,
     ):
         assert (await http.post("/jobs", json=body(target=target))).status_code == 201
+
+
+async def test_every_problem_type_keeps_one_title(
+    client: httpx.AsyncClient, pool: Any, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RFC 9457: a problem type keeps its title. Drive every type the API answers with,
+    # each by every path that builds one (domain errors, Litestar's own exceptions, the
+    # middleware's answers), and compare with the one table, errors.PROBLEM_TYPES.
+    json_type = {"content-type": "application/json"}
+    job = (await client.post("/jobs", json=GOOD)).json()
+    assert (await client.post("/jobs", json=GOOD, headers={"Idempotency-Key": "k"})).is_success
+    answers: list[tuple[int, httpx.Response]] = [
+        (400, await client.post("/jobs", content=b"{", headers=json_type)),
+        (400, await client.post("/jobs", json=body(schedule="nope"))),
+        (400, await client.get("/jobs?limit=0")),
+        (400, await client.post("/jobs", content=b'{"attributes":' + b"[" * 40, headers=json_type)),
+        (404, await client.get("/nope")),
+        (404, await client.get("/jobs/999999")),
+        (405, await client.put("/jobs", json=GOOD)),
+        (409, await client.post("/jobs", json=body(name="x"), headers={"Idempotency-Key": "k"})),
+        (412, await client.patch(f"/jobs/{job['id']}", json={}, headers={"If-Match": '"99"'})),
+        (413, await client.post("/jobs", json=body(attributes={"blob": "x" * 70_000}))),
+        (415, await client.post("/jobs", content=b"{}", headers={"content-type": "text/plain"})),
+        (421, await client.get("/jobs", headers={"Host": "evil.example"})),
+        (403, await client.post("/jobs", json=GOOD, headers={"Origin": "http://evil.example"})),
+    ]
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "job_get", fail)
+        answers.append((500, await client.get(f"/jobs/{job['id']}")))
+    async with (
+        running_app(make_settings(rate_limit=RateLimit(1, "minute")), pool) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        answers += [(200, await http.get("/jobs")), (429, await http.get("/jobs"))]
+    reader = await make_key(pool, "acme", auth.READ)
+    answers.append((401, await client.get("/jobs")))
+    answers.append((403, await client.post("/jobs", json=GOOD, headers=bearer(reader))))
+
+    titles: dict[str, set[str]] = {}
+    for status, response in answers:
+        assert response.status_code == status, response.text
+        if status < 400:
+            continue
+        assert response.headers["content-type"].startswith("application/problem+json")
+        problem = response.json()
+        assert problem["status"] == status
+        assert problem["type"].startswith(PROBLEM_TYPE_PREFIX), problem
+        slug = problem["type"].removeprefix(PROBLEM_TYPE_PREFIX)
+        assert PROBLEM_TYPES[slug].status == status, problem
+        titles.setdefault(slug, set()).add(problem["title"])
+    assert titles == {slug: {problem.title} for slug, problem in PROBLEM_TYPES.items()}
+
+
+def test_every_domain_error_has_a_problem_type_of_its_status() -> None:
+    classes, found = [SchedulerError], []
+    while classes:
+        cls = classes.pop()
+        found.append(cls)
+        classes += cls.__subclasses__()
+    for cls in found:
+        type_, title = problem_of(cls.status_code, cls.problem_type)
+        assert type_.startswith(PROBLEM_TYPE_PREFIX), cls
+        problem = PROBLEM_TYPES[type_.removeprefix(PROBLEM_TYPE_PREFIX)]
+        assert (problem.status, problem.title) == (cls.status_code, title), cls

@@ -75,6 +75,11 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("SCHEDULER_MAX_BODY_BYTES", "-1"),
         ("SCHEDULER_MIN_INTERVAL_S", "0.1"),
         ("SCHEDULER_RUN_RETENTION_DAYS", "0"),
+        ("SCHEDULER_ALLOWED_HOSTS", "http://scheduler.internal"),
+        ("SCHEDULER_ALLOWED_HOSTS", "scheduler.internal:3000"),
+        ("SCHEDULER_ALLOWED_HOSTS", "*"),
+        ("SCHEDULER_ALLOWED_HOSTS", "ok.example, *.10.0.0.1"),
+        ("SCHEDULER_ALLOWED_HOSTS", "a..b"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -83,6 +88,20 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
     message = str(caught.value)
     assert message.startswith(f"{name}=")
     assert "\n" not in message
+
+
+def test_allowed_hosts_are_names_in_one_spelling() -> None:
+    raw = " Scheduler.Internal. , *.Corp.Example,10.0.0.5,[FD00:0::1],fd00::2,my_service,,"
+    settings = Settings.from_env({"SCHEDULER_ALLOWED_HOSTS": raw}, env_file=None)
+    assert settings.allowed_hosts == (
+        "scheduler.internal",
+        "*.corp.example",
+        "10.0.0.5",
+        "[fd00::1]",
+        "[fd00::2]",
+        "my_service",
+    )
+    assert Settings.from_env({}, env_file=None).allowed_hosts == ()
 
 
 def test_unknown_scheduler_variables_are_reported() -> None:

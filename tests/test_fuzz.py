@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from tests.fuzz_hooks import PROBLEM_FIELDS
 from tests.test_cli import free_port, stop, wait_ready
 
 FUZZ_EXAMPLES = int(os.environ.get("SCHEDULER_FUZZ_EXAMPLES", "50"))
@@ -157,3 +159,74 @@ def test_no_input_breaks_the_api(
     assert result.returncode == 0, f"{summary}\n{result.stdout[-20000:]}\n{result.stderr[-3000:]}"
     assert report["operations"]["tested"] == report["operations"]["total"] >= 10
     assert cases["generated"] >= 10 * report["operations"]["tested"]
+
+
+# Cross-site requests (scheduler_svc/csrf.py), by hand beside the fuzzer's: a body that
+# is not JSON on every route that may take one, sent with a foreign Host, which a keyed
+# service answers.
+NOT_JSON = [
+    "text/plain",
+    "text/plain; charset=utf-8",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "application/xml",
+    "text/json",
+    "application/jsonx",
+    "",
+]
+
+
+def test_non_json_bodies_are_415_under_any_host(fuzzed_service: dict[str, Any]) -> None:
+    key = {"Authorization": f"Bearer {fuzzed_service['key']}"}
+    foreign = {**key, "Host": "evil.example:3000", "Origin": "http://evil.example"}
+    body = json.dumps({"name": "cross-site", "schedule": "@daily"}).encode()
+    with httpx.Client(base_url=fuzzed_service["url"], timeout=10) as http:
+        json_type = {**foreign, "Content-Type": "application/json; charset=utf-8"}
+        created = http.post("/jobs", content=body, headers=json_type)
+        assert created.status_code == 201, created.text
+        job = created.json()
+        routes = [
+            ("POST", "/jobs"),
+            ("PATCH", f"/jobs/{job['id']}"),
+            ("DELETE", f"/jobs/{job['id']}"),
+        ]
+        routes += [
+            ("POST", f"/jobs/{job['id']}/{action}") for action in ("pause", "resume", "trigger")
+        ]
+        for method, path in routes:
+            for content_type in NOT_JSON:
+                headers = {**foreign, "Content-Type": content_type}
+                response = http.request(method, path, content=body, headers=headers)
+                assert response.status_code == 415, (method, path, content_type, response.text)
+                assert response.headers["content-type"].startswith("application/problem+json")
+                problem = response.json()
+                assert all(isinstance(problem.get(k), t) for k, t in PROBLEM_FIELDS.items())
+        after = http.get(f"/jobs/{job['id']}", headers=foreign)
+        assert after.status_code == 200
+        assert (after.json()["version"], after.json()["status"]) == (job["version"], "active")
+        assert http.get(f"/jobs/{job['id']}/runs", headers=foreign).json() == []
+
+
+# Deep nesting (scheduler_svc/bodies.py), by hand: no JSON Schema says how deep a value
+# may nest, so the fuzzer never sends 10,000 levels. A field's value is level 1.
+def nested_attributes(levels: int) -> bytes:
+    value = b'{"k":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+    return b'{"name":"deep","schedule":"@daily","attributes":' + value + b"}"
+
+
+@pytest.mark.parametrize(("levels", "status"), [(32, 201), (33, 400), (10_000, 400)])
+def test_json_nested_past_32_levels_is_a_400(
+    fuzzed_service: dict[str, Any], levels: int, status: int
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {fuzzed_service['key']}",
+        "Content-Type": "application/json",
+    }
+    with httpx.Client(base_url=fuzzed_service["url"], timeout=10) as http:
+        response = http.post("/jobs", content=nested_attributes(levels), headers=headers)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.headers["content-type"].startswith("application/problem+json")
+        problem = response.json()
+        assert all(isinstance(problem.get(k), t) for k, t in PROBLEM_FIELDS.items())
+        assert [e["field"] for e in problem["errors"]] == ["attributes.k"]

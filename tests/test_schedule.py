@@ -6,6 +6,7 @@ import functools
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
@@ -13,7 +14,9 @@ from croniter import croniter
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from scheduler_svc import schedule as schedule_module
 from scheduler_svc.schedule import (
+    PREVIEW_HORIZON,
     DueTicks,
     MisfirePolicy,
     Schedule,
@@ -871,3 +874,55 @@ def test_due_ticks_matches_enumeration(
     assert result.next_run_at == next(t for t in fires if t > now)
     # an estimate past a few hundred cron ticks, exact below
     assert abs(result.skipped - skipped) <= skipped // 20
+
+
+# --- rare schedules and the end of the calendar -------------------------------------------
+
+RARE_CRONS = [
+    "0 0 29 2 *",
+    "30 2 29 2 *",
+    "0 * 29 2 *",
+    "0 0 29 2 1#5",
+    "30 2 L 2 *",
+    "0 2 31 * *",
+    "0 2 * 3 0#5",
+    "30 1 1 1 *",
+    "59 23 31 12 *",
+]
+
+
+@given(st.sampled_from(RARE_CRONS), starts())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_leaping_over_years_finds_what_probing_finds(
+    text: str, start: tuple[ZoneInfo, datetime]
+) -> None:
+    tz, after = start
+    schedule = parse(text)
+    leaping = preview(schedule, tz, after, 2)
+    with mock.patch.object(schedule_module, "_LEAP", timedelta.max):  # probe every stretch
+        probing = preview(schedule, tz, after, 2)
+    assert iso(leaping) == iso(probing)
+
+
+def test_preview_looks_a_hundred_years_ahead_at_most() -> None:
+    started = time.perf_counter()
+    after = at("2025-01-01T00:00:00Z")
+    rare = preview(parse("0 0 29 2 1#5"), UTC_ZONE, after, 100)
+    assert [fire.year for fire in rare] == [2044, 2072, 2112]
+    leap_days = preview(parse("0 0 29 2 *"), UTC_ZONE, after, 100)
+    assert len(leap_days) == 24 and leap_days[-1] - after <= PREVIEW_HORIZON
+    assert len(preview(parse("@every 366d"), UTC_ZONE, after, 200)) == 99
+    assert time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize(
+    "text", ["0 0 29 2 *", "0 0 29 2 1#5", "* * * * * *", "@hourly", "@every 1s", "@every 366d"]
+)
+@pytest.mark.parametrize(
+    "after", ["9999-12-31T23:59:59Z", "9999-12-25T00:00:00Z", "9990-01-01T00:00:00Z"]
+)
+def test_fire_times_end_with_the_calendar(text: str, after: str) -> None:
+    fires = preview(parse(text), NEW_YORK, at(after), 100)
+    assert fires == sorted(set(fires)) and all(fire > at(after) for fire in fires)
+    if after.startswith("9999-12-31"):
+        assert fires == []

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from scheduler_svc import db
+from scheduler_svc.store import db
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from typing import cast
 
 import yarl
 
-from scheduler_svc.webhook_http import webhook_client
+from scheduler_svc.targets.http import webhook_client
 
 _REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 

@@ -27,8 +27,9 @@ from typing import Any
 import asyncpg
 
 from bench.common import Result, bench_database, ms, spread
-from scheduler_svc import db, store
-from scheduler_svc.maintenance import MAINTENANCE_LOCK_KEY, PRUNE_BATCH
+from scheduler_svc import store
+from scheduler_svc.engine.maintenance import MAINTENANCE_LOCK_KEY, PRUNE_BATCH
+from scheduler_svc.store import db
 
 CLAIM_BATCH = 500  # scheduler.tick_once's default
 CLAIMS = 40

@@ -30,18 +30,21 @@ from litestar.plugins.problem_details import (
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from scheduler_svc import auth, csrf, db, jobs, logs, metrics, store
-from scheduler_svc.api import JobsController, PoolDep, TenantDep, get_run, preview_schedule
-from scheduler_svc.apidoc import ProblemDocsPlugin, StrictStructSchemaPlugin
-from scheduler_svc.bodies import JsonRequest
+from scheduler_svc import logs, metrics, store
+from scheduler_svc.api import jobs
+from scheduler_svc.api.bodies import JsonRequest
+from scheduler_svc.api.openapi import ProblemDocsPlugin, StrictStructSchemaPlugin
+from scheduler_svc.api.routes import JobsController, PoolDep, TenantDep, get_run, preview_schedule
 from scheduler_svc.config import Settings
-from scheduler_svc.db import Pool
+from scheduler_svc.engine.worker import Worker
 from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError, problem_of
 from scheduler_svc.models import Status
-from scheduler_svc.ratelimit import rate_limit_middleware
+from scheduler_svc.security import auth, crosssite, middleware
+from scheduler_svc.security.ratelimit import rate_limit_middleware
+from scheduler_svc.store import db
+from scheduler_svc.store.db import Pool
 from scheduler_svc.targets import Deliverer, Handler, registered_handlers
-from scheduler_svc.webhook_http import WebhookClient, webhook_client
-from scheduler_svc.worker import Worker
+from scheduler_svc.targets.http import WebhookClient, webhook_client
 
 log = structlog.get_logger("scheduler_svc.app")
 
@@ -185,7 +188,9 @@ def create_app(
             async def open_pool(**options: Any) -> Pool:
                 # The CLI has resolved the database and applied the schema before us.
                 assert settings.database_url, "create_app needs a database_url or a pool"
-                opened = await db.create_pool(settings.database_url, **options)
+                opened = await db.create_pool(
+                    settings.database_url, worker_id=settings.worker_id, **options
+                )
                 stack.push_async_callback(opened.close)
                 return opened
 
@@ -228,7 +233,7 @@ def create_app(
     # each, which costs more per request than the three lookups themselves.
     def provide_tenant(request: Request[Any, Any, Any], pool: PoolDep) -> str:
         # The principal's tenant (auth.py); every store query is scoped by it.
-        return auth.tenant_of(request)
+        return middleware.tenant_of(request)
 
     def provide_rules(tenant: TenantDep) -> jobs.Rules:
         return rules
@@ -260,10 +265,10 @@ def create_app(
         # (open mode) for a foreign Host and (any mode) for a body that is not JSON.
         middleware=[
             metrics.HTTP.middleware,
-            DefineMiddleware(auth.AuthMiddleware, authenticator=auth.Authenticator(settings)),
+            DefineMiddleware(middleware.AuthMiddleware, authenticator=auth.Authenticator(settings)),
             rate_limit_middleware(settings.rate_limit),
-            auth.ScopeGuard,
-            DefineMiddleware(csrf.CrossSiteGuard, allowed_hosts=settings.allowed_hosts),
+            middleware.ScopeGuard,
+            DefineMiddleware(crosssite.CrossSiteGuard, allowed_hosts=settings.allowed_hosts),
         ],
         plugins=[
             ProblemDocsPlugin(),

@@ -19,12 +19,14 @@ import structlog
 import uvicorn
 from litestar import Litestar
 
-from scheduler_svc import auth, db, keys, logs, store
+from scheduler_svc import logs, store
 from scheduler_svc.app import create_app
 from scheduler_svc.config import ConfigError, Settings
-from scheduler_svc.db import Pool
-from scheduler_svc.pg_embedded import EmbeddedPostgres
-from scheduler_svc.worker import Worker
+from scheduler_svc.engine.worker import Worker
+from scheduler_svc.security import auth, keys
+from scheduler_svc.store import db
+from scheduler_svc.store.db import Pool
+from scheduler_svc.store.embedded import EmbeddedPostgres
 
 log = structlog.get_logger("scheduler_svc.cli")
 T = TypeVar("T")
@@ -143,8 +145,8 @@ class Server(uvicorn.Server):
         await super().startup(sockets)
         # What startup built (the app, its routes and OpenAPI schema, the pools) lives
         # as long as the process: keep it out of the collector's full passes, and
-        # collect young objects less often. Under wrk on GET /jobs/{id} the collector
-        # took 5 % of the CPU, in pauses of up to 55 ms; after this, a few ms in all.
+        # collect young objects less often: under load the collector's full passes over
+        # them cost CPU and pauses (bench/README.md has the measurement).
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
 

@@ -38,7 +38,7 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every knob of the service, typed and validated; see the README's configuration table."""
+    """Every knob of the service, typed and validated (deploy/README.md lists them)."""
 
     # repr=False on credentials: a Settings that ends up in a log or traceback shows none.
     database_url: str | None = field(default=None, repr=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler_svc.config import LogFormat
+from scheduler_svc.redact import OWN_FIELDS, Redactor
 
 
 def _json(event: Any, **_: Any) -> str:
@@ -174,7 +174,7 @@ def hot_line(logger: str, event: str, own: dict[str, Any], given: dict[str, Any]
     redact = _hot_lines.redact
     line = dict(_context.get())
     for key, value in line.items():
-        if key not in _OWN_FIELDS:
+        if key not in OWN_FIELDS:
             line[key] = redact.value(key, value)
     line.update(own)
     for key, value in given.items():
@@ -303,73 +303,3 @@ def request_logging(app: ASGIApp) -> ASGIApp:
             unbind(token)
 
     return middleware
-
-
-# Keys whose values are credentials wherever they appear in a log event (header names too).
-_SENSITIVE_KEY = re.compile(r"authorization|cookie|api[-_]?key|secret|password|token", re.I)
-# Credentials inside free text: an Authorization value, or one of our API keys.
-_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-_API_KEY = re.compile(r"\b(sch_[a-z0-9]{8})_[A-Za-z0-9_-]{43}")
-# The password of a URL such as a DATABASE_URL: scheme://user:password@host.
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-_MASK = "***"
-
-
-@functools.lru_cache(maxsize=4096)
-def _sensitive(key: str) -> bool:
-    return _SENSITIVE_KEY.search(key) is not None
-
-
-# Fields the service itself fills with ids, numbers, times and fixed words: nothing a
-# client sent can be in them, so the redactor (which runs on every line, two per run)
-# skips them. Anything else is examined: user data, errors, and `event`, which for
-# other libraries' records is their message text.
-_OWN_FIELDS = frozenset(
-    {
-        "level", "logger", "timestamp", "job_id", "run_id", "tick", "attempt", "worker",
-        "status", "duration_ms", "retry_in_s", "request_id", "method", "client",
-    }
-)  # fmt: skip
-
-
-class Redactor:
-    """structlog processor: masks credentials in every value of an event, nested ones and
-    exception text included, and any occurrence of the configured secrets.
-
-    It runs on every line, so a clean string costs one search of one pattern and key
-    names are judged once.
-    """
-
-    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        # Masking a value of a few characters would mangle ordinary words instead.
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
-        suspects = [r"(?i:bearer|basic)\s", r"sch_[a-z0-9]{8}_", r"://[^:/@\s]+:[^@\s]+@"]
-        self._suspect = re.compile("|".join(suspects + [re.escape(s) for s in self.secrets]))
-
-    def __call__(
-        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        for key, value in event_dict.items():
-            if key not in _OWN_FIELDS:
-                event_dict[key] = self.value(key, value)
-        return event_dict
-
-    def value(self, key: Any, value: Any) -> Any:
-        """`value` with credentials masked (all of it when `key` names a credential)."""
-        if isinstance(key, str) and value and _sensitive(key):
-            return _MASK
-        if isinstance(value, str):
-            return value if self._suspect.search(value) is None else self._text(value)
-        if isinstance(value, dict):
-            return {k: self.value(k, v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.value(None, v) for v in value]
-        return value
-
-    def _text(self, text: str) -> str:
-        text = _SCHEME_CREDENTIAL.sub(rf"\1 {_MASK}", text)
-        text = _API_KEY.sub(rf"\1_{_MASK}", text)
-        text = _URL_PASSWORD.sub(rf"\1{_MASK}@", text)
-        for secret in self.secrets:
-            text = text.replace(secret, _MASK)
-        return text

@@ -29,8 +29,8 @@ from prometheus_client import (
 )
 
 from scheduler_svc import store
-from scheduler_svc.db import DATABASE_ERRORS, Pool
 from scheduler_svc.models import ClaimedRun, InsertedRun, RunResult
+from scheduler_svc.store.db import DATABASE_ERRORS, Pool
 
 log = structlog.get_logger("scheduler_svc.metrics")
 

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from scheduler_svc.redact import MASK, SENSITIVE_HEADERS
+
 MisfirePolicy = Literal["run_once", "skip", "run_all"]
 Overlap = Literal["forbid", "allow"]
 JobStatus = Literal["active", "paused", "completed"]
@@ -27,12 +29,6 @@ HeaderName = Annotated[
 ]
 HeaderValue = Annotated[str, Meta(max_length=8192, pattern=r"^[^\r\n\x00]*$")]
 HandlerName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][\w.:-]*$")]
-
-# Header values shown as this in every response: stored, never echoed.
-MASK = "***"
-SENSITIVE_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token"}
-)
 
 
 class LogTarget(Struct, tag_field="type", tag="log", forbid_unknown_fields=True):

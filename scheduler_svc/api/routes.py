@@ -21,10 +21,10 @@ from litestar.params import (
     QueryParameter,
 )
 
-from scheduler_svc import jobs, store
 from scheduler_svc import schedule as schedules
-from scheduler_svc.apidoc import problem_responses
-from scheduler_svc.db import Pool
+from scheduler_svc import store
+from scheduler_svc.api import jobs
+from scheduler_svc.api.openapi import problem_responses
 from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
 from scheduler_svc.models import (
     JobCreate,
@@ -38,6 +38,7 @@ from scheduler_svc.models import (
     job_out,
     run_out,
 )
+from scheduler_svc.store.db import Pool
 
 # What the app provides to every handler (see app.create_app).
 PoolDep = NamedDependency[Pool]

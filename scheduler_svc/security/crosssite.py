@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from scheduler_svc.auth import Principal, answer_in_route, is_exempt, is_loopback
 from scheduler_svc.config import normal_host
 from scheduler_svc.errors import (
     CrossOriginRequest,
@@ -33,6 +32,9 @@ from scheduler_svc.errors import (
     SchedulerError,
     UnsupportedMediaType,
 )
+from scheduler_svc.security.auth import is_loopback
+from scheduler_svc.security.middleware import answer_in_route, is_exempt
+from scheduler_svc.security.principals import Principal
 
 # Methods whose request may carry a body.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

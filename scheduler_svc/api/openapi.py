@@ -20,8 +20,8 @@ from litestar.routes import BaseRoute, HTTPRoute
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Struct, UnsetType
 
-from scheduler_svc.auth import EXEMPT_PATHS
-from scheduler_svc.csrf import BODY_METHODS
+from scheduler_svc.security.crosssite import BODY_METHODS
+from scheduler_svc.security.middleware import EXEMPT_PATHS
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 SECURITY_SCHEME = "BearerAuth"

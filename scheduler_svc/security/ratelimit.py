@@ -19,8 +19,9 @@ from litestar.exceptions import TooManyRequestsException
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from scheduler_svc.auth import EXEMPT_PATHS, Principal, answer_in_route
 from scheduler_svc.config import RateLimit
+from scheduler_svc.security.middleware import EXEMPT_PATHS, answer_in_route
+from scheduler_svc.security.principals import Principal
 
 # How often expired counters are dropped: many clients (addresses) that each send a
 # request or two would otherwise pile up.

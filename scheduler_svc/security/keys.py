@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from scheduler_svc import auth, store
-from scheduler_svc.db import Pool
+from scheduler_svc import store
 from scheduler_svc.models import ApiKeyRow
+from scheduler_svc.redact import KEY_PREFIX
+from scheduler_svc.security import auth, principals
+from scheduler_svc.store.db import Pool
 
-log = structlog.get_logger("scheduler_svc.keys")
-
-_PREFIX = re.compile(r"^sch_[a-z0-9]{8}$")
+log = structlog.get_logger("scheduler_svc.security.keys")
 
 
 class KeysError(Exception):
@@ -31,7 +30,7 @@ def add_commands(commands: Any) -> None:
     create.add_argument(
         "--scopes",
         required=True,
-        help=f"comma-separated, from {', '.join(auth.SCOPES)} (admin implies the others)",
+        help=f"comma-separated, from {', '.join(principals.SCOPES)} (admin implies the others)",
     )
     actions.add_parser("list", help="list keys: prefix, tenant, scopes, dates; never the key")
     revoke = actions.add_parser("revoke", help="revoke a key, named by its prefix")
@@ -43,7 +42,7 @@ def check(args: argparse.Namespace) -> None:
     if args.keys_command == "create":
         _tenant(args.tenant)
         _scopes(args.scopes)
-    elif args.keys_command == "revoke" and not _PREFIX.match(args.prefix):
+    elif args.keys_command == "revoke" and not KEY_PREFIX.match(args.prefix):
         raise KeysError(f"{args.prefix!r} is not a key prefix; they look like sch_k3x9p2am")
 
 
@@ -57,20 +56,20 @@ async def run(pool: Pool, args: argparse.Namespace) -> list[str]:
 
 
 def _tenant(raw: str) -> str:
-    if not auth.TENANT.match(raw):
+    if not principals.TENANT.match(raw):
         raise KeysError("--tenant: expected 1 to 200 printable characters without spaces")
     return raw
 
 
 def _scopes(raw: str) -> list[str]:
     scopes = [s.strip() for s in raw.split(",") if s.strip()]
-    unknown = [s for s in scopes if s not in auth.SCOPES]
+    unknown = [s for s in scopes if s not in principals.SCOPES]
     if not scopes or unknown:
         raise KeysError(
-            f"--scopes: expected a comma-separated list of {', '.join(auth.SCOPES)}"
+            f"--scopes: expected a comma-separated list of {', '.join(principals.SCOPES)}"
             + (f"; unknown: {', '.join(unknown)}" if unknown else "")
         )
-    return sorted(set(scopes), key=auth.SCOPES.index)
+    return sorted(set(scopes), key=principals.SCOPES.index)
 
 
 async def _create(pool: Pool, tenant: str, scopes: list[str]) -> list[str]:

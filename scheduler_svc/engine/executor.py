@@ -15,13 +15,14 @@ from typing import Literal
 
 import structlog
 
-from scheduler_svc import logs, metrics, overlap, store
-from scheduler_svc.aio import wait_any
-from scheduler_svc.db import DATABASE_ERRORS, Pool
+from scheduler_svc import logs, metrics, store
+from scheduler_svc.engine.aio import wait_any
 from scheduler_svc.models import ClaimedRun, RunResult
+from scheduler_svc.schedule import overlap
+from scheduler_svc.store.db import DATABASE_ERRORS, Pool
 from scheduler_svc.targets import Deliverer, Delivery, Outcome
 
-_LOGGER = "scheduler_svc.executor"
+_LOGGER = "scheduler_svc.engine.executor"
 log = structlog.get_logger(_LOGGER)
 
 # How long a stopping executor keeps trying to write its last results.
@@ -261,7 +262,7 @@ class Executor:
         except TimeoutError:
             return Outcome(ok=False, error=f"timed out after {run.timeout_s} s", retryable=True)
 
-    # --- runs leased by this replica's scheduler ---------------------------------
+    # --- runs leased by this replica's scheduler: the LocalExecutor side of the seam ---
 
     def _free_slots(self) -> int:
         return max(0, self._concurrency - len(self._inflight) - self._reserved)

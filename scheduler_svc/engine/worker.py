@@ -13,15 +13,17 @@ from typing import Any
 import asyncpg
 import structlog
 
-from scheduler_svc import db, maintenance, store
-from scheduler_svc.aio import wait_any
+from scheduler_svc import store
 from scheduler_svc.config import Settings
-from scheduler_svc.db import DATABASE_ERRORS, Pool
-from scheduler_svc.executor import Executor
-from scheduler_svc.scheduler import Scheduler
+from scheduler_svc.engine import maintenance
+from scheduler_svc.engine.aio import wait_any
+from scheduler_svc.engine.executor import Executor
+from scheduler_svc.engine.scheduler import Scheduler
+from scheduler_svc.store import db
+from scheduler_svc.store.db import DATABASE_ERRORS, Pool
 from scheduler_svc.targets import Deliverer
 
-log = structlog.get_logger("scheduler_svc.worker")
+log = structlog.get_logger("scheduler_svc.engine.worker")
 
 # How often the LISTEN connection checks that it is still connected.
 LISTEN_PING_S = 15.0
@@ -84,6 +86,10 @@ class Worker:
         """Keep a LISTEN connection open and turn notifications into wake-ups."""
         assert self._settings.database_url is not None
         dsn, server_settings = db.connect_options(self._settings.database_url)
+        server_settings = {
+            "application_name": db.application_name(self._settings.worker_id),
+            **server_settings,
+        }
         retry_s = 0.1
         while not self._stop.is_set():
             conn: asyncpg.Connection[Any] | None = None

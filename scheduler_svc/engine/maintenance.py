@@ -7,10 +7,10 @@ import asyncio
 import structlog
 
 from scheduler_svc import store
-from scheduler_svc.aio import wait_any
-from scheduler_svc.db import DATABASE_ERRORS, Pool
+from scheduler_svc.engine.aio import wait_any
+from scheduler_svc.store.db import DATABASE_ERRORS, Pool
 
-log = structlog.get_logger("scheduler_svc.maintenance")
+log = structlog.get_logger("scheduler_svc.engine.maintenance")
 
 # Arbitrary, fixed: whoever holds this advisory lock (per transaction) prunes.
 MAINTENANCE_LOCK_KEY = 0x5C4ED02E

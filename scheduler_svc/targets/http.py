@@ -4,11 +4,10 @@
 the first bytes of its body; every way a call can fail without a response is one
 `CallFailed`, whose `kind` the Deliverer turns into a run's error. That is all a
 webhook needs, and nothing more is built per call: at thousands of calls a second
-the CPU per call is what the machine runs out of first. A whole delivery cost about
-430 µs of CPU when it built httpx's request and response over the same aiohttp pool
-(the URL and headers parsed and normalised by both, the body read through httpx's
-stream), against about 230 µs now and 140 µs for a bare aiohttp call (README,
-Performance), so the service no longer builds them.
+the CPU per call is what the machine runs out of first. Building httpx's request and
+response over the same aiohttp pool parsed and normalised the URL and headers twice
+and read the body through another stream, which nearly doubled a delivery's CPU
+(bench/README.md has the figures), so the service no longer builds them.
 
 The session never follows redirects, keeps no cookies (one tenant's receiver must
 not set a cookie another's call sends) and ignores proxy variables (through a proxy
@@ -32,7 +31,12 @@ from typing import Any, Literal
 import aiohttp
 import yarl
 
-from scheduler_svc.netguard import GuardedResolver, RefusedAddress, Resolver
+from scheduler_svc.targets.netguard import (
+    GuardedResolver,
+    RefusedAddress,
+    Resolver,
+    host_problem,
+)
 
 FailureKind = Literal[
     "connect_timeout",  # no connection within the timeout
@@ -77,8 +81,11 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
 class WebhookClient:
     """Webhook calls over one aiohttp session, made on first use inside the running loop."""
 
-    def __init__(self, connector: aiohttp.BaseConnector) -> None:
+    def __init__(self, connector: aiohttp.BaseConnector, *, guarded: bool = False) -> None:
         self._connector = connector
+        # Guarded: the connector resolves names through a GuardedResolver. aiohttp never
+        # asks a resolver about an address written in the URL, so those are judged here.
+        self._guarded = guarded
         self._session: aiohttp.ClientSession | None = None
 
     def _open_session(self) -> aiohttp.ClientSession:
@@ -107,6 +114,10 @@ class WebhookClient:
         `timeout_s` bounds waiting for a free connection, connecting, and each read.
         Raises CallFailed, or RefusedAddress when the host resolves to a private address.
         """
+        if self._guarded and url.raw_host is not None:
+            problem = host_problem(url.raw_host)
+            if problem is not None:
+                raise RefusedAddress(f"{url.raw_host} {problem}")
         with _as_call_failed():
             response = await self._open_session().request(
                 method,
@@ -208,5 +219,6 @@ def webhook_client(
         # No DNS cache: each new connection resolves and vets its host again.
         options = {"resolver": guard or GuardedResolver(resolver), "use_dns_cache": False}
     return WebhookClient(
-        aiohttp.TCPConnector(limit=max_connections, ssl=context if verify else False, **options)
+        aiohttp.TCPConnector(limit=max_connections, ssl=context if verify else False, **options),
+        guarded=not allow_private,
     )

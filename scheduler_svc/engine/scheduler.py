@@ -20,14 +20,14 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from scheduler_svc import logs, metrics, schedule, store
-from scheduler_svc.aio import wait_any
-from scheduler_svc.db import DATABASE_ERRORS, Pool
+from scheduler_svc.engine.aio import wait_any
 from scheduler_svc.models import ClaimedRun, DueJob, InsertedRun, MisfirePolicy
-from scheduler_svc.overlap import OVERLAP_SKIPPED, Unfinished, plan_ticks
+from scheduler_svc.schedule.overlap import OVERLAP_SKIPPED, Unfinished, plan_ticks
 from scheduler_svc.store import Advance, Tick
+from scheduler_svc.store.db import DATABASE_ERRORS, Pool
 from scheduler_svc.targets import RUN_IN_PASS, log_line
 
-log = structlog.get_logger("scheduler_svc.scheduler")
+log = structlog.get_logger("scheduler_svc.engine.scheduler")
 # After a pass that left nothing due, the next starts no sooner than this. Ticks
 # spread over each second (thousands of jobs created at different times) then come
 # a few per pass rather than one pass each, and a replica that lost the race for a
@@ -37,7 +37,7 @@ PASS_GAP_S = 0.005
 # a second: the next pass starts no sooner than 20 ms later. A pass is a transaction
 # of four round trips and a synchronous commit whatever it carries, so a quarter as
 # many passes cost a replica and PostgreSQL less per tick, for at most 20 ms more
-# lag (at 3,000 webhook ticks/s on 2 cores, 16-21 % less CPU in PostgreSQL).
+# lag (bench/README.md has the measurement).
 # A fixed gap, not one grown from how long the last pass took: passes share the
 # event loop with the webhook calls, so a longer gap made larger bursts of calls,
 # which made passes slower and the gap longer still.
@@ -80,7 +80,7 @@ def _due(
     return schedule.due_ticks(_parsed(text), _zone(zone), next_run_at, now, policy, grace_s)
 
 
-def plan_job(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[Tick]]:
+def job_ticks(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[Tick]]:
     """The runs a claimed job gets in this pass, and where its schedule goes next.
 
     Overlap decides each tick (overlap.plan_ticks): run (pending, or with `run_in_pass`
@@ -109,18 +109,18 @@ def plan_job(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[T
             status: Literal["succeeded", "pending"] = "succeeded" if run_in_pass else "pending"
             late = after is not None and after <= job.now
             ticks.append(Tick(job.id, job.tenant, tick, status, catch_up=late))
-    if due.skipped:
+    if due.missed:
         log.info(
             "ticks_missed",
             job_id=job.id,
-            missed=due.skipped,
+            missed=due.missed,
             policy=job.misfire_policy,
             next_run_at=due.next_run_at,
         )
     return advance, ticks
 
 
-class Lessee(Protocol):
+class LocalExecutor(Protocol):
     """This replica's executor, as a scheduler pass sees it: the pass runs log ticks
     itself as its worker, and leases it other ticks while it has free slots."""
 
@@ -149,7 +149,7 @@ async def tick_once(
     *,
     batch: int = 500,
     now: datetime | None = None,
-    executor: Lessee | None = None,
+    executor: LocalExecutor | None = None,
 ) -> PassResult:
     """One scheduler pass: materialize the due ticks of up to `batch` jobs.
 
@@ -169,7 +169,7 @@ async def tick_once(
             jobs = await store.jobs_claim_due(conn, now, batch)
             if not jobs:
                 return PassResult(0, 0, False)
-            advances, ticks = _plan(jobs, run_in_pass=executor is not None)
+            advances, ticks = _pass_ticks(jobs, run_in_pass=executor is not None)
             by_id = {job.id: job for job in jobs}
             worker = None
             if executor is not None:
@@ -179,7 +179,7 @@ async def tick_once(
                 for i in pending[:reserved]:
                     lease_s = by_id[ticks[i].job_id].timeout_s + executor.lease_margin_s
                     ticks[i] = ticks[i]._replace(status="running", lease_s=lease_s)
-            recorded = await store.ticks_record(conn, advances, ticks, worker)
+            recorded = await store.runs_materialize(conn, advances, ticks, worker)
             ran = [run for run in recorded.others if run.status == "succeeded"]
             if ran:
                 assert worker is not None
@@ -197,7 +197,7 @@ async def tick_once(
         if run.status == "skipped":
             # A replica that falls behind skips thousands a second: the direct path.
             logs.hot_line(
-                "scheduler_svc.scheduler",
+                "scheduler_svc.engine.scheduler",
                 "run_skipped",
                 {
                     "job_id": run.job_id,
@@ -217,21 +217,22 @@ async def tick_once(
     )
 
 
-def _plan(jobs: list[DueJob], *, run_in_pass: bool) -> tuple[list[Advance], list[Tick]]:
+def _pass_ticks(jobs: list[DueJob], *, run_in_pass: bool) -> tuple[list[Advance], list[Tick]]:
+    """Every claimed job's advance and ticks (job_ticks), for one pass."""
     advances: list[Advance] = []
     ticks: list[Tick] = []
     for job in jobs:
         try:
-            advance, job_ticks = plan_job(
+            advance, its_ticks = job_ticks(
                 job, run_in_pass=run_in_pass and job.target.get("type") in RUN_IN_PASS
             )
         except schedule.ScheduleError as exc:
             # Only a schedule stored before a stricter parser could get here; stop
             # it rather than stall every pass on it.
             log.error("schedule_unreadable", job_id=job.id, error=str(exc))
-            advance, job_ticks = Advance(job.id, None, "completed"), []
+            advance, its_ticks = Advance(job.id, None, "completed"), []
         advances.append(advance)
-        ticks += job_ticks
+        ticks += its_ticks
     return advances, ticks
 
 
@@ -283,7 +284,7 @@ class Scheduler:
         self,
         pool: Pool,
         *,
-        executor: Lessee | None = None,
+        executor: LocalExecutor | None = None,
         batch: int = 500,
         lanes: int = 3,
         max_sleep_s: float = 5.0,

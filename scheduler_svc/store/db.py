@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import msgspec
 
-from scheduler_svc import store
+from scheduler_svc.store import sql
 
-SCHEMA_SQL = files("scheduler_svc").joinpath("schema.sql").read_text()
+SCHEMA_SQL = files("scheduler_svc.store").joinpath("schema.sql").read_text()
 # The version schema.sql brings a database to: the one number written in its last INSERT.
 SCHEMA_VERSION = int(
     re.search(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)", SCHEMA_SQL).group(1)  # type: ignore[union-attr]
@@ -112,14 +112,23 @@ class FairPool(asyncpg.Pool):
             self._turns.release()
 
 
-async def create_pool(dsn: str, *, max_size: int = 10, durable: bool = True) -> Pool:
-    """Open a pool to `dsn` with JSON codecs installed on every connection.
+def application_name(worker_id: str | None = None) -> str:
+    """The application_name of a replica's sessions, `scheduler-svc:<worker id>`, by which
+    pg_stat_activity tells replicas apart (PostgreSQL keeps its first 63 bytes)."""
+    return f"scheduler-svc:{worker_id}" if worker_id else "scheduler-svc"
+
+
+async def create_pool(
+    dsn: str, *, max_size: int = 10, durable: bool = True, worker_id: str | None = None
+) -> Pool:
+    """Open a pool to `dsn` with JSON codecs installed on every connection; its sessions
+    are named after `worker_id` (application_name).
 
     `durable=False` commits without waiting for the WAL flush: the worker's pool. A
     lease or a result lost to a database crash only repeats an attempt (under the
     same idempotency key), which at-least-once delivery allows, and it saves an fsync
     per batch. The scheduler's transactions ask for a durable commit themselves
-    (ticks_record), and the API's pool stays durable: a 201 means the job is on disk.
+    (runs_materialize), and the API's pool stays durable: a 201 means the job is on disk.
     """
     url, server_settings = connect_options(dsn)
     if not durable:
@@ -139,14 +148,14 @@ async def create_pool(dsn: str, *, max_size: int = 10, durable: bool = True) -> 
         loop=None,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
-        server_settings={"application_name": "scheduler-svc", **server_settings},
+        server_settings={"application_name": application_name(worker_id), **server_settings},
     )
     return pool
 
 
-async def apply_schema(conn: store.Connection) -> int:
+async def apply_schema(conn: sql.Connection) -> int:
     """Bring the database to schema.sql under an advisory lock; return its schema version."""
     async with conn.transaction():
-        await store.schema_lock(conn, SCHEMA_LOCK_KEY)
+        await sql.schema_lock(conn, SCHEMA_LOCK_KEY)
         await conn.execute(SCHEMA_SQL)
-        return await store.schema_version_get(conn)
+        return await sql.schema_version_get(conn)

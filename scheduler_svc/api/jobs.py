@@ -17,7 +17,6 @@ import msgspec
 from msgspec import UNSET
 
 from scheduler_svc import schedule, store
-from scheduler_svc.db import Pool
 from scheduler_svc.errors import (
     FieldError,
     IdempotencyConflict,
@@ -26,7 +25,6 @@ from scheduler_svc.errors import (
     VersionMismatch,
 )
 from scheduler_svc.models import (
-    MASK,
     HandlerTarget,
     HttpTarget,
     JobCreate,
@@ -38,8 +36,10 @@ from scheduler_svc.models import (
     target_from_json,
     target_to_json,
 )
-from scheduler_svc.netguard import url_problem
+from scheduler_svc.redact import MASK
 from scheduler_svc.store import Conn
+from scheduler_svc.store.db import Pool
+from scheduler_svc.targets.netguard import url_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +179,7 @@ def spec_from_patch(row: JobRow, patch: JobPatch, rules: Rules) -> JobSpec:
     )
 
 
-def plan(spec: JobSpec, now: datetime) -> tuple[JobStatus, datetime | None]:
+def schedule_state(spec: JobSpec, now: datetime) -> tuple[JobStatus, datetime | None]:
     """Status and next tick of a job starting from `now`: resuming never runs missed ticks."""
     if spec.paused:
         return "paused", None
@@ -189,8 +189,9 @@ def plan(spec: JobSpec, now: datetime) -> tuple[JobStatus, datetime | None]:
 
 
 def request_hash(body: JobCreate) -> str:
-    """A fingerprint of a create request, blind to JSON whitespace and key order."""
-    return hashlib.sha256(msgspec.json.encode(body)).hexdigest()
+    """A fingerprint of a create request, blind to JSON whitespace and key order (at
+    every depth: `attributes` and a webhook body are dicts in the client's order)."""
+    return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
 
 async def create(
@@ -199,7 +200,7 @@ async def create(
     """Create a job; returns it and whether it is the replay of an earlier request."""
     spec = spec_from_create(body, rules)
     fingerprint = request_hash(body) if idempotency_key is not None else None
-    status, next_run_at = plan(spec, await store.db_now(pool))
+    status, next_run_at = schedule_state(spec, await store.db_now(pool))
     row = await store.job_insert(
         pool,
         tenant,
@@ -247,9 +248,9 @@ async def update(
         spec = spec_from_patch(row, patch, rules)
         status, next_run_at = row.status, row.next_run_at
         if _reschedules(row, spec):
-            status, next_run_at = plan(spec, await store.db_now(conn))
+            status, next_run_at = schedule_state(spec, await store.db_now(conn))
             if status == "paused":
-                await store.jobs_skip_pending(conn, job_id)
+                await store.runs_skip_pending(conn, job_id)
         updated = await store.job_update(
             conn, tenant, job_id, spec, status=status, next_run_at=next_run_at
         )

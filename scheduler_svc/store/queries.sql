@@ -78,7 +78,7 @@ LEFT JOIN LATERAL (
 DELETE FROM jobs WHERE tenant = $1 AND id = $2
 RETURNING id;
 
--- jobs_skip_pending --
+-- runs_skip_pending --
 -- A paused job's scheduled runs that have not started are not run: mark them skipped.
 -- Manual runs and runs under way are left alone.
 UPDATE job_runs
@@ -121,7 +121,7 @@ FROM (
     FOR NO KEY UPDATE OF j SKIP LOCKED
 ) due;
 
--- ticks_record --
+-- runs_materialize --
 -- In the scheduler's transaction: advance each claimed job and insert a run per due
 -- tick. A tick some replica already materialized conflicts on job_runs_one_per_tick
 -- and is dropped: that, not luck, is what makes a tick run once. A tick is inserted
@@ -133,8 +133,11 @@ FROM (
 -- were inserted and, as JSON, those neither pending nor waiting (a dropped tick must
 -- not be run, nor reported).
 WITH this_transaction AS (
-    -- The scheduler's own transaction: the jobs trigger stays quiet, and so does the
-    -- runs trigger unless there is a pending run for an executor ($10). It commits
+    -- The scheduler's own transaction. A handshake with schema.sql's scheduler_notify()
+    -- trigger function, through two transaction-local settings it reads: with
+    -- scheduler.advancing on, the jobs trigger stays quiet, and with
+    -- scheduler.runs_quiet on, so does the runs trigger (unless there is a pending run
+    -- for an executor, $10). It commits
     -- durably even on the worker's asynchronous-commit pool: a tick materialized,
     -- delivered and then forgotten in a crash would be materialized again as a new
     -- run, under a new idempotency key.
@@ -311,13 +314,12 @@ FOR NO KEY UPDATE;
 -- runs_waiting_get --
 -- What deciding the waiting runs of jobs $1 takes, as JSON: those runs, the runs of
 -- those jobs that are pending or running, the runs $2 that just ended, and the runs
--- the waiting ones wait for; each with its job's misfire grace and next tick. And the
--- database clock.
+-- the waiting ones wait for; each with its job's misfire grace. And the database clock.
 SELECT coalesce(json_agg(r), '[]')::text, now()
 FROM (
     SELECT r.id, r.job_id, r.status, r.scheduled_for, r.ready_at, r.finished_at,
            r.waits_for, r.next_attempt_at IS NULL AS waiting, r.catch_up,
-           j.misfire_grace_s, j.next_run_at AS job_next_run_at
+           j.misfire_grace_s
     FROM job_runs r
     JOIN jobs j ON j.id = r.job_id
     WHERE (r.job_id = ANY($1::bigint[]) AND r.status IN ('pending', 'running'))
@@ -330,8 +332,7 @@ FROM (
 -- runs_waiting_settle --
 -- Decide waiting runs (overlap.settle_waiting), under runs_waiting_lock: each is
 -- skipped (an earlier run was pending or running at its tick; the reason is $4),
--- released (claimable now: its wait is over; catch-up or not, $5), or waits on, for
--- run $3. Wakes the executors when one was released.
+-- released (claimable now: its wait is over; catch-up, $5), or waits on, for run $3. Wakes the executors when one was released.
 WITH decided AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $5::boolean[])
         AS d(id, action, waits_for, catch_up)

@@ -76,7 +76,6 @@ class RunSpan(msgspec.Struct, frozen=True, kw_only=True):
     waiting: bool
     catch_up: bool = False
     misfire_grace_s: int = 60
-    job_next_run_at: datetime | None = None
 
     @property
     def claimable(self) -> bool:
@@ -112,8 +111,10 @@ def settle_waiting(spans: list[RunSpan], ended: Iterable[int], now: datetime) ->
     waited for, if that one has ended: skipped if one of them overlaps it
     (RunSpan.overlaps). It waits on while its job still has a claimable run (for that
     run). Otherwise the earliest of its job's remaining waiting runs is released, and
-    the others wait for it: one at a time, in tick order. The released run is catch-up
-    when a later tick of its job has come due already."""
+    the others wait for it: one at a time, in tick order. A released run is catch-up:
+    it runs late, behind the runs it waited for, so a tick that comes due while it runs
+    waits its turn too (a backlog's last run would otherwise make the next fresh tick an
+    overlap)."""
     by_id = {span.id: span for span in spans}
     ended_by_job: dict[int, list[RunSpan]] = defaultdict(list)
     for run_id in ended:
@@ -145,8 +146,8 @@ def settle_waiting(spans: list[RunSpan], ended: Iterable[int], now: datetime) ->
         holder = claimable.get(job_id)
         if holder is None:
             first, *rest = remaining
-            next_due = first.job_next_run_at is not None and first.job_next_run_at <= now
-            settlements.append(Settlement(first.id, "release", None, bool(rest) or next_due))
+            # It waited behind earlier runs of its job: late, so catch-up.
+            settlements.append(Settlement(first.id, "release", None, catch_up=True))
             holder = first.id
         else:
             rest = remaining

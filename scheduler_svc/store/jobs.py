@@ -1,0 +1,210 @@
+"""Queries on jobs: create, read, list, update, delete; the scheduler's claim of due jobs
+and the recording of their ticks as runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+import asyncpg
+import msgspec
+
+from scheduler_svc.models import (
+    DueJob,
+    InsertedRun,
+    JobRow,
+    JobSpec,
+    JobStatus,
+)
+from scheduler_svc.store.sql import QUERIES, Conn, Connection
+
+
+def _job(record: asyncpg.Record | None) -> JobRow | None:
+    return None if record is None else msgspec.convert(dict(record), JobRow)
+
+
+def _spec_values(spec: JobSpec) -> tuple[Any, ...]:
+    """A job's writable fields in the order job_insert and job_update take them."""
+    return (
+        spec.name,
+        spec.attributes,
+        spec.schedule,
+        spec.timezone,
+        spec.target,
+        spec.max_attempts,
+        spec.backoff_s,
+        spec.backoff_max_s,
+        spec.timeout_s,
+        spec.misfire_policy,
+        spec.misfire_grace_s,
+        spec.overlap,
+    )
+
+
+async def job_insert(
+    conn: Conn,
+    tenant: str,
+    spec: JobSpec,
+    *,
+    status: JobStatus,
+    next_run_at: datetime | None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> JobRow | None:
+    """Insert a job; None when this tenant already used `idempotency_key`."""
+    return _job(
+        await conn.fetchrow(
+            QUERIES["job_insert"],
+            tenant,
+            *_spec_values(spec),
+            status,
+            next_run_at,
+            idempotency_key,
+            request_hash,
+        )
+    )
+
+
+async def job_get(conn: Conn, tenant: str, job_id: int) -> JobRow | None:
+    """One job of `tenant`, or None."""
+    return _job(await conn.fetchrow(QUERIES["job_get"], tenant, job_id))
+
+
+async def job_get_by_idempotency_key(
+    conn: Conn, tenant: str, idempotency_key: str
+) -> tuple[JobRow, str | None] | None:
+    """The job `tenant` created with `idempotency_key` and its request hash, or None."""
+    record = await conn.fetchrow(QUERIES["job_get_by_idempotency_key"], tenant, idempotency_key)
+    if record is None:
+        return None
+    return msgspec.convert(dict(record), JobRow), record["request_hash"]
+
+
+async def job_lock(conn: Conn, tenant: str, job_id: int) -> JobRow | None:
+    """One job of `tenant`, locked FOR UPDATE until the caller's transaction ends."""
+    return _job(await conn.fetchrow(QUERIES["job_lock"], tenant, job_id))
+
+
+async def jobs_list(
+    conn: Conn,
+    tenant: str,
+    *,
+    before_id: int | None,
+    status: str | None,
+    name: str | None,
+    limit: int,
+) -> list[JobRow]:
+    """Up to `limit` jobs of `tenant` with ids below `before_id`, newest first."""
+    records = await conn.fetch(QUERIES["jobs_list"], tenant, before_id, status, name, limit)
+    return [msgspec.convert(dict(r), JobRow) for r in records]
+
+
+async def job_update(
+    conn: Conn,
+    tenant: str,
+    job_id: int,
+    spec: JobSpec,
+    *,
+    status: JobStatus,
+    next_run_at: datetime | None,
+) -> JobRow | None:
+    """Overwrite a job's writable fields, status and next tick; None if it is gone."""
+    return _job(
+        await conn.fetchrow(
+            QUERIES["job_update"],
+            tenant,
+            job_id,
+            *_spec_values(spec),
+            status,
+            next_run_at,
+        )
+    )
+
+
+async def job_delete(conn: Conn, tenant: str, job_id: int) -> bool:
+    """Delete a job and its runs; False if there was none."""
+    return await conn.fetchval(QUERIES["job_delete"], tenant, job_id) is not None
+
+
+async def runs_skip_pending(conn: Conn, job_id: int) -> None:
+    """Mark a paused job's scheduled runs that have not started as skipped."""
+    await conn.execute(QUERIES["runs_skip_pending"], job_id)
+
+
+async def jobs_claim_due(conn: Connection, now: datetime | None, limit: int) -> list[DueJob]:
+    """Lock up to `limit` due active jobs for the caller's transaction (SKIP LOCKED)."""
+    text: str = await conn.fetchval(QUERIES["jobs_claim_due"], now, limit)
+    return msgspec.json.decode(text, type=list[DueJob])
+
+
+# Advance and Tick are named tuples: a pass makes one or two per job, and a frozen
+# dataclass's constructor costs several times a tuple's.
+class Advance(NamedTuple):
+    """A claimed job's new next tick (None: none left) and status."""
+
+    job_id: int
+    next_run_at: datetime | None
+    status: JobStatus
+
+
+class Tick(NamedTuple):
+    """A run to materialize: pending; waiting for run `waits_for` (or behind the job's
+    other waiting runs); skipped with the reason in `error`; succeeded, run by the
+    scheduler itself in its pass; or running, leased for `lease_s`."""
+
+    job_id: int
+    tenant: str
+    scheduled_for: datetime
+    status: Literal["pending", "waiting", "skipped", "succeeded", "running"]
+    error: str | None = None
+    lease_s: float | None = None
+    waits_for: int | None = None
+    catch_up: bool = False  # run after its job's next tick had come due (overlap.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What runs_materialize inserted."""
+
+    runs: int  # runs inserted, whatever their status
+    others: list[InsertedRun]  # those neither pending nor waiting: succeeded, skipped, running
+    pending: int  # those pending, for any executor
+
+
+async def runs_materialize(
+    conn: Connection, advances: list[Advance], ticks: list[Tick], worker: str | None
+) -> Recorded:
+    """Advance claimed jobs and insert their ticks' runs (a tick seen before is dropped).
+
+    Succeeded and running ticks are recorded as `worker`'s."""
+    record = await conn.fetchrow(
+        QUERIES["runs_materialize"],
+        [a.job_id for a in advances],
+        [a.next_run_at for a in advances],
+        [a.status for a in advances],
+        [t.job_id for t in ticks],
+        [t.tenant for t in ticks],
+        [t.scheduled_for for t in ticks],
+        [t.status for t in ticks],
+        [t.error for t in ticks],
+        worker,
+        any(t.status == "pending" for t in ticks),
+        [t.lease_s for t in ticks],
+        [t.waits_for for t in ticks],
+        [t.catch_up for t in ticks],
+    )
+    assert record is not None
+    return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]), record[2])
+
+
+async def jobs_next_due(conn: Conn) -> float | None:
+    """Seconds until the earliest next tick of an active job (negative if overdue)."""
+    seconds: float | None = await conn.fetchval(QUERIES["jobs_next_due"])
+    return seconds
+
+
+async def runs_due_backlog(conn: Conn) -> int:
+    """Due ticks not yet started: pending runs due now plus active jobs due now."""
+    backlog: int = await conn.fetchval(QUERIES["runs_due_backlog"])
+    return backlog

@@ -1,0 +1,137 @@
+"""Queries on runs: the executors' exchange, waiting runs, release, trigger, reads, prune."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from scheduler_svc.models import (
+    ClaimedRun,
+    RunResult,
+    RunRow,
+)
+from scheduler_svc.schedule.overlap import RunSpan, Settlement
+from scheduler_svc.store.sql import QUERIES, Conn, Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What an executor's round trip came to."""
+
+    recorded: set[int]  # ids whose results were written; the others lost their lease
+    leased: list[ClaimedRun]  # runs now leased to this worker
+    next_attempt_in_s: float | None  # until a pending run's attempt is due
+    # Until a running run's lease runs out; None if there is none, or if not looked at.
+    next_lease_end_in_s: float | None = None
+    # Runs recorded final whose job has waiting runs, and (when leases were looked at)
+    # jobs whose waiting runs have nothing left to wait for: runs_waiting_settle's work.
+    ended_with_waiters: list[int] = field(default_factory=list)
+    stranded_jobs: list[int] = field(default_factory=list)
+
+
+async def runs_exchange(
+    conn: Conn,
+    worker: str,
+    results: list[RunResult],
+    claim: int,
+    lease_margin_s: float,
+    *,
+    leases: bool = True,
+) -> Exchange:
+    """Record `results` of runs leased to `worker` and lease up to `claim` more runs:
+    pending ones due now and, if `leases`, running ones whose lease ran out."""
+    now = time.monotonic()
+    record = await conn.fetchrow(
+        QUERIES["runs_exchange"],
+        worker,
+        [r.run_id for r in results],
+        [r.status for r in results],
+        [r.delay_s for r in results],
+        [r.error for r in results],
+        [r.output for r in results],
+        [r.duration_ms for r in results],
+        claim,
+        lease_margin_s,
+        leases,
+        [max(0.0, now - r.ended_at) for r in results],
+    )
+    assert record is not None
+    recorded = set(record["finished"])
+    # The statement's snapshot cannot see the retries it scheduled itself.
+    due_in = [record["next_attempt_in_s"]] + [
+        r.delay_s for r in results if r.status == "pending" and r.run_id in recorded
+    ]
+    known = [seconds for seconds in due_in if seconds is not None]
+    return Exchange(
+        recorded=recorded,
+        leased=msgspec.json.decode(record["claimed"], type=list[ClaimedRun]),
+        next_attempt_in_s=min(known) if known else None,
+        next_lease_end_in_s=record["next_lease_end_in_s"],
+        ended_with_waiters=record["ended_with_waiters"],
+        stranded_jobs=record["stranded_jobs"] or [],
+    )
+
+
+async def runs_waiting_lock(conn: Connection, run_ids: list[int], job_ids: list[int]) -> list[int]:
+    """Lock the jobs of `run_ids` and `job_ids` until the caller's transaction ends."""
+    return [r["id"] for r in await conn.fetch(QUERIES["runs_waiting_lock"], run_ids, job_ids)]
+
+
+async def runs_waiting_get(
+    conn: Connection, job_ids: list[int], ended: list[int]
+) -> tuple[list[RunSpan], datetime]:
+    """The waiting and unfinished runs of `job_ids`, the `ended` runs, and what the
+    waiting runs wait for; and the database clock."""
+    record = await conn.fetchrow(QUERIES["runs_waiting_get"], job_ids, ended)
+    assert record is not None
+    return msgspec.json.decode(record[0], type=list[RunSpan]), record[1]
+
+
+async def runs_waiting_settle(conn: Connection, settlements: list[Settlement], reason: str) -> int:
+    """Write what became of waiting runs (skipped with `reason`); how many were released."""
+    released: int = await conn.fetchval(
+        QUERIES["runs_waiting_settle"],
+        [s.id for s in settlements],
+        [s.action for s in settlements],
+        [s.waits_for for s in settlements],
+        reason,
+        [s.catch_up for s in settlements],
+    )
+    return released
+
+
+async def runs_release(conn: Conn, worker: str, run_ids: list[int]) -> None:
+    """Hand unfinished runs back as pending, due now, their attempt not used up."""
+    await conn.execute(QUERIES["runs_release"], worker, run_ids)
+
+
+def _run(record: asyncpg.Record | None) -> RunRow | None:
+    return None if record is None else msgspec.convert(dict(record), RunRow)
+
+
+async def run_trigger(conn: Conn, tenant: str, job_id: int) -> RunRow | None:
+    """Insert a manual run of a job, due now; None if the job does not exist."""
+    return _run(await conn.fetchrow(QUERIES["run_trigger"], tenant, job_id))
+
+
+async def run_get(conn: Conn, tenant: str, run_id: int) -> RunRow | None:
+    """One run of `tenant`, or None."""
+    return _run(await conn.fetchrow(QUERIES["run_get"], tenant, run_id))
+
+
+async def runs_list(
+    conn: Conn, tenant: str, job_id: int, *, before_id: int | None, limit: int
+) -> list[RunRow]:
+    """Up to `limit` runs of a job with ids below `before_id`, newest first."""
+    records = await conn.fetch(QUERIES["runs_list"], tenant, job_id, before_id, limit)
+    return [msgspec.convert(dict(r), RunRow) for r in records]
+
+
+async def runs_prune(conn: Conn, older_than_days: int, limit: int, lock_key: int) -> int:
+    """Delete up to `limit` finished runs older than the retention, under the lock."""
+    deleted: int = await conn.fetchval(QUERIES["runs_prune"], older_than_days, limit, lock_key)
+    return deleted

@@ -7,17 +7,18 @@ from typing import Any
 
 import jwt
 
-from scheduler_svc import auth, store
-from scheduler_svc.db import Pool
+from scheduler_svc import store
+from scheduler_svc.security import auth, principals
+from scheduler_svc.store.db import Pool
 
-# 32 bytes or more, as HS256 needs (auth.JwtVerifier refuses shorter secrets).
+# 32 bytes or more, as HS256 needs (jwt_tokens.JwtVerifier refuses shorter secrets).
 JWT_SECRET = "test-secret-of-at-least-thirty-two-bytes!"
 
 
 async def make_key(pool: Pool, tenant: str, *scopes: str) -> str:
     """A new API key of `tenant` with `scopes` (default read and write), as keys create makes it."""
     key, prefix = auth.new_key()
-    granted = list(scopes or (auth.READ, auth.WRITE))
+    granted = list(scopes or (principals.READ, principals.WRITE))
     assert await store.api_key_insert(pool, prefix, auth.key_hash(key), tenant, granted)
     return key
 

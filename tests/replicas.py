@@ -14,7 +14,6 @@ import contextlib
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,11 +27,12 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 
-from scheduler_svc import db
-from scheduler_svc.pg_embedded import EmbeddedPostgres
+from scheduler_svc.store import db
+from scheduler_svc.store.embedded import EmbeddedPostgres
+from tests.helpers import LOOPBACK, free_port
+from tests.helpers import create_job as post_job
 from tests.webhook_receiver import Recorded, WebhookReceiver
 
-LOOPBACK = "127.0.0.1"
 SECOND = timedelta(seconds=1)
 READY_S = 30.0  # a replica answers /readyz 200 within this
 STOP_S = 15.0  # after SIGTERM a replica gets this long before SIGKILL
@@ -41,13 +41,6 @@ T = TypeVar("T")
 
 
 # --- replicas ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -169,10 +162,7 @@ class Replicas:
 
 async def create_job(http: httpx.AsyncClient, replica: Replica, **fields: Any) -> dict[str, Any]:
     """POST /jobs on `replica`; the created job."""
-    response = await http.post(f"{replica.url}/jobs", json={"name": "job", **fields})
-    assert response.status_code == 201, response.text
-    job: dict[str, Any] = response.json()
-    return job
+    return await post_job(http, f"{replica.url}/jobs", **fields)
 
 
 def http_target(url: str) -> dict[str, Any]:

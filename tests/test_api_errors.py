@@ -7,10 +7,11 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler_svc import auth, store
+from scheduler_svc import store
 from scheduler_svc.config import RateLimit
 from scheduler_svc.errors import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES, SchedulerError, problem_of
-from tests.conftest import running_app
+from scheduler_svc.security import principals
+from tests.helpers import running_app
 from tests.principals import bearer, make_key
 
 GOOD = {"name": "job", "schedule": "* * * * *"}
@@ -330,7 +331,7 @@ async def test_every_problem_type_keeps_one_title(
         httpx.AsyncClient(base_url=url) as http,
     ):
         answers += [(200, await http.get("/jobs")), (429, await http.get("/jobs"))]
-    reader = await make_key(pool, "acme", auth.READ)
+    reader = await make_key(pool, "acme", principals.READ)
     answers.append((401, await client.get("/jobs")))
     answers.append((403, await client.post("/jobs", json=GOOD, headers=bearer(reader))))
 

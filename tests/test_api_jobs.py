@@ -9,10 +9,10 @@ import asyncpg
 import httpx
 import pytest
 
-from scheduler_svc import targets
 from scheduler_svc.config import Settings
 from scheduler_svc.targets import HandlerContext
-from tests.conftest import running_app
+from scheduler_svc.targets import handlers as target_handlers
+from tests.helpers import create_job, running_app
 
 SEED_JOB = {"name": "Example Job", "attributes": {"key": "value"}, "interval": "* * * * *"}
 
@@ -20,14 +20,6 @@ SEED_JOB = {"name": "Example Job", "attributes": {"key": "value"}, "interval": "
 def ts(value: str) -> datetime:
     assert value.endswith("Z"), f"timestamps are UTC with a Z: {value}"
     return datetime.fromisoformat(value)
-
-
-async def create(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    body = {"name": "job", "schedule": "@every 1m", **fields}
-    response = await client.post("/jobs", json=body)
-    assert response.status_code == 201, response.text
-    job: dict[str, Any] = response.json()
-    return job
 
 
 async def test_seed_request_creates_job_due_within_the_next_minute(
@@ -58,8 +50,8 @@ async def test_seed_request_creates_job_due_within_the_next_minute(
 
 
 async def test_list_is_a_bare_array_newest_first(client: httpx.AsyncClient) -> None:
-    first = await create(client, name="first")
-    second = await create(client, name="second")
+    first = await create_job(client, name="first")
+    second = await create_job(client, name="second")
     response = await client.get("/jobs")
     assert response.status_code == 200
     assert [j["id"] for j in response.json()] == [second["id"], first["id"]]
@@ -67,7 +59,7 @@ async def test_list_is_a_bare_array_newest_first(client: httpx.AsyncClient) -> N
 
 
 async def test_get_returns_the_job_with_its_etag(client: httpx.AsyncClient) -> None:
-    job = await create(client)
+    job = await create_job(client)
     response = await client.get(f"/jobs/{job['id']}")
     assert response.status_code == 200
     assert response.json() == job
@@ -87,7 +79,7 @@ async def test_missing_job_is_a_404_problem(client: httpx.AsyncClient) -> None:
 async def test_pagination_walks_every_job_once_through_link_headers(
     client: httpx.AsyncClient,
 ) -> None:
-    ids = [(await create(client, name=f"job-{i}"))["id"] for i in range(7)]
+    ids = [(await create_job(client, name=f"job-{i}"))["id"] for i in range(7)]
     seen: list[int] = []
     url: str | None = "/jobs?limit=3"
     pages = 0
@@ -105,8 +97,8 @@ async def test_pagination_walks_every_job_once_through_link_headers(
 
 
 async def test_filters_by_status_and_name(client: httpx.AsyncClient) -> None:
-    await create(client, name="alpha")
-    paused = await create(client, name="beta", paused=True)
+    await create_job(client, name="alpha")
+    paused = await create_job(client, name="beta", paused=True)
     response = await client.get("/jobs", params={"status": "paused"})
     assert [j["id"] for j in response.json()] == [paused["id"]]
     response = await client.get("/jobs", params={"name": "alpha"})
@@ -117,8 +109,8 @@ async def test_filters_by_status_and_name(client: httpx.AsyncClient) -> None:
 
 async def test_cursor_keeps_the_filters(client: httpx.AsyncClient) -> None:
     for i in range(3):
-        await create(client, name="same")
-        await create(client, name=f"other-{i}")
+        await create_job(client, name="same")
+        await create_job(client, name=f"other-{i}")
     response = await client.get("/jobs", params={"name": "same", "limit": 2})
     link = response.headers["link"].split(";")[0].strip("<>")
     assert "name=same" in link
@@ -164,7 +156,7 @@ async def test_credentials_in_target_headers_are_stored_but_never_echoed(
         "url": "https://example.com/hook",
         "headers": {"Authorization": "Bearer s3cret", "X-Team": "data"},
     }
-    job = await create(client, target=target)
+    job = await create_job(client, target=target)
     assert job["target"]["headers"] == {"Authorization": "***", "X-Team": "data"}
     fetched = (await client.get(f"/jobs/{job['id']}")).json()
     assert "s3cret" not in str(fetched)
@@ -207,7 +199,7 @@ async def test_a_webhook_host_spelling_a_private_address_is_a_400_naming_target_
     [error] = problem_fields(response)
     assert error["field"] == "target.url"
     assert "private, loopback or link-local" in error["message"]
-    job = await create(client)
+    job = await create_job(client)
     response = await client.patch(
         f"/jobs/{job['id']}", json={"target": {"type": "http", "url": url}}
     )
@@ -261,7 +253,7 @@ async def test_with_no_handler_registered_the_400_says_so(client: httpx.AsyncCli
 async def test_the_api_role_loads_the_handler_entry_points(
     settings: Settings, pool: asyncpg.Pool[Any], clean: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(targets, "load_handlers", lambda: {"from_plugin": record})
+    monkeypatch.setattr(target_handlers, "load_handlers", lambda: {"from_plugin": record})
     assert settings.role == "api"
     async with (
         running_app(settings, pool) as url,
@@ -311,7 +303,7 @@ async def test_a_job_whose_stored_target_is_no_longer_accepted_can_still_be_chan
 async def test_patch_changes_fields_bumps_version_and_replans(
     client: httpx.AsyncClient,
 ) -> None:
-    job = await create(client, schedule="0 0 1 1 *")
+    job = await create_job(client, schedule="0 0 1 1 *")
     response = await client.patch(
         f"/jobs/{job['id']}", json={"name": "renamed", "schedule": "@every 10s"}
     )
@@ -328,13 +320,13 @@ async def test_patch_changes_fields_bumps_version_and_replans(
 async def test_patch_without_schedule_change_keeps_next_run_at(
     client: httpx.AsyncClient,
 ) -> None:
-    job = await create(client, schedule="0 0 1 1 *")
+    job = await create_job(client, schedule="0 0 1 1 *")
     patched = (await client.patch(f"/jobs/{job['id']}", json={"name": "x"})).json()
     assert patched["next_run_at"] == job["next_run_at"]
 
 
 async def test_patch_accepts_the_interval_alias(client: httpx.AsyncClient) -> None:
-    job = await create(client)
+    job = await create_job(client)
     patched = (await client.patch(f"/jobs/{job['id']}", json={"interval": "*/5 * * * *"})).json()
     assert patched["schedule"] == "*/5 * * * *"
 
@@ -342,7 +334,7 @@ async def test_patch_accepts_the_interval_alias(client: httpx.AsyncClient) -> No
 async def test_patch_with_stale_if_match_is_412_and_changes_nothing(
     client: httpx.AsyncClient,
 ) -> None:
-    job = await create(client)
+    job = await create_job(client)
     await client.patch(f"/jobs/{job['id']}", json={"name": "v2"})
     response = await client.patch(
         f"/jobs/{job['id']}", json={"name": "v3"}, headers={"If-Match": '"1"'}
@@ -363,7 +355,7 @@ async def test_patch_missing_job_is_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_delete_removes_the_job(client: httpx.AsyncClient) -> None:
-    job = await create(client)
+    job = await create_job(client)
     response = await client.delete(f"/jobs/{job['id']}")
     assert response.status_code == 204
     assert response.content == b""
@@ -372,7 +364,7 @@ async def test_delete_removes_the_job(client: httpx.AsyncClient) -> None:
 
 
 async def test_pause_and_resume_from_now(client: httpx.AsyncClient) -> None:
-    job = await create(client, schedule="@every 1h")
+    job = await create_job(client, schedule="@every 1h")
     paused = (await client.post(f"/jobs/{job['id']}/pause")).json()
     assert paused["status"] == "paused"
     assert paused["next_run_at"] is None
@@ -384,7 +376,7 @@ async def test_pause_and_resume_from_now(client: httpx.AsyncClient) -> None:
 
 
 async def test_create_paused_has_no_next_run(client: httpx.AsyncClient) -> None:
-    job = await create(client, paused=True)
+    job = await create_job(client, paused=True)
     assert job["status"] == "paused"
     assert job["next_run_at"] is None
 
@@ -408,12 +400,12 @@ async def test_idempotency_key_with_another_body_is_409(client: httpx.AsyncClien
 
 
 async def test_at_schedule_is_due_at_its_time(client: httpx.AsyncClient) -> None:
-    job = await create(client, schedule="@at 2031-05-04T10:00:00+02:00")
+    job = await create_job(client, schedule="@at 2031-05-04T10:00:00+02:00")
     assert job["next_run_at"] == "2031-05-04T08:00:00Z"
 
 
 async def test_six_field_cron_runs_at_second_resolution(client: httpx.AsyncClient) -> None:
-    job = await create(client, schedule="*/5 * * * * *")
+    job = await create_job(client, schedule="*/5 * * * * *")
     next_run = ts(job["next_run_at"])
     assert next_run.second % 5 == 0
     assert next_run - datetime.now(UTC) <= timedelta(seconds=5)
@@ -452,7 +444,7 @@ async def test_health_routes_answer_json(client: httpx.AsyncClient, path: str) -
 
 
 async def test_readyz_reports_the_schema_version(client: httpx.AsyncClient) -> None:
-    from scheduler_svc.db import SCHEMA_VERSION
+    from scheduler_svc.store.db import SCHEMA_VERSION
 
     assert (await client.get("/readyz")).json() == {
         "status": "ready",

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from scheduler_svc import store
-from scheduler_svc.scheduler import tick_once
+from scheduler_svc.engine.scheduler import tick_once
 from scheduler_svc.targets import HandlerContext
-from tests.conftest import running_app
 from tests.factories import runs_of
-
-
-async def create(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    response = await client.post("/jobs", json={"name": "job", "schedule": "@every 1h", **fields})
-    assert response.status_code == 201, response.text
-    job: dict[str, Any] = response.json()
-    return job
+from tests.helpers import create_job, poll_json, running_app
 
 
 async def test_trigger_queues_a_manual_run_now(client: httpx.AsyncClient) -> None:
-    job = await create(client, paused=True)
+    job = await create_job(client, paused=True)
     response = await client.post(f"/jobs/{job['id']}/trigger")
     assert response.status_code == 202, response.text
     run = response.json()
@@ -46,13 +39,13 @@ async def test_trigger_and_runs_of_a_missing_job_are_404(client: httpx.AsyncClie
 
 
 async def test_a_job_without_runs_has_an_empty_history(client: httpx.AsyncClient) -> None:
-    job = await create(client)
+    job = await create_job(client)
     response = await client.get(f"/jobs/{job['id']}/runs")
     assert (response.status_code, response.json()) == (200, [])
 
 
 async def test_runs_page_newest_first_through_link_headers(client: httpx.AsyncClient) -> None:
-    job = await create(client)
+    job = await create_job(client)
     ids = [(await client.post(f"/jobs/{job['id']}/trigger")).json()["id"] for _ in range(5)]
     seen: list[int] = []
     url: str | None = f"/jobs/{job['id']}/runs?limit=2"
@@ -67,7 +60,7 @@ async def test_runs_page_newest_first_through_link_headers(client: httpx.AsyncCl
 async def test_pause_skips_scheduled_runs_not_yet_started(
     client: httpx.AsyncClient, pool: Any
 ) -> None:
-    job = await create(client, schedule="@every 1h")
+    job = await create_job(client, schedule="@every 1h")
     await pool.execute("UPDATE jobs SET next_run_at = now() - interval '1 second'")
     await tick_once(pool)
     manual = (await client.post(f"/jobs/{job['id']}/trigger")).json()
@@ -79,23 +72,14 @@ async def test_pause_skips_scheduled_runs_not_yet_started(
 
 
 async def test_delete_removes_the_history(client: httpx.AsyncClient, pool: Any) -> None:
-    job = await create(client)
+    job = await create_job(client)
     run = (await client.post(f"/jobs/{job['id']}/trigger")).json()
     assert (await client.delete(f"/jobs/{job['id']}")).status_code == 204
     assert (await client.get(f"/runs/{run['id']}")).status_code == 404
     assert await store.run_get(pool, "default", run["id"]) is None
 
 
-async def poll_json(http: httpx.AsyncClient, url: str, until: Any, timeout_s: float = 15) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        body = (await http.get(url)).json()
-        if until(body):
-            return body
-        assert asyncio.get_running_loop().time() < deadline, f"gave up waiting on {url}: {body}"
-        await asyncio.sleep(0.05)
-
-
+@pytest.mark.slow  # waits for two ticks of `@every 1s` in real time
 async def test_a_replica_runs_due_ticks_and_triggers_promptly(
     make_settings: Any, pool: Any, clean: None
 ) -> None:

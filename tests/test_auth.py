@@ -9,28 +9,15 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import structlog
 
-from scheduler_svc import auth, store
+from scheduler_svc import store
 from scheduler_svc.config import ConfigError, Settings
-from tests.conftest import running_app
+from scheduler_svc.security import auth, principals
+from tests.helpers import assert_problem, assert_unauthorized, running_app
 from tests.principals import bearer, make_key
 
 JOB = {"name": "job", "schedule": "@every 1m"}
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["title"] and problem["type"] and problem["detail"]
-    return problem
-
-
-def assert_unauthorized(response: httpx.Response) -> dict[str, Any]:
-    problem = assert_problem(response, 401)
-    assert response.headers["www-authenticate"].startswith("Bearer")
-    return problem
 
 
 def operations(document: dict[str, Any]) -> list[tuple[str, str]]:
@@ -69,7 +56,7 @@ async def test_open_on_loopback_serves_the_default_tenant(
     response = await client.post("/jobs", json=JOB)
     assert response.status_code == 201
     tenant = await pool.fetchval("SELECT tenant FROM jobs WHERE id = $1", response.json()["id"])
-    assert tenant == auth.DEFAULT_TENANT
+    assert tenant == principals.DEFAULT_TENANT
 
 
 async def test_a_key_created_while_running_closes_the_open_service(
@@ -141,9 +128,9 @@ async def test_scopes_decide_reads_and_writes_on_every_route(
     document = (await client.get("/api/openapi.json")).json()
     routes = operations(document)
     assert len(routes) >= 8
-    reader = bearer(await make_key(pool, "acme", auth.READ))
-    writer = bearer(await make_key(pool, "acme", auth.WRITE))
-    admin = bearer(await make_key(pool, "acme", auth.ADMIN))
+    reader = bearer(await make_key(pool, "acme", principals.READ))
+    writer = bearer(await make_key(pool, "acme", principals.WRITE))
+    admin = bearer(await make_key(pool, "acme", principals.ADMIN))
     job = (await client.post("/jobs", json=JOB, headers=admin)).json()
     for method, path in routes:
         url = path.replace("{job_id}", str(job["id"])).replace("{run_id}", "1")
@@ -155,7 +142,7 @@ async def test_scopes_decide_reads_and_writes_on_every_route(
                 assert response.status_code != 403, (method, path, response.text)
             else:
                 problem = assert_problem(response, 403)
-                needed = auth.READ if reads else auth.WRITE
+                needed = principals.READ if reads else principals.WRITE
                 assert needed in problem["detail"]
                 assert f'scope="{needed}"' in response.headers["www-authenticate"]
                 after = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job["id"])
@@ -282,3 +269,12 @@ def test_insecure_is_a_flag_never_an_environment_variable() -> None:
     assert settings.insecure is False
     assert settings.unknown_variables == ("SCHEDULER_INSECURE",)
     assert settings.jwt_audience == "scheduler"
+
+
+def test_open_start_on_loopback_logs_a_warning(make_settings: Any) -> None:
+    with structlog.testing.capture_logs() as events:
+        auth.check_start(make_settings(host="127.0.0.1"), keys_exist=False)
+        auth.check_start(make_settings(host="127.0.0.1"), keys_exist=True)
+    assert [e["event"] for e in events] == ["open_mode"]
+    assert events[0]["log_level"] == "warning"
+    assert "without authentication" in events[0]["detail"]

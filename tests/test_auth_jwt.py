@@ -16,11 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from scheduler_svc import auth
 from scheduler_svc.config import ConfigError
-from tests.conftest import running_app
+from scheduler_svc.security import jwt as jwt_tokens
+from tests.helpers import assert_problem, assert_unauthorized, running_app
 from tests.principals import JWT_SECRET, bearer, make_jwt, make_key
-from tests.test_auth import assert_problem, assert_unauthorized
 
 JOB = {"name": "job", "schedule": "@every 1m"}
 
@@ -57,17 +56,32 @@ EC_KEY = ec.generate_private_key(ec.SECP256R1())
 SECRET = JWT_SECRET.encode()
 
 
-@pytest.fixture
-async def hs256(make_settings: Any, pool: asyncpg.Pool[Any], clean: None) -> AsyncIterator[str]:
+# One app per kind of key for the whole module: starting one costs more than most
+# tests here. They hold no state a test leaves behind but cached keys, and every test
+# makes keys of its own.
+@pytest.fixture(scope="module")
+async def hs256_app(make_settings: Any, pool: asyncpg.Pool[Any]) -> AsyncIterator[str]:
     async with running_app(make_settings(jwt_secret=JWT_SECRET), pool) as url:
         yield url
 
 
-@pytest.fixture
-async def rs256(make_settings: Any, pool: asyncpg.Pool[Any], clean: None) -> AsyncIterator[str]:
+@pytest.fixture(scope="module")
+async def rs256_app(make_settings: Any, pool: asyncpg.Pool[Any]) -> AsyncIterator[str]:
     settings = make_settings(jwt_public_key=public_pem(RSA_KEY))
     async with running_app(settings, pool) as url:
         yield url
+
+
+@pytest.fixture
+def hs256(hs256_app: str, clean: None) -> str:
+    """The URL of an app that takes HS256 tokens, on empty tables."""
+    return hs256_app
+
+
+@pytest.fixture
+def rs256(rs256_app: str, clean: None) -> str:
+    """The URL of an app that takes RS256 tokens, on empty tables."""
+    return rs256_app
 
 
 async def test_hs256_token_acts_for_the_tenant_of_its_claim(
@@ -109,7 +123,7 @@ async def test_bad_hs256_tokens_get_401(hs256: str, case: str, token: str) -> No
 
 async def test_expiry_is_enforced_with_little_leeway(hs256: str) -> None:
     async with httpx.AsyncClient(base_url=hs256) as http:
-        late = make_jwt(expires_in=-(auth.JWT_LEEWAY_S + 5))
+        late = make_jwt(expires_in=-(jwt_tokens.JWT_LEEWAY_S + 5))
         problem = assert_unauthorized(await http.get("/jobs", headers=bearer(late)))
         assert "expired" in problem["detail"]
         assert (
@@ -195,9 +209,11 @@ async def test_audience_is_checked_when_configured(
 
 def test_public_key_with_escaped_newlines_is_read(make_settings: Any) -> None:
     escaped = public_pem(RSA_KEY).replace("\n", "\\n")
-    verifier = auth.JwtVerifier(make_settings(jwt_public_key=escaped))
+    verifier = jwt_tokens.JwtVerifier(make_settings(jwt_public_key=escaped))
     assert verifier.algorithms == ["RS256"]
-    both = auth.JwtVerifier(make_settings(jwt_public_key=public_pem(EC_KEY), jwt_secret=JWT_SECRET))
+    both = jwt_tokens.JwtVerifier(
+        make_settings(jwt_public_key=public_pem(EC_KEY), jwt_secret=JWT_SECRET)
+    )
     assert both.algorithms == ["ES256", "HS256"]
 
 
@@ -224,4 +240,4 @@ def test_bad_jwt_settings_name_the_variable(
     make_settings: Any, changes: dict[str, str], variable: str
 ) -> None:
     with pytest.raises(ConfigError, match=variable):
-        auth.JwtVerifier(make_settings(**changes))
+        jwt_tokens.JwtVerifier(make_settings(**changes))

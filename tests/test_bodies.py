@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler_svc.bodies import MAX_DEPTH, TOO_DEEP, nesting_error
+from scheduler_svc.api.bodies import MAX_DEPTH, TOO_DEEP, nesting_error
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,31 +13,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scheduler_svc.db import SCHEMA_VERSION
-from tests.conftest import embedded_data_dir
+from scheduler_svc.store.db import SCHEMA_VERSION
+from tests.helpers import (
+    cli_env,
+    embedded_data_dir,
+    free_port,
+    run_cli,
+    spawn_cli,
+    stop,
+    wait_ready,
+)
+
+# Every test here runs `scheduler-svc` as a process.
+pytestmark = pytest.mark.slow
 
 SEED_JOB = {"name": "Example Job", "attributes": {"key": "value"}, "interval": "* * * * *"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, process: subprocess.Popen[str], deadline_s: float = 90) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the service exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the service did not become ready in time")
 
 
 @contextmanager
@@ -48,40 +35,15 @@ def service(
     tmp_path: Path, data_dir: Path, port: int, **env: str
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Run `scheduler-svc serve` with no DATABASE_URL: the embedded database in data_dir."""
-    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    environ.update(
-        SCHEDULER_DATA_DIR=str(data_dir),
-        SCHEDULER_LOG_FORMAT="json",
-        SCHEDULER_SHUTDOWN_GRACE_S="5",
-        **env,
-    )
-    log = (tmp_path / "service.log").open("a")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scheduler_svc", "serve", "--port", str(port)],
-        env=environ,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, process)
-        yield url, process
-    finally:
-        stop(process)
-        log.close()
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    """SIGTERM a service we started, SIGKILL it if it has not exited in 30 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    environ = cli_env(None, SCHEDULER_DATA_DIR=str(data_dir), SCHEDULER_SHUTDOWN_GRACE_S="5", **env)
+    with (tmp_path / "service.log").open("a") as log:
+        process = spawn_cli(tmp_path, "serve", "--port", str(port), env=environ, log=log)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, process)
+            yield url, process
+        finally:
+            stop(process)
 
 
 def postmaster_running(data_dir: Path) -> bool:
@@ -126,32 +88,15 @@ def test_serve_with_embedded_database_keeps_jobs_across_restarts(tmp_path: Path)
 
 @pytest.mark.timeout(120)
 def test_migrate_applies_the_schema(database_url: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler_svc", "migrate"],
-        env={**os.environ, "DATABASE_URL": database_url, "SCHEDULER_LOG_FORMAT": "json"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli(tmp_path, "migrate", env=cli_env(database_url))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"schema at version {SCHEMA_VERSION}"
 
 
 @pytest.mark.timeout(120)
 def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler_svc", "migrate"],
-        env={
-            **os.environ,
-            "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none",
-            "SCHEDULER_LOG_FORMAT": "json",
-        },
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    result = run_cli(tmp_path, "migrate", env=cli_env(nowhere))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         line for line in result.stderr.strip().splitlines() if "could not connect" in line

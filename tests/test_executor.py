@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,25 +13,17 @@ import pytest
 import structlog
 
 from scheduler_svc import store
-from scheduler_svc.executor import Executor, result_of, retry_delay_s
+from scheduler_svc.engine.executor import Executor, result_of, retry_delay_s
+from scheduler_svc.engine.scheduler import tick_once
 from scheduler_svc.logs import merge_context
 from scheduler_svc.models import ClaimedRun, RunResult, RunRow
-from scheduler_svc.overlap import OVERLAP_SKIPPED
-from scheduler_svc.scheduler import tick_once
+from scheduler_svc.schedule.overlap import OVERLAP_SKIPPED
 from scheduler_svc.targets import Deliverer, HandlerContext, Outcome
-from scheduler_svc.webhook_http import WebhookClient, webhook_client
+from scheduler_svc.targets.http import WebhookClient
 from tests.factories import make_job, runs_of
 
-
-@pytest.fixture(autouse=True)
-async def _clean(clean: None) -> None:
-    """Every test here starts from empty tables."""
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[WebhookClient]:
-    async with webhook_client(allow_private=True) as client:
-        yield client
+# Every test here starts from empty tables.
+pytestmark = pytest.mark.usefixtures("clean")
 
 
 Handler = Callable[[HandlerContext], Any]
@@ -128,12 +121,17 @@ async def test_log_run_succeeds_and_is_recorded(pool: Any, http: WebhookClient) 
 async def test_an_attempt_logs_its_start_and_its_end_with_the_run_ids(
     pool: Any, http: WebhookClient
 ) -> None:
-    job_id, run = await due_run(pool)
-    ex = executor(pool, http)
+    async def work(ctx: HandlerContext) -> None:
+        await asyncio.sleep(0.05)  # an attempt that takes a known time
+
+    job_id, run = await due_run(pool, target={"type": "handler", "name": "work"})
+    ex = executor(pool, http, handlers={"work": work})
     [claimed] = await ex.claim_once(1)
     # The run's ids are bound around the attempt, as the service's log lines show them.
     with structlog.testing.capture_logs(processors=[merge_context]) as logs:
+        began = time.perf_counter()
         await ex.execute(claimed)
+        wall_ms = (time.perf_counter() - began) * 1000
     ids = {
         "job_id": job_id,
         "run_id": run.id,
@@ -146,7 +144,8 @@ async def test_an_attempt_logs_its_start_and_its_end_with_the_run_ids(
     )
     assert started.items() >= {**ids, "trigger": "schedule"}.items()
     assert attempted.items() >= {**ids, "status": "succeeded"}.items()
-    assert attempted["duration_ms"] >= 0
+    # Timed around the handler's call: no less than its work, no more than the whole attempt.
+    assert 50 <= attempted["duration_ms"] <= wall_ms
 
 
 async def test_failing_handler_is_retried_then_failed(pool: Any, http: WebhookClient) -> None:

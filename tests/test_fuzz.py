@@ -24,7 +24,10 @@ import httpx
 import pytest
 
 from tests.fuzz_hooks import PROBLEM_FIELDS
-from tests.test_cli import free_port, stop, wait_ready
+from tests.helpers import cli_env, free_port, run_cli, spawn_cli, stop, wait_ready
+
+# Every test here runs against `scheduler-svc serve` as a process.
+pytestmark = pytest.mark.slow
 
 FUZZ_EXAMPLES = int(os.environ.get("SCHEDULER_FUZZ_EXAMPLES", "50"))
 FUZZ_MAX_TIME_S = int(os.environ.get("SCHEDULER_FUZZ_MAX_TIME_S", "60"))
@@ -56,37 +59,21 @@ def fuzzed_service(
 ) -> Iterator[dict[str, Any]]:
     """`scheduler-svc serve` on the test database, and an admin key for it."""
     tmp_path = tmp_path_factory.mktemp("fuzz")
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "SCHEDULER_LOG_FORMAT": "json",
-        "SCHEDULER_LOG_LEVEL": "warning",
+    env = cli_env(
+        database_url,
+        SCHEDULER_LOG_LEVEL="warning",
         # The limiter has its own tests; here it would only cut the fuzzing short.
-        "SCHEDULER_RATE_LIMIT": "1000000/minute",
-    }
-    create_key = ["keys", "create", "--tenant", "fuzz", "--scopes", "admin"]
-    created = subprocess.run(
-        [sys.executable, "-m", "scheduler_svc", *create_key],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+        SCHEDULER_RATE_LIMIT="1000000/minute",
     )
+    created = run_cli(tmp_path, "keys", "create", "--tenant", "fuzz", "--scopes", "admin", env=env)
+    assert created.returncode == 0, created.stderr
     port = free_port()
     log_path = tmp_path / "service.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen(
-            # HTTP only: a worker would run the fuzzed jobs, and their webhooks name
-            # hosts on the internet.
-            [sys.executable, "-m", "scheduler_svc", "serve", "--port", str(port), "--role", "api"],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        # HTTP only: a worker would run the fuzzed jobs, and their webhooks name hosts
+        # on the internet.
+        serve = ["serve", "--port", str(port), "--role", "api"]
+        process = spawn_cli(tmp_path, *serve, env=env, log=log)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, process)

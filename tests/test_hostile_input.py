@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from scheduler_svc import store
-from scheduler_svc.api import nul_field
-from scheduler_svc.bodies import TOO_DEEP
+from scheduler_svc.api.bodies import TOO_DEEP
+from scheduler_svc.api.routes import nul_field
 from scheduler_svc.schedule import PREVIEW_HORIZON
 
 GOOD = {"name": "job", "schedule": "@hourly"}

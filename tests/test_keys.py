@@ -1,22 +1,22 @@
-"""`scheduler-svc keys` and the start rule, as a user runs them: real processes and ports."""
+"""`scheduler-svc keys` and the start rule, as a user runs them: real processes and ports.
+
+The start rule in-process (a warning, no process) is in test_auth.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import structlog
 
-from scheduler_svc import auth
-from tests.test_cli import free_port, wait_ready
+from scheduler_svc.security import auth
+from tests.helpers import cli_env, free_port, run_cli, spawn_cli, stop, wait_ready
+
+# Every test here runs `scheduler-svc` as a process.
+pytestmark = pytest.mark.slow
 
 KEY = re.compile(r"^sch_[a-z0-9]{8}_[A-Za-z0-9_-]{43}$")
 
@@ -24,14 +24,7 @@ KEY = re.compile(r"^sch_[a-z0-9]{8}_[A-Za-z0-9_-]{43}$")
 def scheduler_svc(
     database_url: str, tmp_path: Path, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler_svc", *args],
-        env={**os.environ, "DATABASE_URL": database_url, "SCHEDULER_LOG_FORMAT": "json", **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(tmp_path, *args, env=cli_env(database_url, **env))
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -92,22 +85,14 @@ def test_bad_key_commands_fail_in_one_line(
 
 
 def serve(database_url: str, tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "scheduler_svc", "serve", *args],
-        env={**os.environ, "DATABASE_URL": database_url, "SCHEDULER_LOG_FORMAT": "json", **env},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn_cli(tmp_path, "serve", *args, env=cli_env(database_url, **env))
 
 
-def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
-    """SIGTERM the service by its pid; its output once it has exited 0."""
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
-    return out, err
+def stop_cleanly(process: subprocess.Popen[str]) -> str:
+    """Stop the service; its stderr, once it has exited 0."""
+    stopped = stop(process)
+    assert stopped.returncode == 0, stopped.stderr
+    return stopped.stderr
 
 
 @pytest.mark.timeout(120)
@@ -133,7 +118,7 @@ def test_serve_on_a_public_address_refuses_to_start_open(
         response = httpx.get(f"{url}/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10)
         assert response.status_code == 200
     finally:
-        stop(process)
+        stop_cleanly(process)
 
 
 @pytest.mark.timeout(120)
@@ -157,17 +142,8 @@ def test_serve_insecure_starts_open_and_says_so(
         wait_ready(url, process)
         assert httpx.get(f"{url}/jobs", timeout=10).status_code == 200
     finally:
-        _, err = stop(process)
+        err = stop_cleanly(process)
     events = [json.loads(line) for line in err.splitlines()]
     warnings = [e for e in events if e.get("event") == "insecure_open_mode"]
     assert warnings and warnings[0]["level"] == "warning"
     assert secret not in err
-
-
-def test_open_start_on_loopback_logs_a_warning(make_settings: Any) -> None:
-    with structlog.testing.capture_logs() as events:
-        auth.check_start(make_settings(host="127.0.0.1"), keys_exist=False)
-        auth.check_start(make_settings(host="127.0.0.1"), keys_exist=True)
-    assert [e["event"] for e in events] == ["open_mode"]
-    assert events[0]["log_level"] == "warning"
-    assert "without authentication" in events[0]["detail"]

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import signal
 import time
 from collections import Counter, defaultdict
@@ -20,12 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from bench.cluster import Cluster, Process, cluster, nginx_binary
+from scheduler_svc.store import db
 from tests.replicas import (
     SECOND,
     deliveries,
@@ -38,10 +37,13 @@ from tests.replicas import (
 )
 from tests.webhook_receiver import Reply, serve_receiver
 
-pytestmark = pytest.mark.skipif(
-    nginx_binary() is None,
-    reason="nginx is not installed (apt-get install nginx-light; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        nginx_binary() is None,
+        reason="nginx is not installed (apt-get install nginx-light; .ci/run installs it)",
+    ),
+]
 
 JOBS = 200  # on @every 1s
 HTTP_JOBS = 40  # of them deliver to the receiver; the others use the log target (cheaper)
@@ -145,28 +147,6 @@ class Traffic:
         async with self._progress:
             self.sent.append(sent)
             self._progress.notify_all()
-
-
-def client_ports(pid: int, server_port: int) -> set[int]:
-    """The local TCP ports of a live process's connections to `server_port` (Linux /proc).
-
-    Only those: Linux gives the same ephemeral port to connections to different
-    destinations, so a port of the process's webhook connection can also be the
-    client port of another process's database session.
-    """
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            link = os.readlink(fd)
-            if link.startswith("socket:["):
-                inodes.add(link[len("socket:[") : -1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == server_port:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def nginx_records(c: Cluster) -> dict[str, dict[str, Any]]:
@@ -294,10 +274,12 @@ async def test_through_nginx_a_killed_api_replica_and_a_killed_worker_lose_nothi
                 return bool(running)
 
             await eventually(worker_1_busy, 10, f"{worker_1.name} to hold leased runs", 0.01)
+            # Every session of a replica is named after its worker id, whether it reached
+            # the server over TCP or a unix socket (the embedded server).
             backends = await pool.fetch(
                 "SELECT pid FROM pg_stat_activity"
-                " WHERE datname = current_database() AND client_port = ANY($1::int[])",
-                list(client_ports(worker_1.pid, urlsplit(database_url).port or 5432)),
+                " WHERE datname = current_database() AND application_name = $1",
+                db.application_name(worker_1.name),
             )
             assert backends, f"no database session of {worker_1.name} found"
             await sigkill(worker_1)

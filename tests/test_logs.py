@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +20,9 @@ import structlog
 
 from scheduler_svc import logs
 from scheduler_svc.config import Settings
+from scheduler_svc.redact import Redactor
 from scheduler_svc.targets import log_line
-from tests.conftest import running_app
+from tests.helpers import running_app
 from tests.principals import bearer, make_key
 from tests.webhook_receiver import Reply, serve_receiver
 
@@ -58,7 +60,7 @@ def captured_logs() -> Iterator[io.StringIO]:
 
 
 def test_redactor_masks_credentials_wherever_they_are() -> None:
-    redact = logs.Redactor(secrets=[WEBHOOK_SECRET, "short"])
+    redact = Redactor(secrets=[WEBHOOK_SECRET, "short"])
     key = "sch_abcd1234_" + "x" * 43
     event = redact(
         None,
@@ -218,7 +220,7 @@ async def test_a_request_is_one_line_with_its_id_and_lines_logged_while_handling
     # A failure no handler expects: a 500 problem, logged once with its traceback.
     assert jobs.status_code == 500, jobs.text
     generated = jobs.headers["x-request-id"]
-    assert len(generated) == 32 and int(generated, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{32}", generated), generated
     lines = by_id[generated]
     assert [e["event"] for e in lines][-1] == "request" and lines[-1]["status"] == 500
     failure = next(e for e in lines if e["level"] == "error")

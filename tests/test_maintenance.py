@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from scheduler_svc import maintenance
+from scheduler_svc.engine import maintenance
 from tests.factories import make_job
 
 INSERT_RUN = """
@@ -17,9 +17,8 @@ FROM generate_series(1, $4) AS i
 """
 
 
-@pytest.fixture(autouse=True)
-async def _clean(clean: None) -> None:
-    """Every test here starts from empty tables."""
+# Every test here starts from empty tables.
+pytestmark = pytest.mark.usefixtures("clean")
 
 
 async def test_prunes_finished_runs_past_retention_in_batches(pool: Any) -> None:

@@ -7,15 +7,15 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_svc import metrics
 from scheduler_svc.models import ClaimedRun, InsertedRun, RunResult
 from scheduler_svc.targets import HandlerContext
-from tests.conftest import running_app
+from tests.helpers import create_job, poll_json, running_app
 from tests.principals import make_key
-from tests.test_api_runs import create, poll_json
 
 SERIES = (
     "scheduler_runs_total",
@@ -61,7 +61,7 @@ async def test_metrics_answers_prometheus_text_with_the_named_series(
 async def test_due_backlog_counts_due_ticks_not_yet_started(
     client: httpx.AsyncClient, pool: asyncpg.Pool[Any]
 ) -> None:
-    job = await create(client)  # @every 1h: its first tick is an hour away
+    job = await create_job(client)  # @every 1h: its first tick is an hour away
     assert value(await scrape(client), "scheduler_due_backlog") == 0
     await pool.execute("UPDATE jobs SET next_run_at = now() - interval '1 minute'")
     assert value(await scrape(client), "scheduler_due_backlog") == 1
@@ -73,7 +73,7 @@ async def test_due_backlog_counts_due_ticks_not_yet_started(
 async def test_http_requests_are_labelled_by_route_template_and_status(
     client: httpx.AsyncClient,
 ) -> None:
-    job = await create(client)
+    job = await create_job(client)
     assert (await client.get(f"/jobs/{job['id']}")).status_code == 200
     assert (await client.get("/jobs/999999999")).status_code == 404
     assert (await client.get("/no/such/path/12345")).status_code == 404
@@ -103,7 +103,7 @@ async def test_metrics_needs_no_key_even_when_keys_exist(
 async def two_runs_scraped(http: httpx.AsyncClient, **job: Any) -> tuple[Samples, Samples]:
     """The metrics before a job on `@every 1s` is created and after two runs succeeded."""
     before = await scrape(http)
-    created = await create(http, schedule="@every 1s", **job)
+    created = await create_job(http, schedule="@every 1s", **job)
     await poll_json(
         http,
         f"/jobs/{created['id']}/runs",
@@ -122,6 +122,7 @@ def assert_two_runs_counted(before: Samples, after: Samples) -> None:
         assert grew >= 2, (name, grew)
 
 
+@pytest.mark.slow  # waits for two ticks of `@every 1s` in real time
 async def test_a_worker_serves_metrics_and_counts_the_runs_it_executes(
     make_settings: Any, pool: asyncpg.Pool[Any], clean: None
 ) -> None:
@@ -148,6 +149,7 @@ async def test_a_worker_serves_metrics_and_counts_the_runs_it_executes(
         assert (await http.get("/jobs")).status_code == 404
 
 
+@pytest.mark.slow  # waits for two ticks of `@every 1s` in real time
 async def test_log_runs_the_scheduler_ran_itself_are_counted_with_their_fire_lag(
     make_settings: Any, pool: asyncpg.Pool[Any], clean: None
 ) -> None:
@@ -160,16 +162,18 @@ async def test_log_runs_the_scheduler_ran_itself_are_counted_with_their_fire_lag
 
 
 def test_retries_and_takeovers_are_counted_and_retry_lag_is_not_fire_lag() -> None:
-    def sample(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
+    watched: list[tuple[str, dict[str, str]]] = [
+        ("scheduler_runs_total", {"status": "pending_retry"}),
+        ("scheduler_retries_total", {}),
+        ("scheduler_lease_takeovers_total", {}),
+        ("scheduler_fire_lag_seconds_count", {}),
+        ("scheduler_runs_total", {"status": "skipped"}),
+    ]
 
-    before = (
-        sample("scheduler_runs_total", status="pending_retry"),
-        sample("scheduler_retries_total"),
-        sample("scheduler_lease_takeovers_total"),
-        sample("scheduler_fire_lag_seconds_count"),
-        sample("scheduler_runs_total", status="skipped"),
-    )
+    def samples() -> list[float]:
+        return [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in watched]
+
+    before = samples()
     metrics.attempted(
         RunResult(run_id=1, status="pending", delay_s=1.0, error="503", output=None, duration_ms=5)
     )
@@ -198,11 +202,5 @@ def test_retries_and_takeovers_are_counted_and_retry_lag_is_not_fire_lag() -> No
             for n in (2, 3)
         ]
     )
-    after = (
-        sample("scheduler_runs_total", status="pending_retry"),
-        sample("scheduler_retries_total"),
-        sample("scheduler_lease_takeovers_total"),
-        sample("scheduler_fire_lag_seconds_count"),
-        sample("scheduler_runs_total", status="skipped"),
-    )
+    after = samples()
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 0, 2]

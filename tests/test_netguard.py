@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from scheduler_svc.netguard import (
+from scheduler_svc.targets.netguard import (
     GuardedResolver,
     RefusedAddress,
     host_address,

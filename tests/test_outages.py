@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 import pytest
 
-from scheduler_svc import db
+from scheduler_svc.store import db
 from tests.replicas import (
     SECOND,
     Delivery,
@@ -45,6 +45,9 @@ from tests.replicas import (
     stop,
 )
 from tests.webhook_receiver import serve_receiver
+
+# Every test here runs replicas and a PostgreSQL of its own as processes.
+pytestmark = pytest.mark.slow
 
 report = reporter("test_outages")
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from scheduler_svc.overlap import (
+from scheduler_svc.schedule.overlap import (
     RunSpan,
     Settlement,
     TickPlan,
@@ -57,7 +57,6 @@ def span(
     waits_for: int | None = None,
     job_id: int = 1,
     catch_up: bool = False,
-    next_tick: float | None = None,
 ) -> RunSpan:
     """A run of job 1 by default (misfire grace 60 s); waiting when pending and never
     claimable (`ready` None)."""
@@ -73,7 +72,6 @@ def span(
         waiting=waiting,
         catch_up=catch_up,
         misfire_grace_s=60,
-        job_next_run_at=None if next_tick is None else at(next_tick),
     )
 
 
@@ -105,7 +103,7 @@ def test_a_tick_due_while_the_run_it_waited_for_was_running_is_skipped() -> None
     assert settle(spans, [1]) == [
         Settlement(2, "skip", None),
         Settlement(3, "skip", None),
-        Settlement(4, "release", None),
+        Settlement(4, "release", None, catch_up=True),
     ]
 
 
@@ -155,7 +153,7 @@ def test_a_stranded_waiting_run_is_judged_by_the_run_it_waited_for() -> None:
     # A pass added run 2 while run 1's end was being recorded: nothing ended now, but the
     # run it waits for has, at 0.5 s, before its tick.
     spans = [span(1, 0, "succeeded", ready=0, ended=0.5), span(2, 1, waits_for=1)]
-    assert settle(spans, []) == [Settlement(2, "release", None)]
+    assert settle(spans, []) == [Settlement(2, "release", None, catch_up=True)]
     covered = [span(1, 0, "failed", ready=0, ended=3), span(2, 1, waits_for=1)]
     assert settle(covered, []) == [Settlement(2, "skip", None)]
 
@@ -168,7 +166,7 @@ def test_jobs_are_settled_apart() -> None:
         span(12, 1, job_id=2),
     ]
     assert settle(spans, [1]) == [
-        Settlement(2, "release", None),
+        Settlement(2, "release", None, catch_up=True),
         Settlement(12, "wait", 11),
     ]
 
@@ -197,11 +195,17 @@ def test_a_tick_held_up_by_catch_up_past_its_misfire_grace_is_skipped() -> None:
     ]
     assert settle(spans, [5], now=95) == [
         Settlement(7, "skip", None),
-        Settlement(8, "release", None),
+        Settlement(8, "release", None, catch_up=True),
     ]
 
 
-def test_the_last_waiting_tick_released_is_catch_up_when_the_next_tick_is_due() -> None:
-    spans = [span(1, 0, "succeeded", ready=0, ended=0.1), span(2, 1, waits_for=1, next_tick=2)]
-    assert settle(spans, [1], now=2.5) == [Settlement(2, "release", None, catch_up=True)]
-    assert settle(spans, [1], now=1.5) == [Settlement(2, "release", None, catch_up=False)]
+def test_a_released_run_is_catch_up_so_a_fresh_tick_during_it_waits_its_turn() -> None:
+    # The last run of a backlog (6) is released at 30 s and runs until 30.2 s; the next
+    # fresh tick (30.1) comes due meanwhile. The backlog made it late: no overlap.
+    released = settle([span(5, 0, "succeeded", ready=0, ended=0.1), span(6, 1, waits_for=5)], [5])
+    assert released == [Settlement(6, "release", None, catch_up=True)]
+    spans = [
+        span(6, 1, "succeeded", ready=30, ended=30.2, catch_up=True),
+        span(7, 30.1, waits_for=6),
+    ]
+    assert settle(spans, [6], now=30.3) == [Settlement(7, "release", None, catch_up=True)]

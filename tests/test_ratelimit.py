@@ -8,11 +8,10 @@ from typing import Any
 import asyncpg
 import httpx
 
-from scheduler_svc import ratelimit
 from scheduler_svc.config import RateLimit
-from tests.conftest import running_app
+from scheduler_svc.security import ratelimit
+from tests.helpers import assert_problem, running_app
 from tests.principals import bearer, make_key
-from tests.test_auth import assert_problem
 
 
 async def test_429_after_the_limit_with_retry_after_and_ratelimit_headers(

@@ -21,11 +21,11 @@ import asyncpg
 import httpx
 import pytest
 
-from scheduler_svc import db
-from scheduler_svc.pg_embedded import EmbeddedPostgres
+from scheduler_svc.store import db
+from scheduler_svc.store.embedded import EmbeddedPostgres
+from tests.helpers import LOOPBACK
 from tests.replicas import (
     LEASE_MARGIN_S,
-    LOOPBACK,
     RUN_COLUMNS,
     SECOND,
     Delivery,
@@ -51,6 +51,9 @@ from tests.replicas import (
     settled_until,
 )
 from tests.webhook_receiver import Recorded, Reply, serve_receiver
+
+# Every test here runs replicas as processes.
+pytestmark = pytest.mark.slow
 
 report = reporter("test_replicas")
 

@@ -14,7 +14,6 @@ from croniter import croniter
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from scheduler_svc import schedule as schedule_module
 from scheduler_svc.schedule import (
     PREVIEW_HORIZON,
     DueTicks,
@@ -23,6 +22,7 @@ from scheduler_svc.schedule import (
     ScheduleError,
     check_min_interval,
     due_ticks,
+    fires,
     first_fire,
     next_fire,
     parse,
@@ -537,7 +537,7 @@ LAST_THREE = ["10:08", "10:09", "10:10"]
 
 
 @pytest.mark.parametrize(
-    ("text", "next_run_at", "now", "policy", "grace", "limit", "ticks", "next_run", "skipped"),
+    ("text", "next_run_at", "now", "policy", "grace", "limit", "ticks", "next_run", "missed"),
     [
         # on time
         ("*/5 * * * *", "10:00", "10:00:02", "run_once", 60, 100, ["10:00"], "10:05", 0),
@@ -583,7 +583,7 @@ def test_due_ticks_table(
     limit: int,
     ticks: list[str] | None,
     next_run: str | None,
-    skipped: int,
+    missed: int,
 ) -> None:
     def clock(hhmm: str) -> datetime:
         return at(f"2025-01-01T{hhmm}{':00' if hhmm.count(':') == 1 else ''}Z")
@@ -595,7 +595,7 @@ def test_due_ticks_table(
         else [(clock("10:21") + timedelta(minutes=i)).strftime("%H:%M") for i in range(100)]
     )
     assert result == DueTicks(
-        [clock(t) for t in expected_ticks], None if next_run is None else clock(next_run), skipped
+        [clock(t) for t in expected_ticks], None if next_run is None else clock(next_run), missed
     )
 
 
@@ -613,11 +613,11 @@ def test_due_ticks_across_fall_back_runs_both_repeated_hours() -> None:
 
 @pytest.mark.parametrize("text", ["* * * * * *", "@every 1s"])
 @pytest.mark.parametrize(
-    ("policy", "count", "skipped"),
+    ("policy", "count", "missed"),
     [("run_all", 100, 86_301), ("run_once", 12, 86_389), ("skip", 11, 86_390)],
 )
 def test_due_ticks_one_second_job_after_a_day_down(
-    text: str, policy: MisfirePolicy, count: int, skipped: int
+    text: str, policy: MisfirePolicy, count: int, missed: int
 ) -> None:
     first = at("2025-11-01T12:00:00Z")
     now = first + timedelta(days=1)
@@ -626,7 +626,7 @@ def test_due_ticks_one_second_job_after_a_day_down(
     assert time.perf_counter() - started < 1
     assert result.ticks == [now - timedelta(seconds=count - 1 - i) for i in range(count)]
     assert result.next_run_at == now + timedelta(seconds=1)
-    assert result.skipped == skipped
+    assert result.missed == missed
 
 
 def test_due_ticks_after_months_down_finds_the_last_burst() -> None:
@@ -638,7 +638,7 @@ def test_due_ticks_after_months_down_finds_the_last_burst() -> None:
     last_of_january = at("2025-02-01T04:59Z")
     assert result.ticks == [last_of_january - timedelta(minutes=99 - i) for i in range(100)]
     assert result.next_run_at == at("2026-01-01T05:00Z")
-    assert abs(result.skipped - (31 * 24 * 60 - 100)) <= 31 * 24 * 60 // 20
+    assert abs(result.missed - (31 * 24 * 60 - 100)) <= 31 * 24 * 60 // 20
 
 
 def test_due_ticks_rejects_bad_arguments() -> None:
@@ -873,7 +873,7 @@ def test_due_ticks_matches_enumeration(
     assert result.ticks == ticks
     assert result.next_run_at == next(t for t in fires if t > now)
     # an estimate past a few hundred cron ticks, exact below
-    assert abs(result.skipped - skipped) <= skipped // 20
+    assert abs(result.missed - skipped) <= skipped // 20
 
 
 # --- rare schedules and the end of the calendar -------------------------------------------
@@ -899,7 +899,7 @@ def test_leaping_over_years_finds_what_probing_finds(
     tz, after = start
     schedule = parse(text)
     leaping = preview(schedule, tz, after, 2)
-    with mock.patch.object(schedule_module, "_LEAP", timedelta.max):  # probe every stretch
+    with mock.patch.object(fires, "_LEAP", timedelta.max):  # probe every stretch
         probing = preview(schedule, tz, after, 2)
     assert iso(leaping) == iso(probing)
 

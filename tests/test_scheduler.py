@@ -14,8 +14,7 @@ import pytest
 import structlog
 
 from scheduler_svc import store
-from scheduler_svc.models import ClaimedRun
-from scheduler_svc.scheduler import (
+from scheduler_svc.engine.scheduler import (
     BUSY_PASS_GAP_S,
     BUSY_PASS_JOBS,
     OVERLAP_SKIPPED,
@@ -23,14 +22,14 @@ from scheduler_svc.scheduler import (
     Scheduler,
     tick_once,
 )
+from scheduler_svc.models import ClaimedRun
 from tests.factories import make_job, runs_of
 
 T0 = datetime(2031, 3, 4, 12, 0, 0, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-async def _clean(clean: None) -> None:
-    """Every test here starts from empty tables."""
+# Every test here starts from empty tables.
+pytestmark = pytest.mark.usefixtures("clean")
 
 
 async def test_due_tick_becomes_one_pending_run_and_the_job_advances(pool: Any) -> None:
@@ -204,7 +203,7 @@ async def test_one_off_job_completes_after_its_tick(pool: Any) -> None:
 async def test_scheduler_advance_does_not_wake_other_schedulers(
     pool: Any, database_url: str
 ) -> None:
-    from scheduler_svc.db import connect_options
+    from scheduler_svc.store.db import connect_options
 
     listener = await asyncpg.connect(connect_options(database_url)[0])
     heard: list[str] = []
@@ -302,7 +301,7 @@ async def test_hourly_cron_fires_every_real_hour_on_dst_days(
 HTTP_TARGET = {"type": "http", "url": "https://example.com/hook"}
 
 
-class Hands:
+class FakeExecutor:
     """This replica's executor as a pass sees it, with `slots` free slots; it keeps the
     runs it is given instead of running them."""
 
@@ -334,7 +333,7 @@ async def test_a_pass_with_a_worker_runs_log_ticks_itself_and_leaves_others_pend
     )
     hooked = await make_job(pool, target=HTTP_TARGET, schedule="@every 10s", next_run_at=T0)
     with structlog.testing.capture_logs() as logs:
-        result = await tick_once(pool, now=T0 + timedelta(seconds=1), executor=Hands("w-1"))
+        result = await tick_once(pool, now=T0 + timedelta(seconds=1), executor=FakeExecutor("w-1"))
     assert (result.jobs, result.runs, result.for_executors) == (2, 2, True)
 
     [run] = await runs_of(pool, logged.id)
@@ -369,11 +368,11 @@ async def test_a_pass_with_a_worker_runs_log_ticks_itself_and_leaves_others_pend
 
 async def test_a_tick_already_materialized_is_not_run_again_by_a_pass(pool: Any) -> None:
     job = await make_job(pool, schedule="@every 10s", next_run_at=T0)
-    await tick_once(pool, now=T0, executor=Hands("w-1"))
+    await tick_once(pool, now=T0, executor=FakeExecutor("w-1"))
     # As if another replica had not seen the advance: the same tick is due again.
     await pool.execute("UPDATE jobs SET next_run_at = $1 WHERE id = $2", T0, job.id)
     with structlog.testing.capture_logs() as logs:
-        result = await tick_once(pool, now=T0, executor=Hands("w-2"))
+        result = await tick_once(pool, now=T0, executor=FakeExecutor("w-2"))
     assert (result.jobs, result.runs) == (1, 0)
     assert [e for e in logs if e["event"] == "job_executed"] == []
     assert [(r.status, r.worker) for r in await runs_of(pool, job.id)] == [("succeeded", "w-1")]
@@ -388,7 +387,7 @@ async def test_run_all_log_ticks_run_in_the_pass_do_not_overlap_each_other(pool:
         misfire_grace_s=0,
         overlap="forbid",
     )
-    await tick_once(pool, now=T0 + timedelta(seconds=4), executor=Hands("w-1"))
+    await tick_once(pool, now=T0 + timedelta(seconds=4), executor=FakeExecutor("w-1"))
     runs = await runs_of(pool, job.id)
     assert [r.status for r in runs] == ["succeeded"] * 5
     # Left to executors, the same backlog runs one at a time: the first is pending, the
@@ -403,7 +402,7 @@ async def test_run_all_log_ticks_run_in_the_pass_do_not_overlap_each_other(pool:
         overlap="forbid",
     )
     with structlog.testing.capture_logs() as logs:
-        await tick_once(pool, now=T0 + timedelta(seconds=4), executor=Hands("w-1"))
+        await tick_once(pool, now=T0 + timedelta(seconds=4), executor=FakeExecutor("w-1"))
     others = await runs_of(pool, other.id)
     assert [(r.status, r.next_attempt_at is None) for r in others] == [("pending", False)] + [
         ("pending", True)
@@ -433,9 +432,13 @@ async def test_runs_a_pass_finished_itself_wake_no_executor(pool: Any) -> None:
         await listening.add_listener("scheduler_runs", heard)
         try:
             await make_job(pool, schedule="@every 10s", next_run_at=T0)
-            await tick_once(pool, now=T0, executor=Hands("w-1"))  # a log run, finished: silent
+            await tick_once(
+                pool, now=T0, executor=FakeExecutor("w-1")
+            )  # a log run, finished: silent
             await make_job(pool, target=HTTP_TARGET, schedule="@every 10s", next_run_at=T0)
-            await tick_once(pool, now=T0, executor=Hands("w-1"))  # a pending run: wakes executors
+            await tick_once(
+                pool, now=T0, executor=FakeExecutor("w-1")
+            )  # a pending run: wakes executors
             await pool.execute("SELECT pg_notify('scheduler_runs', 'marker')")
             # Notifications arrive in commit order, so the marker closes the list.
             heard_payloads = [await asyncio.wait_for(payloads.get(), 5)]
@@ -467,7 +470,7 @@ async def test_a_pass_leases_ticks_to_its_executor_while_it_has_free_slots(pool:
         )
         for i in range(3)
     ]
-    hands = Hands("w-1", slots=2)
+    hands = FakeExecutor("w-1", slots=2)
     result = await tick_once(pool, now=T0 + timedelta(seconds=5), executor=hands)
     assert (result.runs, result.for_executors) == (3, True)
     # The two earliest ticks went straight to this executor, leased for timeout + margin.
@@ -486,7 +489,7 @@ async def test_a_pass_leases_ticks_to_its_executor_while_it_has_free_slots(pool:
 
 async def test_a_failed_pass_gives_its_reserved_slots_back(pool: Any) -> None:
     await make_job(pool, target=HTTP_TARGET, next_run_at=T0)
-    hands = Hands("w-1", slots=2)
+    hands = FakeExecutor("w-1", slots=2)
     # A worker id the database refuses (NUL byte) makes the insert fail after the reserve.
     hands.worker_id = "w\x00"
     with pytest.raises(asyncpg.PostgresError):

@@ -1,8 +1,8 @@
-"""The store and the schema against a real PostgreSQL."""
+"""The store and the schema against a real PostgreSQL (the pool and applying the schema:
+test_db.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from scheduler_svc import db, store
+from scheduler_svc import store
 from scheduler_svc.models import JobSpec
 
 SPEC = JobSpec(
@@ -35,7 +35,7 @@ def test_every_query_has_one_store_function_of_its_name() -> None:
     functions = {
         name
         for name, fn in inspect.getmembers(store, inspect.iscoroutinefunction)
-        if fn.__module__ == store.__name__
+        if fn.__module__.startswith(f"{store.__name__}.")  # store's own modules
     }
     assert set(store.QUERIES) == functions
 
@@ -43,85 +43,6 @@ def test_every_query_has_one_store_function_of_its_name() -> None:
 def test_queries_file_parses_into_named_statements() -> None:
     queries = store.load_queries("-- a_one --\n-- what\nSELECT 1;\n\n-- b_two --\nSELECT 2;\n")
     assert queries == {"a_one": "-- what\nSELECT 1;", "b_two": "SELECT 2;"}
-
-
-@pytest.mark.parametrize(
-    ("url", "expected_dsn", "settings"),
-    [
-        ("postgresql://u:p@h:5432/db", "postgresql://u:p@h:5432/db", {}),
-        (
-            "postgresql://u:p@localhost:5432/scheduler_db?schema=public",
-            "postgresql://u:p@localhost:5432/scheduler_db",
-            {"search_path": "public"},
-        ),
-        (
-            "postgresql://u@h/db?sslmode=disable&schema=app",
-            "postgresql://u@h/db?sslmode=disable",
-            {"search_path": "app"},
-        ),
-    ],
-)
-def test_prisma_schema_parameter_becomes_the_search_path(
-    url: str, expected_dsn: str, settings: dict[str, str]
-) -> None:
-    assert db.connect_options(url) == (expected_dsn, settings)
-
-
-async def test_schema_applies_again_and_concurrently(database_url: str) -> None:
-    dsn = db.connect_options(database_url)[0]
-    conns = [await asyncpg.connect(dsn) for _ in range(6)]
-    try:
-        versions = await asyncio.gather(*(db.apply_schema(c) for c in conns))
-    finally:
-        await asyncio.gather(*(c.close() for c in conns))
-    assert versions == [db.SCHEMA_VERSION] * 6
-
-
-async def test_connections_go_to_waiting_tasks_in_the_order_they_asked(database_url: str) -> None:
-    # Requests arriving one per loop turn on a pool of two. asyncpg's own pool hands a
-    # released connection to whoever asks next (asyncpg#1247): in this very run nearly
-    # all of the 200 were overtaken by a later one.
-    pool = await db.create_pool(database_url, max_size=2)
-    served: list[int] = []
-
-    async def request(i: int) -> None:
-        async with pool.acquire() as conn:
-            served.append(i)
-            await conn.fetchval("SELECT 1")
-
-    try:
-        async with pool.acquire(), pool.acquire():  # both connections open before the run
-            pass
-        tasks = []
-        for i in range(200):
-            tasks.append(asyncio.create_task(request(i)))
-            await asyncio.sleep(0)  # one loop turn, not a wait: the next one arrives
-        await asyncio.gather(*tasks)
-    finally:
-        await pool.close()
-    assert served == list(range(200))
-
-
-async def test_a_wait_for_a_connection_that_ends_early_gives_back_its_turn(
-    database_url: str,
-) -> None:
-    pool = await db.create_pool(database_url, max_size=2)
-    try:
-        held = [await pool.acquire() for _ in range(2)]
-        with pytest.raises(TimeoutError):
-            await pool.acquire(timeout=0.05)
-        cancelled = asyncio.create_task(pool.fetchval("SELECT 1"))
-        await asyncio.sleep(0)  # until it waits for a turn
-        cancelled.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await cancelled
-        for conn in held:
-            await pool.release(conn)
-        # Both turns are free again: two connections at once, and each answers.
-        async with asyncio.timeout(5), pool.acquire() as one, pool.acquire() as two:
-            assert [await one.fetchval("SELECT 1"), await two.fetchval("SELECT 2")] == [1, 2]
-    finally:
-        await pool.close()
 
 
 async def test_insert_and_get_round_trip_json(conn: Any) -> None:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -19,10 +19,8 @@ from typing import Any
 
 import pytest
 import structlog
-import yarl
 from aiohttp.abc import ResolveResult
 
-from scheduler_svc.netguard import GuardedResolver, RefusedAddress, resolve_public
 from scheduler_svc.targets import (
     USER_AGENT,
     Deliverer,
@@ -33,7 +31,9 @@ from scheduler_svc.targets import (
     parse_retry_after,
     registered_handlers,
 )
-from scheduler_svc.webhook_http import WebhookClient, webhook_client
+from scheduler_svc.targets.http import WebhookClient, webhook_client
+from scheduler_svc.targets.netguard import GuardedResolver, RefusedAddress, resolve_public
+from tests.helpers import FakeResolver, free_port
 from tests.webhook_receiver import Reply, WebhookReceiver, serve_receiver
 
 pytestmark = pytest.mark.timeout(20)
@@ -64,33 +64,6 @@ def http_target(url: str, **fields: Any) -> dict[str, Any]:
     return {"type": "http", "url": url, "method": "POST", "headers": {}, "body": None, **fields}
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (it was free a moment ago)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-class FakeResolver:
-    """Answers from a table: per host, one answer per call, the last one repeating."""
-
-    def __init__(self, answers: dict[str, Sequence[list[str] | OSError]]) -> None:
-        self.answers = answers
-        self.calls: list[str] = []
-
-    async def __call__(self, host: str, port: int) -> list[str]:
-        seen = self.calls.count(host)
-        self.calls.append(host)
-        options = self.answers.get(host)
-        if not options:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        answer = options[min(seen, len(options) - 1)]
-        if isinstance(answer, OSError):
-            raise answer
-        return answer
-
-
 class ToLoopback(GuardedResolver):
     """Records the addresses the guard vetted for a new connection, and sends that
     connection to 127.0.0.1 instead."""
@@ -105,25 +78,6 @@ class ToLoopback(GuardedResolver):
         vetted = await super().resolve(host, port, family)
         self.calls += [(answer["host"], answer["port"]) for answer in vetted]
         return [{**answer, "host": "127.0.0.1", "family": socket.AF_INET} for answer in vetted]
-
-
-@pytest.fixture(scope="session")
-async def receiver_server() -> AsyncIterator[WebhookReceiver]:
-    async with serve_receiver() as server:
-        yield server
-
-
-@pytest.fixture
-def receiver(receiver_server: WebhookReceiver) -> WebhookReceiver:
-    """The shared receiver, reset for this test (starting one per test costs 0.2 s)."""
-    receiver_server.reset()
-    return receiver_server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[WebhookClient]:
-    async with webhook_client(allow_private=True) as client:
-        yield client
 
 
 @pytest.fixture
@@ -429,7 +383,7 @@ async def test_the_4_KiB_cut_drops_a_split_character_and_replaces_bad_bytes(
 
 
 async def test_connection_refused_is_a_retryable_failure(deliverer: Deliverer) -> None:
-    port = closed_port()
+    port = free_port()
 
     outcome = await deliverer.deliver(make_delivery(http_target(f"http://127.0.0.1:{port}/x")))
 
@@ -642,25 +596,6 @@ async def test_pinned_https_still_checks_the_certificate_against_the_host_name(
     assert connector.calls == [(PUBLIC_V4, receiver.port)] * 2
 
 
-async def test_the_webhook_client_vets_each_new_connection_itself(
-    receiver: WebhookReceiver,
-) -> None:
-    # Called directly, with no Deliverer check before it: the client's own guard refuses.
-    resolver = FakeResolver({"hook.example": [["127.0.0.1"]]})
-    async with webhook_client(resolver=resolver) as client:
-        with pytest.raises(RefusedAddress):
-            await client.call(
-                "POST",
-                yarl.URL(f"http://hook.example:{receiver.port}/hook"),
-                [],
-                b"{}",
-                timeout_s=5,
-                limit=4096,
-            )
-    assert resolver.calls == ["hook.example"]
-    assert receiver.requests == []
-
-
 # secrets
 
 
@@ -679,7 +614,7 @@ async def test_secrets_stay_out_of_errors_logs_and_output(
         (open_deliverer, http_target(url, headers=headers)),
         (open_deliverer, http_target(url, headers=headers)),
         (open_deliverer, http_target(url, headers=headers)),
-        (open_deliverer, http_target(f"http://127.0.0.1:{closed_port()}/", headers=headers)),
+        (open_deliverer, http_target(f"http://127.0.0.1:{free_port()}/", headers=headers)),
         (open_deliverer, http_target(url, headers={**headers, "X-Api-Key": "é" + token})),
         (guarded, http_target(url, headers=headers)),
     ]

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
+
+from tests.helpers import serving
 
 Message = dict[str, Any]
 
@@ -39,6 +40,7 @@ class Recorded:
     headers: httpx.Headers
     body: bytes
     received_at: float = 0.0  # time.time() when the request had fully arrived
+    client: tuple[str, int] | None = None  # the caller's address: one per connection
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -138,6 +140,7 @@ class WebhookReceiver:
             ),
             body=bytes(body),
             received_at=time.time(),
+            client=(scope["client"][0], scope["client"][1]) if scope.get("client") else None,
         )
         # Taken now, so that a reply still running after reset() touches only its own test's state.
         requests, sent, released = self.requests, self.bytes_sent, self._released
@@ -182,32 +185,14 @@ async def serve_receiver(
 ) -> AsyncIterator[WebhookReceiver]:
     """A WebhookReceiver served on a free loopback port (https with a certificate and key)."""
     receiver = WebhookReceiver()
-    config = uvicorn.Config(
-        receiver,
-        host="127.0.0.1",
-        port=0,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        ws="none",
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not server.started:
-        if task.done() or loop.time() > deadline:
-            raise RuntimeError("the webhook receiver did not start")
-        await asyncio.sleep(0.005)
-    receiver.port = server.servers[0].sockets[0].getsockname()[1]
-    receiver.scheme = "https" if certfile else "http"
-    try:
-        yield receiver
-    finally:
-        receiver._closing.set()
-        receiver.release()
-        server.should_exit = True
-        await task
+    tls = {"ssl_certfile": certfile, "ssl_keyfile": keyfile}
+    options = {"lifespan": "off", "ws": "none", "timeout_graceful_shutdown": 5, **tls}
+    async with serving(receiver, "the webhook receiver", **options) as port:
+        receiver.port = port
+        receiver.scheme = "https" if certfile else "http"
+        try:
+            yield receiver
+        finally:
+            # Before the server stops: held and delayed replies end now.
+            receiver._closing.set()
+            receiver.release()

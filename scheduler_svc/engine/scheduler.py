@@ -22,7 +22,7 @@ import structlog
 from scheduler_svc import logs, metrics, schedule, store
 from scheduler_svc.engine.aio import wait_any
 from scheduler_svc.models import ClaimedRun, DueJob, InsertedRun, MisfirePolicy
-from scheduler_svc.schedule.overlap import OVERLAP_SKIPPED, Unfinished, plan_ticks
+from scheduler_svc.schedule.overlap import NOTHING_UNFINISHED, OVERLAP_SKIPPED, plan_ticks
 from scheduler_svc.store import Advance, Tick
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
 from scheduler_svc.targets import RUN_IN_PASS, log_line
@@ -95,7 +95,7 @@ def job_ticks(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[
         job.misfire_grace_s,
     )
     advance = Advance(job.id, due.next_run_at, "active" if due.next_run_at else "completed")
-    unfinished = Unfinished(job.pending_since, job.blocker, job.waiting)
+    unfinished = job.unfinished or NOTHING_UNFINISHED
     plans = plan_ticks(due.ticks, unfinished, forbid=job.overlap == "forbid" and not run_in_pass)
     ticks = []
     # The tick after each due tick: a tick runs as catch-up when that one is due too.
@@ -104,7 +104,7 @@ def job_ticks(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[
         if plan == "skip":
             ticks.append(Tick(job.id, job.tenant, tick, "skipped", OVERLAP_SKIPPED))
         elif plan == "wait":
-            ticks.append(Tick(job.id, job.tenant, tick, "waiting", waits_for=job.blocker))
+            ticks.append(Tick(job.id, job.tenant, tick, "waiting", waits_for=unfinished.blocker))
         else:
             status: Literal["succeeded", "pending"] = "succeeded" if run_in_pass else "pending"
             late = after is not None and after <= job.now

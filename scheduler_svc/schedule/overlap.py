@@ -41,6 +41,9 @@ class Unfinished(msgspec.Struct, frozen=True):
     waiting: bool  # it has ticks waiting already
 
 
+NOTHING_UNFINISHED = Unfinished(pending_since=None, blocker=None, waiting=False)
+
+
 def plan_ticks(
     ticks: Iterable[datetime], unfinished: Unfinished, *, forbid: bool
 ) -> list[TickPlan]:

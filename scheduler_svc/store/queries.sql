@@ -87,8 +87,10 @@ WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 
 
 -- jobs_claim_due --
 -- Lock due, active jobs for this scheduler pass (the caller's transaction), as one
--- JSON array (decoded in one go, much cheaper than row by row). For an overlap-
--- forbidding job, what its unfinished runs say about a tick (overlap.plan_ticks):
+-- JSON array (decoded in one go, much cheaper than row by row). `unfinished` is NULL
+-- unless an overlap-forbidding job still has a run pending, running or waiting (one
+-- index probe, as for most jobs that is all); then it says what those runs mean for
+-- a tick (overlap.plan_ticks):
 --   pending_since: its earliest pending run that is not catch-up became claimable then
 --                  (a tick since is an overlap for certain: a pending run has no attempt
 --                  under way);
@@ -96,30 +98,39 @@ WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 
 --                  ended on its replica without the database knowing yet);
 --   waiting:       it has runs waiting for an earlier one to end.
 -- The rest is what running a tick needs, in the pass itself or by this replica's executor.
-SELECT coalesce(json_agg(due), '[]')::text
+SELECT coalesce(json_agg(claimed), '[]')::text
 FROM (
-    SELECT j.id, j.tenant, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
-           j.backoff_s, j.backoff_max_s, j.schedule, j.timezone, j.next_run_at,
-           j.misfire_policy, j.misfire_grace_s, j.overlap,
-           unfinished.pending_since, unfinished.blocker,
-           coalesce(unfinished.waiting, false) AS waiting,
-           coalesce($1::timestamptz, now()) AS now
-    FROM jobs j
-    LEFT JOIN LATERAL (
-        SELECT min(r.ready_at) FILTER (WHERE r.status = 'pending' AND NOT r.catch_up
-                                         AND r.next_attempt_at IS NOT NULL) AS pending_since,
-               max(r.id) FILTER (WHERE r.next_attempt_at IS NOT NULL) AS blocker,
-               bool_or(r.next_attempt_at IS NULL) AS waiting
-        FROM job_runs r
-        WHERE j.overlap = 'forbid' AND r.job_id = j.id AND r.status IN ('pending', 'running')
-    ) unfinished ON true
-    WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
-    ORDER BY j.next_run_at
-    LIMIT $2
-    -- NO KEY UPDATE, the lock the UPDATE takes anyway: it does not block a manual
-    -- trigger's insert of a run of this job (its foreign key check shares the key).
-    FOR NO KEY UPDATE OF j SKIP LOCKED
-) due;
+    SELECT due.id, due.tenant, due.name, due.attributes, due.target, due.timeout_s,
+           due.max_attempts, due.backoff_s, due.backoff_max_s, due.schedule, due.timezone,
+           due.next_run_at, due.misfire_policy, due.misfire_grace_s, due.overlap, due.now,
+           CASE WHEN due.busy THEN (
+               SELECT json_build_object(
+                   'pending_since', min(r.ready_at) FILTER (
+                       WHERE r.status = 'pending' AND NOT r.catch_up
+                         AND r.next_attempt_at IS NOT NULL),
+                   'blocker', max(r.id) FILTER (WHERE r.next_attempt_at IS NOT NULL),
+                   'waiting', coalesce(bool_or(r.next_attempt_at IS NULL), false))
+               FROM job_runs r
+               WHERE r.job_id = due.id AND r.status IN ('pending', 'running')
+           ) END AS unfinished
+    FROM (
+        SELECT j.id, j.tenant, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
+               j.backoff_s, j.backoff_max_s, j.schedule, j.timezone, j.next_run_at,
+               j.misfire_policy, j.misfire_grace_s, j.overlap,
+               j.overlap = 'forbid' AND EXISTS (
+                   SELECT FROM job_runs r
+                   WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
+               ) AS busy,
+               coalesce($1::timestamptz, now()) AS now
+        FROM jobs j
+        WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
+        ORDER BY j.next_run_at
+        LIMIT $2
+        -- NO KEY UPDATE, the lock the UPDATE takes anyway: it does not block a manual
+        -- trigger's insert of a run of this job (its foreign key check shares the key).
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ) due
+) claimed;
 
 -- runs_materialize --
 -- In the scheduler's transaction: advance each claimed job and insert a run per due

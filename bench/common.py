@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -115,7 +116,9 @@ def replicas(
                 process.wait()
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+def wait_ready(url: str, process: subprocess.Popen[Any], timeout_s: float = 60) -> None:
+    """Until `url`/readyz answers 200; fails at once if the process exits (the tests use
+    it too)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -177,21 +176,6 @@ def spawn_cli(
         stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
         text=True,
     )
-
-
-def wait_ready(url: str, process: subprocess.Popen[str], deadline_s: float = 90) -> None:
-    """Until `url`/readyz answers 200; fails at once if the process exits."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the service exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"the service at {url} did not become ready in {deadline_s} s")
 
 
 def stop(process: subprocess.Popen[str], timeout_s: float = 30) -> subprocess.CompletedProcess[str]:

@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.common import wait_ready
 from tests.fuzz_hooks import PROBLEM_FIELDS
-from tests.helpers import cli_env, free_port, run_cli, spawn_cli, stop, wait_ready
+from tests.helpers import cli_env, free_port, run_cli, spawn_cli, stop
 
 # Every test here runs against `scheduler-svc serve` as a process.
 pytestmark = pytest.mark.slow

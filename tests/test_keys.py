@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.common import wait_ready
 from scheduler_svc.security import auth
-from tests.helpers import cli_env, free_port, run_cli, spawn_cli, stop, wait_ready
+from tests.helpers import cli_env, free_port, run_cli, spawn_cli, stop
 
 # Every test here runs `scheduler-svc` as a process.
 pytestmark = pytest.mark.slow

@@ -463,10 +463,10 @@ async def running_then_waiting(pool: Any, ex: Executor) -> tuple[ClaimedRun, Run
     """An overlap-forbidding job whose first tick's run `ex` has leased, and whose next
     tick (returned with its run) came due meanwhile and waits for it."""
     now = await store.db_now(pool)
-    first_tick = now + timedelta(seconds=0.2)
+    # Due half a second ago: the next tick comes half a second from now.
+    first_tick = now - timedelta(seconds=0.5)
     job = await make_job(pool, schedule="@every 1s", next_run_at=first_tick, overlap="forbid")
     await tick_once(pool, now=first_tick)
-    await db_clock_past(pool, first_tick)  # its attempt is due
     [claimed] = await ex.claim_once(1)
     next_tick = first_tick + timedelta(seconds=1)
     await tick_once(pool, now=next_tick)

@@ -21,9 +21,7 @@ from scheduler_svc.store.jobs import (
     jobs_claim_due,
     jobs_list,
     jobs_next_due,
-    runs_due_backlog,
     runs_materialize,
-    runs_skip_pending,
 )
 from scheduler_svc.store.keys import (
     api_key_get,
@@ -37,10 +35,12 @@ from scheduler_svc.store.runs import (
     Exchange,
     run_get,
     run_trigger,
+    runs_due_backlog,
     runs_exchange,
     runs_list,
     runs_prune,
     runs_release,
+    runs_skip_pending,
     runs_waiting_get,
     runs_waiting_lock,
     runs_waiting_settle,

@@ -127,11 +127,6 @@ async def job_delete(conn: Conn, tenant: str, job_id: int) -> bool:
     return await conn.fetchval(QUERIES["job_delete"], tenant, job_id) is not None
 
 
-async def runs_skip_pending(conn: Conn, job_id: int) -> None:
-    """Mark a paused job's scheduled runs that have not started as skipped."""
-    await conn.execute(QUERIES["runs_skip_pending"], job_id)
-
-
 async def jobs_claim_due(conn: Connection, now: datetime | None, limit: int) -> list[DueJob]:
     """Lock up to `limit` due active jobs for the caller's transaction (SKIP LOCKED)."""
     text: str = await conn.fetchval(QUERIES["jobs_claim_due"], now, limit)
@@ -202,9 +197,3 @@ async def jobs_next_due(conn: Conn) -> float | None:
     """Seconds until the earliest next tick of an active job (negative if overdue)."""
     seconds: float | None = await conn.fetchval(QUERIES["jobs_next_due"])
     return seconds
-
-
-async def runs_due_backlog(conn: Conn) -> int:
-    """Due ticks not yet started: pending runs due now plus active jobs due now."""
-    backlog: int = await conn.fetchval(QUERIES["runs_due_backlog"])
-    return backlog

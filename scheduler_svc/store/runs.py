@@ -1,4 +1,5 @@
-"""Queries on runs: the executors' exchange, waiting runs, release, trigger, reads, prune."""
+"""Queries on runs: the executors' exchange, waiting runs, release, trigger, reads,
+prune, the runs a pause skips, and the due backlog."""
 
 from __future__ import annotations
 
@@ -135,3 +136,14 @@ async def runs_prune(conn: Conn, older_than_days: int, limit: int, lock_key: int
     """Delete up to `limit` finished runs older than the retention, under the lock."""
     deleted: int = await conn.fetchval(QUERIES["runs_prune"], older_than_days, limit, lock_key)
     return deleted
+
+
+async def runs_skip_pending(conn: Conn, job_id: int) -> None:
+    """Mark a paused job's scheduled runs that have not started as skipped."""
+    await conn.execute(QUERIES["runs_skip_pending"], job_id)
+
+
+async def runs_due_backlog(conn: Conn) -> int:
+    """Due ticks not yet started: pending runs due now plus active jobs due now."""
+    backlog: int = await conn.fetchval(QUERIES["runs_due_backlog"])
+    return backlog

@@ -1,16 +1,19 @@
--- scheduler-svc schema: the whole of it. Applied on every start (and by
--- `scheduler-svc migrate`) under an advisory lock, so every statement here is
--- idempotent. A later change appends idempotent ALTERs and bumps the version.
+-- scheduler-svc schema: the whole of it, as of the last migration. `scheduler-svc
+-- migrate` (and every start) creates an empty database from this file and records every
+-- migration as applied; a database that has a schema gets the migrations it lacks
+-- instead (scheduler_svc/store/migrations/). tests/test_migrations.py checks that both
+-- ways end in the same catalog.
 
--- One row: the schema version this file brings the database to. /readyz
--- compares it with the version the running code expects.
-CREATE TABLE IF NOT EXISTS schema_version (
+-- One row: the schema version, the number of the last migration applied. /readyz
+-- compares it with the version the running code expects. Releases before versioned
+-- migrations read it too.
+CREATE TABLE schema_version (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version    integer NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE IF NOT EXISTS jobs (
+CREATE TABLE jobs (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- Every job belongs to a tenant; every query filters on it.
     tenant           text NOT NULL,
@@ -45,34 +48,108 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- Idempotency-Key of the POST that created the job, and a hash of its body,
     -- so a repeat returns this job and a different body under the same key is a 409.
     idempotency_key  text,
-    request_hash     text
+    request_hash     text,
+    -- The client's own name for the job ("jobs as code": PUT /jobs/by-key/{key}), unique
+    -- per tenant; NULL for a job without one. The API refuses some keys this allows (an
+    -- empty, "." or ".." segment between slashes, which a URL path cannot carry).
+    key              text CONSTRAINT jobs_key_check
+                     CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$'),
+    -- Which tool owns the job (`scheduler-svc apply --owner`); NULL: none says so.
+    managed_by       text CONSTRAINT jobs_managed_by_check
+                     CHECK (char_length(managed_by) BETWEEN 1 AND 200)
 );
 
 -- One job per tenant and Idempotency-Key. Partial: most jobs have no key, and every
 -- tick rewrites its job's row (next_run_at), which costs one entry per index.
-ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_idempotency_key;
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (tenant, idempotency_key)
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (tenant, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+-- One job per tenant and key, and finding it by key. Partial for the same reason.
+CREATE UNIQUE INDEX jobs_key ON jobs (tenant, key) WHERE key IS NOT NULL;
 
 -- The scheduler's claim: due, active jobs in order of due time. Partial, so its size
 -- follows the active jobs only.
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_run_at) WHERE status = 'active';
+CREATE INDEX jobs_due ON jobs (next_run_at) WHERE status = 'active';
 -- Listing newest first, per tenant, by keyset on id.
-CREATE INDEX IF NOT EXISTS jobs_tenant_id ON jobs (tenant, id DESC);
+CREATE INDEX jobs_tenant_id ON jobs (tenant, id DESC);
 
-CREATE TABLE IF NOT EXISTS job_runs (
-    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    job_id           bigint NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+-- Which migrations the database has had (scheduler_svc/store/migrations/NNNN_name.sql),
+-- each with the SHA-256 of its file: a migration changed after it was applied is
+-- refused, not silently skipped.
+CREATE TABLE schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    duration_ms double precision
+);
+
+-- Run ids tell the day of their run's tick, so that a run is found in one partition of
+-- job_runs: id = (UTC days since 2000-01-01 of scheduled_for) << 37 | a sequence number.
+-- 16 bits of days (to the year 2179) and 37 of sequence (137 billion runs a day) stay
+-- below 2^53, so JavaScript clients read every id exactly. Day 0 is never used: the
+-- ids of runs recorded before runs were partitioned (migration 0005) are small numbers,
+-- which say nothing of their day.
+CREATE SEQUENCE job_runs_id_seq;
+
+CREATE FUNCTION run_id(tick timestamptz) RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE AS $$
+    SELECT greatest(floor(extract(epoch FROM tick) / 86400)::bigint - 10957, 1) << 37
+           | (nextval('job_runs_id_seq') & 137438953471)
+$$;
+
+-- Where the tick of run `id` lies: [run_id_day_start, run_id_day_end). Unbounded for ids
+-- of day 0 and 1 (runs from before migration 0005, and ticks before 2000-01-02).
+-- Immutable, so that a statement that looks runs up by id prunes job_runs to the
+-- partition of their day before it reads anything.
+CREATE FUNCTION run_id_day_start(id bigint) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN id >> 37 <= 1 THEN '-infinity'::timestamptz
+                ELSE to_timestamp(((10957 + (id >> 37)) * 86400)::float8) END
+$$;
+
+CREATE FUNCTION run_id_day_end(id bigint) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN id >> 37 = 0 THEN 'infinity'::timestamptz
+                ELSE to_timestamp(((10957 + (id >> 37) + 1) * 86400)::float8) END
+$$;
+
+-- The same bounds for a set of run ids: from the first day's start to the last day's end.
+CREATE FUNCTION run_ids_day_start(ids bigint[]) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT min(run_id_day_start(id)) FROM unnest(ids) AS id
+$$;
+
+CREATE FUNCTION run_ids_day_end(ids bigint[]) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT max(run_id_day_end(id)) FROM unnest(ids) AS id
+$$;
+
+-- Run history, partitioned by the day of the tick (scheduled_for): a day's runs are one
+-- table, and retention drops it whole instead of deleting rows one by one. The
+-- partitions are job_runs_YYYYMMDD, created a week ahead by maintenance (history_tables
+-- below), and job_runs_default, which takes a run whose day has no partition (one whose
+-- tick is older than the retention, or one written while maintenance had not run for a
+-- week), so that no write ever fails for lack of one. A database upgraded from before
+-- partitioning also has job_runs_before_v5: the runs it had then, up to the day after
+-- the upgrade.
+CREATE TABLE job_runs (
+    -- run_id(scheduled_for): the statements that insert runs set it, and for one that
+    -- does not (a release before partitioning, during a rolling upgrade) the trigger
+    -- job_runs_id does.
+    id               bigint NOT NULL,
+    job_id           bigint NOT NULL
+                     CONSTRAINT job_runs_job_id_fkey REFERENCES jobs (id) ON DELETE CASCADE,
     tenant           text NOT NULL,
     -- The tick this run is for (for a manual trigger, the moment it was triggered).
     scheduled_for    timestamptz NOT NULL,
     -- schedule: materialized from the job's schedule; manual: POST /jobs/{id}/trigger.
-    trigger          text NOT NULL DEFAULT 'schedule' CHECK (trigger IN ('schedule', 'manual')),
+    trigger          text NOT NULL DEFAULT 'schedule'
+                     CONSTRAINT job_runs_trigger_check CHECK (trigger IN ('schedule', 'manual')),
     -- pending: waiting for an executor (or for its next attempt, or, with next_attempt_at
     -- NULL, for an earlier run of its job to end); running: leased by
     -- `worker` until `lease_expires_at`; succeeded / failed: final; skipped: final,
     -- never executed (overlap forbidden), `error` says why.
-    status           text NOT NULL DEFAULT 'pending'
+    status           text NOT NULL DEFAULT 'pending' CONSTRAINT job_runs_status_check
                      CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'skipped')),
     attempt          integer NOT NULL DEFAULT 0,
     -- When the next attempt is due; NULL while the run waits for an earlier run of its
@@ -100,53 +177,163 @@ CREATE TABLE IF NOT EXISTS job_runs (
     catch_up         boolean NOT NULL DEFAULT false,
     CONSTRAINT job_runs_leased_while_running
         CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
-);
+) PARTITION BY RANGE (scheduled_for);
 
+-- Each partition's primary key is its own (id): a key of the partitioned table would
+-- have to include scheduled_for. Ids are unique all the same: one sequence numbers them.
+--
 -- One run per (job, tick): a second materialization of the same tick, by any
 -- replica, conflicts here and is dropped. Manual triggers are outside the schedule.
-CREATE UNIQUE INDEX IF NOT EXISTS job_runs_one_per_tick
+-- (It includes the partition key, so it holds across partitions.)
+CREATE UNIQUE INDEX job_runs_one_per_tick
     ON job_runs (job_id, scheduled_for) WHERE trigger = 'schedule';
 -- Executors claim pending runs by due time.
-CREATE INDEX IF NOT EXISTS job_runs_pending ON job_runs (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX job_runs_pending ON job_runs (next_attempt_at) WHERE status = 'pending';
 -- Lease takeover: running runs whose lease has expired. Keyed on the lease alone
 -- (set exactly while running, by the CHECK above) so that queries about leases can
 -- only use this index, never the larger job_runs_active, whatever the statistics say.
-DROP INDEX IF EXISTS job_runs_leases;
-CREATE INDEX IF NOT EXISTS job_runs_leased ON job_runs (lease_expires_at)
+CREATE INDEX job_runs_leased ON job_runs (lease_expires_at)
     WHERE lease_expires_at IS NOT NULL;
 -- A job's history, newest first.
-CREATE INDEX IF NOT EXISTS job_runs_job_id ON job_runs (job_id, id DESC);
--- Retention pruning by age. BRIN: runs are appended in created_at order, so a few
--- bytes per block range find the old ones, and writing a run costs it next to nothing.
-DROP INDEX IF EXISTS job_runs_created_at;
-CREATE INDEX IF NOT EXISTS job_runs_created_brin ON job_runs USING brin (created_at);
+CREATE INDEX job_runs_job_id ON job_runs (job_id, id DESC);
 -- Overlap check: does a job have a run waiting or under way?
-CREATE INDEX IF NOT EXISTS job_runs_active ON job_runs (job_id)
+CREATE INDEX job_runs_active ON job_runs (job_id)
     WHERE status IN ('pending', 'running');
-
--- job_runs is a queue: most of its rows change state within seconds. Analyze and
--- vacuum it after a small share of changes, so that plans follow how many runs are
--- pending or running and dead row versions do not pile up between passes.
-ALTER TABLE job_runs SET (autovacuum_analyze_scale_factor = 0.02,
-                          autovacuum_vacuum_scale_factor = 0.05);
-
--- Overlap by real time (schema 4): a tick that came due while an earlier run was still
--- running by the database's record waits (next_attempt_at NULL) until that run's outcome
--- is recorded with the time it really finished; it is then skipped or run. finished_at
--- is that time as the replica measured it, not when the result reached the database.
-ALTER TABLE job_runs ALTER COLUMN next_attempt_at DROP NOT NULL;
-ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS ready_at timestamptz DEFAULT now();
-ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS waits_for bigint;
-ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS catch_up boolean NOT NULL DEFAULT false;
 -- The waiting runs of a job, in tick order. Partial: empty but after an outage or while
 -- a long run of an overlap-forbidding job holds up its next ticks.
-CREATE INDEX IF NOT EXISTS job_runs_waiting ON job_runs (job_id, scheduled_for)
+CREATE INDEX job_runs_waiting ON job_runs (job_id, scheduled_for)
     WHERE status = 'pending' AND next_attempt_at IS NULL;
+
+CREATE FUNCTION job_runs_assign_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.id := run_id(NEW.scheduled_for);
+    RETURN NEW;
+END
+$$;
+
+-- Only for inserts that leave the id out: a row trigger's call costs, and the statements
+-- of this release pass run_id(scheduled_for) themselves.
+CREATE TRIGGER job_runs_id
+    BEFORE INSERT ON job_runs
+    FOR EACH ROW WHEN (NEW.id IS NULL) EXECUTE FUNCTION job_runs_assign_id();
+
+CREATE TABLE job_runs_default PARTITION OF job_runs DEFAULT;
+ALTER TABLE job_runs_default ADD PRIMARY KEY (id);
+
+-- History tables: tables partitioned by range on one timestamptz column, a partition a
+-- UTC day, that maintenance keeps (history_partitions_create, history_partitions_drop).
+-- A table joins with a row here, in the migration that creates it.
+CREATE TABLE history_tables (
+    name              text PRIMARY KEY,
+    -- Storage parameters every new partition gets (the partitioned table has none).
+    partition_options text NOT NULL DEFAULT '',
+    -- A condition on rows: a partition past the retention in which a row meets it is
+    -- kept (and retried at the next pass) rather than dropped.
+    keep_while        text NOT NULL DEFAULT 'false'
+);
+
+-- job_runs is a queue: most of its rows change state within seconds. Analyze and
+-- vacuum its partitions after a small share of changes, so that plans follow how many
+-- runs are pending or running and dead row versions do not pile up between passes.
+INSERT INTO history_tables (name, partition_options, keep_while) VALUES (
+    'job_runs',
+    'WITH (autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_scale_factor = 0.05)',
+    'status IN (''pending'', ''running'')'
+);
+
+-- The partitions of history table `parent` with their bounds ('-infinity' for MINVALUE,
+-- 'infinity' for MAXVALUE; NULL for the default partition).
+CREATE FUNCTION history_partitions(parent text)
+RETURNS TABLE (partition text, lower_bound timestamptz, upper_bound timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT c.relname::text,
+           CASE WHEN b.m[1] = 'MINVALUE' THEN '-infinity' ELSE btrim(b.m[1], '''')::timestamptz END,
+           CASE WHEN b.m[2] = 'MAXVALUE' THEN 'infinity' ELSE btrim(b.m[2], '''')::timestamptz END
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL (
+        SELECT regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \((.+)\) TO \((.+)\)') AS m
+    ) b
+    WHERE i.inhparent = parent::regclass
+$$;
+
+-- Create the missing day partitions of every history table from `days_back` days ago
+-- to `days_ahead` days ahead (UTC days); return how many were made. A new partition is filled and
+-- attached, not created in place: rows of its day that went to the default partition
+-- move into it first, and attaching locks the parent less than CREATE … PARTITION OF.
+CREATE FUNCTION history_partitions_create(days_ahead integer, days_back integer DEFAULT 0)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    t history_tables;
+    key text;
+    day date;
+    lo timestamptz;
+    hi timestamptz;
+    part text;
+    made integer := 0;
+BEGIN
+    FOR t IN SELECT * FROM history_tables ORDER BY name LOOP
+        SELECT a.attname INTO key
+        FROM pg_partitioned_table p
+        JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+        WHERE p.partrelid = t.name::regclass;
+        FOR day IN
+            SELECT d::date FROM generate_series((now() AT TIME ZONE 'UTC')::date - days_back,
+                                                (now() AT TIME ZONE 'UTC')::date + days_ahead,
+                                                interval '1 day') AS d
+        LOOP
+            lo := day::timestamp AT TIME ZONE 'UTC';
+            hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
+            CONTINUE WHEN EXISTS (
+                SELECT FROM history_partitions(t.name) p
+                WHERE p.lower_bound < hi AND p.upper_bound > lo
+            );
+            part := format('%s_%s', t.name, to_char(day, 'YYYYMMDD'));
+            EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS) %s',
+                           part, t.name, t.partition_options);
+            EXECUTE format('WITH moved AS (DELETE FROM %I WHERE %I >= $1 AND %I < $2 RETURNING *) '
+                           'INSERT INTO %I SELECT * FROM moved',
+                           t.name || '_default', key, key, part) USING lo, hi;
+            EXECUTE format('ALTER TABLE %I ADD PRIMARY KEY (id)', part);
+            EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                           t.name, part, lo, hi);
+            made := made + 1;
+        END LOOP;
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+-- Drop the partitions of every history table that end at or before `cutoff` and hold
+-- no row its keep_while keeps; return their names. Dropping a partition locks its
+-- table for a moment (ACCESS EXCLUSIVE): the caller sets a lock_timeout.
+CREATE FUNCTION history_partitions_drop(cutoff timestamptz) RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+DECLARE
+    t history_tables;
+    p record;
+    kept boolean;
+BEGIN
+    FOR t IN SELECT * FROM history_tables ORDER BY name LOOP
+        FOR p IN
+            SELECT * FROM history_partitions(t.name) b
+            WHERE b.upper_bound <= cutoff ORDER BY b.upper_bound
+        LOOP
+            EXECUTE format('SELECT EXISTS (SELECT FROM %I WHERE %s)', p.partition, t.keep_while)
+                INTO kept;
+            CONTINUE WHEN kept;
+            EXECUTE format('DROP TABLE %I', p.partition);
+            RETURN NEXT p.partition;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+SELECT history_partitions_create(7);
 
 -- A job's last run is derived from its runs, not stored on the job: executors never
 -- write job rows, so they never contend with the scheduler's locks on them.
-ALTER TABLE jobs DROP COLUMN IF EXISTS last_run_at, DROP COLUMN IF EXISTS last_run_status;
-
 -- Jobs as the API shows them: with the start and status of their latest started run.
 CREATE OR REPLACE VIEW jobs_with_last_run AS
 SELECT j.*, last_run.started_at AS last_run_at, last_run.status AS last_run_status
@@ -187,7 +374,7 @@ CREATE OR REPLACE TRIGGER job_runs_inserted
     AFTER INSERT ON job_runs
     FOR EACH STATEMENT EXECUTE FUNCTION scheduler_notify('scheduler_runs');
 
-CREATE TABLE IF NOT EXISTS api_keys (
+CREATE TABLE api_keys (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- The visible start of the key, to name it in lists and logs.
     prefix       text NOT NULL UNIQUE,
@@ -200,6 +387,34 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at   timestamptz
 );
 
-INSERT INTO schema_version (version) VALUES (4)
-ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now()
-WHERE schema_version.version < excluded.version;
+-- Releases before versioned migrations apply their whole schema.sql on every start. On
+-- this schema theirs would fail (PostgreSQL refuses storage parameters on a partitioned
+-- job_runs), but only after building an index over every partition of job_runs. This
+-- stops such a release at its first statement, with an error that says why and what
+-- to do. It knows their script by its last statement, which this file and the
+-- migrations after 0004 never contain. Event triggers need a superuser: without one,
+-- such a release stops on PostgreSQL's own error, after that index build.
+CREATE FUNCTION scheduler_refuse_older_release() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_query() ~ 'ON CONFLICT \(singleton\) DO UPDATE SET version = excluded\.version' THEN
+        RAISE EXCEPTION 'this database is at scheduler-svc schema version %, newer than this release knows: run the release that migrated it (upgrade order: migrate, then roll the replicas)',
+            (SELECT version FROM schema_version)
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+END
+$$;
+
+DO $$
+BEGIN
+    CREATE EVENT TRIGGER scheduler_refuse_older_release ON ddl_command_start
+        EXECUTE FUNCTION scheduler_refuse_older_release();
+EXCEPTION
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'not a superuser: no guard against releases before versioned migrations';
+    WHEN duplicate_object THEN
+        NULL;
+END
+$$;
+
+INSERT INTO schema_version (version) VALUES (6);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import secrets
 import signal
@@ -18,8 +20,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-
-from scheduler_svc.store import db
 
 
 @dataclass(slots=True)
@@ -43,20 +43,32 @@ SERVER_URL = os.environ.get(
 
 
 @asynccontextmanager
-async def bench_database() -> AsyncIterator[str]:
-    """A fresh database with the schema on SERVER_URL; dropped afterwards."""
+async def bench_database(*, with_schema: bool = True) -> AsyncIterator[str]:
+    """A fresh database on SERVER_URL, with the schema unless not `with_schema`;
+    dropped afterwards."""
     name = f"scheduler_bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(SERVER_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = urlunsplit(urlsplit(SERVER_URL)._replace(path=f"/{name}"))
     try:
-        conn = await asyncpg.connect(url)
-        await db.apply_schema(conn)
-        await conn.close()
+        if with_schema:
+            conn = await asyncpg.connect(url)
+            await apply_schema(conn)
+            await conn.close()
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def apply_schema(conn: asyncpg.Connection[Any]) -> None:
+    """The schema of the scheduler_svc imported: by its migrations, or by applying
+    schema.sql as releases before versioned migrations did (bench/scale.py measures
+    those too, with PYTHONPATH pointing at a checkout of one)."""
+    if importlib.util.find_spec("scheduler_svc.store.migrate") is not None:
+        await importlib.import_module("scheduler_svc.store.migrate").migrate(conn)
+    else:
+        await importlib.import_module("scheduler_svc.store.db").apply_schema(conn)
 
 
 def free_port() -> int:

@@ -51,11 +51,13 @@ INSERT INTO jobs (tenant, name, schedule, target, status, next_run_at)
 SELECT 'bench', 'job-' || i, $2, $3::jsonb, 'paused', NULL
 FROM generate_series(1, $1) AS i
 """
-# $1: the first tick; $2: spread the jobs' phases over this many seconds.
+# $1: the first tick; $2: spread the jobs' phases over this many seconds; jobs $4 to
+# $4 + $3 - 1 (by id).
 START_JOBS = """
 UPDATE jobs
 SET status = 'active',
     next_run_at = $1::timestamptz + make_interval(secs => (id % $3)::float8 * $2::float8 / $3)
+WHERE id BETWEEN $4 AND $4 + $3 - 1
 """
 # Earlier runs: a running system has a history, and statistics that know it (on a
 # brand-new database, plans made for empty tables hold until autovacuum's first
@@ -74,7 +76,7 @@ HISTORY_ROWS = 720_000
 LAGS = """
 SELECT (extract(epoch FROM started_at - scheduled_for) * 1000)::float8 AS lag_ms, status, worker
 FROM job_runs
-WHERE scheduled_for >= $1 AND scheduled_for < $2
+WHERE job_id BETWEEN $3 AND $4 AND scheduled_for >= $1 AND scheduled_for < $2
 """
 WARM_UP_S = 3
 LEAD_S = 2
@@ -101,8 +103,11 @@ async def prepare(url: str, jobs: int, schedule: str, target: dict[str, Any]) ->
         await conn.close()
 
 
-async def start(conn: asyncpg.Connection[Any], jobs: int, schedule: str, phase: str) -> datetime:
-    """Activate the jobs from their first fire time a moment ahead; return that time."""
+async def start(
+    conn: asyncpg.Connection[Any], jobs: int, schedule: str, phase: str, first_job: int = 1
+) -> datetime:
+    """Activate jobs `first_job` to `first_job + jobs - 1` from their first fire time a
+    moment ahead; return that time."""
     parsed = schedules.parse(schedule)
     now: datetime = await conn.fetchval("SELECT now()")
     first = schedules.next_fire(
@@ -110,7 +115,7 @@ async def start(conn: asyncpg.Connection[Any], jobs: int, schedule: str, phase: 
     )
     assert first is not None
     span = parsed.every.total_seconds() if phase == "spread" and parsed.every else 0.0
-    await conn.execute(START_JOBS, first, span, jobs)
+    await conn.execute(START_JOBS, first, span, jobs, first_job)
     return first
 
 
@@ -127,21 +132,43 @@ async def measure(
     async with bench_database() as url, _maybe_receiving(target) as (hook, receipts):
         spec: dict[str, Any] = {"type": "log"} if hook is None else {"type": "http", "url": hook}
         await prepare(url, jobs, schedule, spec)
-        env = {"SCHEDULER_WEBHOOK_ALLOW_PRIVATE": "true"}
-        if concurrency is not None:
-            env["SCHEDULER_CONCURRENCY"] = str(concurrency)
-        with tempfile.TemporaryDirectory() as logs, replicas(url, replica_count, Path(logs), **env):
-            conn = await asyncpg.connect(url)
-            try:
-                first = await start(conn, jobs, schedule, phase)
-                window_start = first + timedelta(seconds=WARM_UP_S)
-                window_end = window_start + timedelta(seconds=seconds)
-                # Until the window is over, and a little more for its last runs.
-                now = await conn.fetchval("SELECT now()")
-                await asyncio.sleep((window_end - now).total_seconds() + 2)
-                rows = await conn.fetch(LAGS, window_start, window_end)
-            finally:
-                await conn.close()
+        return await measure_on(
+            url, jobs, seconds, replica_count, schedule, target, phase, concurrency, receipts
+        )
+
+
+async def measure_on(
+    url: str,
+    jobs: int,
+    seconds: float,
+    replica_count: int,
+    schedule: str,
+    target: str = "log",
+    phase: str = "spread",
+    concurrency: int | None = None,
+    receipts: Receipts | None = None,
+    first_job: int = 1,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """measure() on a database that has the jobs already, paused, on `schedule`: jobs
+    `first_job` to `first_job + jobs - 1` (by id), whatever else it holds. `env` goes
+    to the replicas too."""
+    environ = {"SCHEDULER_WEBHOOK_ALLOW_PRIVATE": "true", **(env or {})}
+    if concurrency is not None:
+        environ["SCHEDULER_CONCURRENCY"] = str(concurrency)
+    last_job = first_job + jobs - 1
+    with tempfile.TemporaryDirectory() as logs, replicas(url, replica_count, Path(logs), **environ):
+        conn = await asyncpg.connect(url)
+        try:
+            first = await start(conn, jobs, schedule, phase, first_job)
+            window_start = first + timedelta(seconds=WARM_UP_S)
+            window_end = window_start + timedelta(seconds=seconds)
+            # Until the window is over, and a little more for its last runs.
+            now = await conn.fetchval("SELECT now()")
+            await asyncio.sleep((window_end - now).total_seconds() + 2)
+            rows = await conn.fetch(LAGS, window_start, window_end, first_job, last_job)
+        finally:
+            await conn.close()
     lags = [r["lag_ms"] for r in rows if r["lag_ms"] is not None]
     figures: dict[str, Any] = {
         "jobs": jobs,

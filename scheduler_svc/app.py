@@ -34,6 +34,7 @@ from scheduler_svc import logs, metrics, store
 from scheduler_svc.api import jobs
 from scheduler_svc.api.bodies import JsonRequest
 from scheduler_svc.api.openapi import ProblemDocsPlugin, StrictStructSchemaPlugin
+from scheduler_svc.api.reads import ReadYourWrites, provide_reads
 from scheduler_svc.api.routes import JobsController, PoolDep, TenantDep, get_run, preview_schedule
 from scheduler_svc.config import Settings
 from scheduler_svc.engine.worker import Worker
@@ -41,8 +42,9 @@ from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError, pro
 from scheduler_svc.models import Status
 from scheduler_svc.security import auth, crosssite, middleware
 from scheduler_svc.security.ratelimit import rate_limit_middleware
-from scheduler_svc.store import db
+from scheduler_svc.store import db, migrate
 from scheduler_svc.store.db import Pool
+from scheduler_svc.store.replica import ReadRouter
 from scheduler_svc.targets import Deliverer, Handler, registered_handlers
 from scheduler_svc.targets.http import WebhookClient, webhook_client
 
@@ -143,15 +145,27 @@ async def healthz() -> Status:
     tags=["health"],
     summary="The database answers and its schema is current",
 )
-async def readyz(pool: PoolDep) -> Response[Status]:
+async def readyz(request: Request[Any, Any, Any], pool: PoolDep) -> Response[Status]:
+    # The read replica is reported, never a reason to be unready: without it history
+    # reads go to the primary, which alone decides.
+    replica = _read_replica(request.app)
     try:
         schema_version = await store.schema_version_get(pool)
     except db.DATABASE_ERRORS as exc:
         log.warning("not_ready", error=str(exc))
-        return Response(Status(status="database unavailable"), status_code=503)
-    if schema_version < db.SCHEMA_VERSION:
-        return Response(Status("schema behind", schema_version), status_code=503)
-    return Response(Status("ready", schema_version))
+        return Response(Status(status="database unavailable", **replica), status_code=503)
+    if schema_version < migrate.SCHEMA_VERSION:
+        return Response(Status("schema behind", schema_version, **replica), status_code=503)
+    return Response(Status("ready", schema_version, **replica))
+
+
+def _read_replica(app: Litestar) -> dict[str, Any]:
+    """The read replica's fields of /readyz: none without one."""
+    router: ReadRouter | None = getattr(app.state, "reads", None)
+    status = router.status if router is not None else None
+    if status is None:
+        return {}
+    return {"read_replica": status.state, "read_replica_lag_s": status.lag_s}
 
 
 def _swagger_assets() -> Path:
@@ -195,6 +209,19 @@ def create_app(
                 return opened
 
             app.state.pool = pool or await open_pool()
+            # History reads go to the read replica, if any, while it keeps up; a worker
+            # serves none.
+            reads = ReadRouter(
+                app.state.pool,
+                settings.database_read_url if settings.role != "worker" else None,
+                worker_id=settings.worker_id,
+                max_lag_s=settings.read_max_lag_s,
+                on_read=metrics.history_read,
+                on_check=metrics.replica_checked,
+            )
+            await reads.start()
+            stack.push_async_callback(reads.close)
+            app.state.reads = reads
             if settings.role != "api":
                 client = http
                 if client is None:
@@ -238,6 +265,9 @@ def create_app(
     def provide_rules(tenant: TenantDep) -> jobs.Rules:
         return rules
 
+    # Read-your-writes with a read replica: write responses carry their WAL position.
+    serves_reads = settings.database_read_url is not None and settings.role != "worker"
+
     favicon = f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>"
     routes: list[ControllerRouterHandler] = [root, healthz, readyz, metrics.MetricsController]
     if settings.role != "worker":  # a worker serves nothing but its health and metrics
@@ -258,17 +288,20 @@ def create_app(
             "pool": Provide(provide_pool, sync_to_thread=False),
             "tenant": Provide(provide_tenant, sync_to_thread=False),
             "rules": Provide(provide_rules, sync_to_thread=False),
+            "reads": Provide(provide_reads, sync_to_thread=False),
         },
         lifespan=[lifespan],
         # Outermost first: measure every request (401 and 429 included), resolve its
         # principal, count it against the rate limit, refuse it without the scope, then
-        # (open mode) for a foreign Host and (any mode) for a body that is not JSON.
+        # (open mode) for a foreign Host and (any mode) for a body that is not JSON; with
+        # a read replica, innermost, stamp writes with their WAL position.
         middleware=[
             metrics.HTTP.middleware,
             DefineMiddleware(middleware.AuthMiddleware, authenticator=auth.Authenticator(settings)),
             rate_limit_middleware(settings.rate_limit),
             middleware.ScopeGuard,
             DefineMiddleware(crosssite.CrossSiteGuard, allowed_hosts=settings.allowed_hosts),
+            *([ReadYourWrites] if serves_reads else []),
         ],
         plugins=[
             ProblemDocsPlugin(),

@@ -1,5 +1,6 @@
-"""The `scheduler-svc` command: serve, migrate, keys. Errors are one line on stderr, never a
-traceback."""
+"""The `scheduler-svc` command: serve, migrate, keys, and jobs and runs over the HTTP API
+(`cli_api`), with apply and export of jobs files (`jobs_as_code`). Errors are one line on
+stderr, never a traceback."""
 
 from __future__ import annotations
 
@@ -13,18 +14,18 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import structlog
 import uvicorn
 from litestar import Litestar
 
-from scheduler_svc import logs, store
+from scheduler_svc import cli_api, jobs_as_code, logs, store
 from scheduler_svc.app import create_app
 from scheduler_svc.config import ConfigError, Settings
 from scheduler_svc.engine.worker import Worker
 from scheduler_svc.security import auth, keys
-from scheduler_svc.store import db
+from scheduler_svc.store import db, migrate
 from scheduler_svc.store.db import Pool
 from scheduler_svc.store.embedded import EmbeddedPostgres
 
@@ -63,8 +64,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve without authentication on a non-loopback address while no key exists",
     )
-    commands.add_parser("migrate", help="apply schema.sql to the database and exit")
+    migrate_ = commands.add_parser(
+        "migrate", help="bring the database to this release's schema and exit"
+    )
+    shown = migrate_.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--status", action="store_true", help="list the migrations and whether each is applied"
+    )
+    shown.add_argument(
+        "--dry-run", action="store_true", help="print what would be applied, apply nothing"
+    )
     keys.add_commands(commands)
+    cli_api.add_commands(commands)
+    jobs_as_code.add_commands(commands)
     return parser
 
 
@@ -111,11 +123,47 @@ async def _with_pool(url: str, action: Callable[[Pool], Awaitable[T]]) -> T:
 
 async def _apply_schema(pool: Pool) -> int:
     async with pool.acquire() as conn:
-        return await db.apply_schema(conn)
+        try:
+            return await migrate.migrate(conn)
+        except migrate.MigrationError as exc:
+            raise CommandError(str(exc)) from None
+        except db.DATABASE_ERRORS as exc:
+            raise CommandError(f"migrating the database failed: {exc}") from None
 
 
-async def _migrate(url: str) -> int:
-    return await _with_pool(url, _apply_schema)
+def _migrate_command(settings: Settings, args: argparse.Namespace) -> None:
+    """`migrate [--status | --dry-run]`: apply, list, or show what applying would do."""
+
+    async def run(pool: Pool) -> list[str]:
+        if not (args.status or args.dry_run):
+            return [f"schema at version {await _apply_schema(pool)}"]
+        async with pool.acquire() as conn:
+            plan = await migrate.plan(conn)
+        if args.status:
+            return [
+                f"{s.version:04d}_{s.name}  {s.state}"
+                + (f"  {s.applied_at:%Y-%m-%d %H:%M:%S%z}" if s.applied_at else "")
+                for s in plan.states
+            ]
+        if plan.create:
+            return ["empty database: would create the schema from schema.sql", migrate.SCHEMA_SQL]
+        if plan.empty:
+            return ["nothing to apply"]
+        return [
+            f"-- would apply {m.version:04d}_{m.name}, step {i + 1} of {len(m.steps)}: "
+            f"{step.description}\n{step.sql.strip()}"
+            for m in plan.pending
+            for i, step in enumerate(m.steps)
+        ]
+
+    settings, embedded = _with_database(settings)
+    assert settings.database_url is not None
+    try:
+        lines = asyncio.run(_with_pool(settings.database_url, run))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print("\n".join(lines))
 
 
 async def _prepare(pool: Pool) -> tuple[int, bool]:
@@ -226,7 +274,17 @@ def manage_keys(settings: Settings, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `scheduler-svc` console script."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # `apply --detailed-exitcode` keeps 2 for "changes"
+        if exc.code == 2 and jobs_as_code.wants_detailed_exitcode(argv):
+            sys.exit(1)
+        raise
+    if args.command in cli_api.COMMANDS:  # a client of the API: no settings, no database
+        sys.exit(cli_api.run(args))
+    if args.command in jobs_as_code.COMMANDS:
+        sys.exit(jobs_as_code.run(args))
     try:
         settings = _settings(args)
     except ConfigError as exc:
@@ -242,14 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "serve":
             serve(settings)
         elif args.command == "migrate":
-            settings, embedded = _with_database(settings)
-            assert settings.database_url is not None
-            try:
-                version: Any = asyncio.run(_migrate(settings.database_url))
-            finally:
-                if embedded is not None:
-                    embedded.stop()
-            print(f"schema at version {version}")
+            _migrate_command(settings, args)
         elif args.command == "keys":
             manage_keys(settings, args)
     except (CommandError, ConfigError) as exc:

@@ -42,6 +42,10 @@ class Settings:
 
     # repr=False on credentials: a Settings that ends up in a log or traceback shows none.
     database_url: str | None = field(default=None, repr=False)
+    # A streaming standby of database_url that serves history reads while it keeps up.
+    database_read_url: str | None = field(default=None, repr=False)
+    # Beyond this many seconds behind the primary, history reads go to the primary.
+    read_max_lag_s: float = 5.0
     data_dir: Path = Path(".scheduler-data")
     host: str = "127.0.0.1"
     port: int = 3000
@@ -72,6 +76,9 @@ class Settings:
     # Host names an open service answers besides loopback ones (normal_host's form; a
     # leading "*." stands for any subdomain). Keyed and JWT modes answer any Host.
     allowed_hosts: tuple[str, ...] = ()
+    # The tenants whose jobs and runs this replica's worker claims (None: every tenant's):
+    # the seam for tenant-sharded deployments (docs/scaling.md).
+    tenants: tuple[str, ...] | None = None
     # `serve --insecure`: serve without authentication on a non-loopback address. A flag
     # only, never read from the environment, so it cannot be left on by accident.
     insecure: bool = False
@@ -105,8 +112,25 @@ def _parse(env: Mapping[str, str]) -> Settings:
 
     known = set(_VARIABLES)
     defaults = Settings()
+    database_url = get("DATABASE_URL", str, None)
+    database_read_url = get("DATABASE_READ_URL", str, None)
+    if database_read_url is not None and not _is_postgres_url(database_read_url):
+        # Not echoed, unlike other bad values: the URL may hold a password.
+        raise ConfigError(
+            "DATABASE_READ_URL: expected a PostgreSQL URL, "
+            "postgresql://user:password@host:port/database"
+        )
+    if database_read_url is not None and database_url is None:
+        raise ConfigError(
+            "DATABASE_READ_URL is set but DATABASE_URL is not: a read replica needs a "
+            "primary of its own (the embedded database has none)"
+        )
     return Settings(
-        database_url=get("DATABASE_URL", str, None),
+        database_url=database_url,
+        database_read_url=database_read_url,
+        read_max_lag_s=get(
+            "SCHEDULER_READ_MAX_LAG_S", _float_between(0.1, 3600), defaults.read_max_lag_s
+        ),
         data_dir=get("SCHEDULER_DATA_DIR", Path, defaults.data_dir),
         host=get("SCHEDULER_HOST", str, defaults.host),
         port=get("SCHEDULER_PORT", _int_between(0, 65535), defaults.port),
@@ -136,14 +160,18 @@ def _parse(env: Mapping[str, str]) -> Settings:
         min_interval_s=get("SCHEDULER_MIN_INTERVAL_S", _float_between(1, 86400), 1.0),
         run_retention_days=get("SCHEDULER_RUN_RETENTION_DAYS", _int_between(1, 36500), 30),
         allowed_hosts=get("SCHEDULER_ALLOWED_HOSTS", _host_names, ()),
+        tenants=get("SCHEDULER_TENANTS", _tenants, None),
         unknown_variables=tuple(sorted(k for k in env if k.startswith(PREFIX) and k not in known)),
     )
 
 
 # Every variable we read; anything else with our prefix is reported as unknown.
-# SCHEDULER_TEST_DATABASE_URL belongs to the test suite, not to the service.
+# SCHEDULER_TEST_DATABASE_URL belongs to the test suite, not to the service;
+# SCHEDULER_URL and SCHEDULER_API_KEY to the client and the CLI's API commands.
 _VARIABLES = (
     "DATABASE_URL",
+    "DATABASE_READ_URL",
+    "SCHEDULER_READ_MAX_LAG_S",
     "SCHEDULER_DATA_DIR",
     "SCHEDULER_HOST",
     "SCHEDULER_PORT",
@@ -167,7 +195,10 @@ _VARIABLES = (
     "SCHEDULER_MIN_INTERVAL_S",
     "SCHEDULER_RUN_RETENTION_DAYS",
     "SCHEDULER_ALLOWED_HOSTS",
+    "SCHEDULER_TENANTS",
     "SCHEDULER_TEST_DATABASE_URL",
+    "SCHEDULER_URL",
+    "SCHEDULER_API_KEY",
 )
 
 
@@ -195,6 +226,12 @@ def _float_between(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return convert
+
+
+def _is_postgres_url(raw: str) -> bool:
+    # Only the shape: whether the server answers, and is a standby, is checked while serving.
+    scheme, _, rest = raw.strip().partition("://")
+    return scheme in ("postgresql", "postgres") and rest != ""
 
 
 def _one_of(*choices: str) -> Callable[[str], Any]:
@@ -264,6 +301,13 @@ def _host_names(raw: str) -> tuple[str, ...]:
             )
         names.append(f"*.{name}" if wildcard else name)
     return tuple(dict.fromkeys(names))
+
+
+def _tenants(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in raw.split(",") if name.strip()))
+    if not names:
+        raise ValueError("expected tenant names separated by commas")
+    return names
 
 
 def _rate_limit(raw: str) -> RateLimit:

@@ -1,10 +1,13 @@
-"""Domain errors. Each docstring is its default message; `app` maps them to problem details."""
+"""Domain errors and the problem documents they become. Each error's docstring is its default
+message; `app` maps them to problem details."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
+
+from msgspec import UNSET, Struct, UnsetType
 
 _NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 
@@ -97,6 +100,25 @@ def problem_of(status: int, slug: str | None = None) -> tuple[str, str]:
     if slug is None:  # none of ours: RFC 9457's default type, titled by its status
         return "about:blank", HTTPStatus(status).phrase
     return PROBLEM_TYPE_PREFIX + slug, PROBLEM_TYPES[slug].title
+
+
+class ProblemField(Struct):
+    """One bad field of a request."""
+
+    field: str
+    message: str
+    source: str | UnsetType = UNSET
+
+
+class Problem(Struct, kw_only=True):
+    """An RFC 9457 problem document: the body of every error response (the OpenAPI
+    document's schema, and what the Python client decodes)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemField] | UnsetType = UNSET
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from prometheus_client import (
 from scheduler_svc import store
 from scheduler_svc.models import ClaimedRun, InsertedRun, RunResult
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
+from scheduler_svc.store.replica import ReplicaStatus, Served
 
 log = structlog.get_logger("scheduler_svc.metrics")
 
@@ -64,6 +65,17 @@ LEASE_TAKEOVERS = Counter(
     "scheduler_lease_takeovers_total",
     "Runs leased again after their worker's lease expired.",
 )
+HISTORY_READS = Counter(
+    "scheduler_history_reads_total",
+    "History reads (run lists) by the pool that served them: replica or primary.",
+    ["pool"],
+)
+READ_REPLICA_LAG = Gauge(
+    "scheduler_read_replica_lag_seconds",
+    "How far the read replica's data is behind the primary, at its last check (about once "
+    "a second); NaN while it is down, and without one.",
+)
+READ_REPLICA_LAG.set(float("nan"))
 
 
 class HttpMetricsMiddleware(PrometheusMiddleware):
@@ -179,6 +191,16 @@ def skipped(count: int) -> None:
     """Count waiting runs skipped once the earlier run they waited for ended (overlap)."""
     if count:
         RUNS.labels("skipped").inc(count)
+
+
+def history_read(served: Served) -> None:
+    """Count one history read by the pool that served it."""
+    HISTORY_READS.labels(served).inc()
+
+
+def replica_checked(status: ReplicaStatus) -> None:
+    """Show the read replica's lag as its last check found it."""
+    READ_REPLICA_LAG.set(status.lag_s if status.lag_s is not None else float("nan"))
 
 
 async def refresh_backlog(pool: Pool) -> None:

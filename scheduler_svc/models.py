@@ -158,6 +158,10 @@ class Status(Struct):
 
     status: str
     schema_version: int | None = None
+    # /readyz with a read replica configured (absent without one): "ok", "lagging" (more
+    # than SCHEDULER_READ_MAX_LAG_S behind) or "down"; its lag in seconds, null when down.
+    read_replica: Literal["ok", "lagging", "down"] | UnsetType = UNSET
+    read_replica_lag_s: float | UnsetType | None = UNSET
 
 
 # Target's variants by tag. Converting to one Struct is several times faster than to

@@ -9,7 +9,6 @@ creates its own database and drops it afterwards.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,10 +19,10 @@ import httpx
 import pytest
 
 from scheduler_svc.config import Settings
-from scheduler_svc.store import db
+from scheduler_svc.store import db, migrate
 from scheduler_svc.store.embedded import EmbeddedPostgres
 from scheduler_svc.targets.http import WebhookClient, webhook_client
-from tests.helpers import embedded_data_dir, running_app, with_database
+from tests.helpers import embedded_data_dir, running_app, scratch_database
 from tests.webhook_receiver import WebhookReceiver, serve_receiver
 
 SERVER_URL_ENV = "SCHEDULER_TEST_DATABASE_URL"
@@ -76,21 +75,13 @@ def pg_dir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
     """A database of this test run, with the schema applied; dropped at the end."""
-    name = f"scheduler_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin_dsn, settings = db.connect_options(postgres_server_url)
-    admin = await asyncpg.connect(admin_dsn, server_settings=settings)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = with_database(postgres_server_url, name)
+    async with scratch_database(postgres_server_url) as url:
         conn = await asyncpg.connect(db.connect_options(url)[0])
         try:
-            await db.apply_schema(conn)
+            await migrate.migrate(conn)
         finally:
             await conn.close()
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(scope="session")

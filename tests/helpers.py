@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ import uvicorn
 
 from scheduler_svc.app import create_app
 from scheduler_svc.config import Settings
+from scheduler_svc.store import db
 
 LOOPBACK = "127.0.0.1"
 
@@ -132,6 +134,21 @@ def embedded_data_dir() -> Iterator[Path]:
 def with_database(url: str, name: str) -> str:
     """`url` pointing at database `name` instead."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str, prefix: str = "scheduler_test") -> AsyncIterator[str]:
+    """A new, empty database on the server of `server_url`, dropped afterwards (with any
+    session still on it); yields its URL."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    admin_dsn, settings = db.connect_options(server_url)
+    admin = await asyncpg.connect(admin_dsn, server_settings=settings)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 # --- `scheduler-svc` as a process -----------------------------------------------------

@@ -444,7 +444,7 @@ async def test_health_routes_answer_json(client: httpx.AsyncClient, path: str) -
 
 
 async def test_readyz_reports_the_schema_version(client: httpx.AsyncClient) -> None:
-    from scheduler_svc.store.db import SCHEMA_VERSION
+    from scheduler_svc.store.migrate import SCHEMA_VERSION
 
     assert (await client.get("/readyz")).json() == {
         "status": "ready",

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from bench.common import wait_ready
-from scheduler_svc.store.db import SCHEMA_VERSION
+from scheduler_svc.store.migrate import SCHEMA_VERSION
 from tests.helpers import cli_env, embedded_data_dir, free_port, run_cli, spawn_cli, stop
 
 # Every test here runs `scheduler-svc` as a process.

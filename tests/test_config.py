@@ -80,6 +80,9 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("SCHEDULER_ALLOWED_HOSTS", "*"),
         ("SCHEDULER_ALLOWED_HOSTS", "ok.example, *.10.0.0.1"),
         ("SCHEDULER_ALLOWED_HOSTS", "a..b"),
+        ("SCHEDULER_READ_MAX_LAG_S", "0"),
+        ("SCHEDULER_READ_MAX_LAG_S", "soon"),
+        ("SCHEDULER_TENANTS", " , ,"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -88,6 +91,38 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
     message = str(caught.value)
     assert message.startswith(f"{name}=")
     assert "\n" not in message
+
+
+def test_a_replica_may_be_scoped_to_some_tenants() -> None:
+    assert Settings.from_env({}, env_file=None).tenants is None
+    scoped = Settings.from_env({"SCHEDULER_TENANTS": " acme, beta,acme "}, env_file=None)
+    assert scoped.tenants == ("acme", "beta")
+
+
+def test_a_read_replica_is_optional_and_needs_a_primary_of_its_own() -> None:
+    defaults = Settings.from_env({}, env_file=None)
+    assert (defaults.database_read_url, defaults.read_max_lag_s) == (None, 5.0)
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://u@primary/x",
+            "DATABASE_READ_URL": "postgresql://u@standby/x",
+            "SCHEDULER_READ_MAX_LAG_S": "0.5",
+        },
+        env_file=None,
+    )
+    assert (settings.database_read_url, settings.read_max_lag_s) == (
+        "postgresql://u@standby/x",
+        0.5,
+    )
+    assert "standby" not in repr(settings)  # a URL may hold a password
+    with pytest.raises(ConfigError, match=r"^DATABASE_READ_URL is set but DATABASE_URL is not"):
+        Settings.from_env({"DATABASE_READ_URL": "postgresql://u@standby/x"}, env_file=None)
+    with pytest.raises(ConfigError, match=r"^DATABASE_READ_URL: expected a PostgreSQL URL") as bad:
+        Settings.from_env(
+            {"DATABASE_URL": "postgresql://u@primary/x", "DATABASE_READ_URL": "mysql://u:pw@h/x"},
+            env_file=None,
+        )
+    assert "pw" not in str(bad.value)
 
 
 def test_allowed_hosts_are_names_in_one_spelling() -> None:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from scheduler_svc.store import db
+from scheduler_svc.store import db, migrate
 from tests.helpers import free_port, never_accepting
 from tests.replicas import connect, eventually
 
@@ -96,10 +96,10 @@ async def test_schema_applies_again_and_concurrently(database_url: str) -> None:
     dsn = db.connect_options(database_url)[0]
     conns = [await asyncpg.connect(dsn) for _ in range(6)]
     try:
-        versions = await asyncio.gather(*(db.apply_schema(c) for c in conns))
+        versions = await asyncio.gather(*(migrate.migrate(c) for c in conns))
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    assert versions == [db.SCHEMA_VERSION] * 6
+    assert versions == [migrate.SCHEMA_VERSION] * 6
 
 
 async def test_the_schema_is_applied_only_once_the_schema_lock_is_free(database_url: str) -> None:
@@ -108,8 +108,8 @@ async def test_the_schema_is_applied_only_once_the_schema_lock_is_free(database_
         versions_before = await holder.fetch("SELECT * FROM schema_version")
         holding = holder.transaction()
         await holding.start()
-        await holder.execute("SELECT pg_advisory_xact_lock($1)", db.SCHEMA_LOCK_KEY)
-        applying = asyncio.create_task(db.apply_schema(applier))
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", migrate.SCHEMA_LOCK_KEY)
+        applying = asyncio.create_task(migrate.migrate(applier))
 
         async def waits_for_the_lock() -> bool:
             waiting: bool = await holder.fetchval(
@@ -122,7 +122,7 @@ async def test_the_schema_is_applied_only_once_the_schema_lock_is_free(database_
         await eventually(waits_for_the_lock, 10, "apply_schema to wait for the schema lock")
         assert not applying.done()
         await holding.commit()
-        assert await asyncio.wait_for(applying, 10) == db.SCHEMA_VERSION
+        assert await asyncio.wait_for(applying, 10) == migrate.SCHEMA_VERSION
         assert await holder.fetch("SELECT * FROM schema_version") == versions_before
     finally:
         await asyncio.gather(holder.close(), applier.close())

@@ -54,6 +54,22 @@ async def test_job_not_yet_due_is_left_alone(pool: Any) -> None:
     assert await runs_of(pool, job.id) == []
 
 
+async def test_a_replica_scoped_to_tenants_claims_their_jobs_and_runs_only(pool: Any) -> None:
+    """SCHEDULER_TENANTS: the seam for tenant-sharded deployments (docs/scaling.md)."""
+    for tenant in ("a", "b", "c"):
+        await make_job(pool, next_run_at=T0, tenant=tenant)
+    scoped = await tick_once(pool, now=T0, tenants=["a", "c"])
+    assert scoped.jobs == 2
+    ran = await pool.fetch("SELECT tenant FROM job_runs ORDER BY tenant")
+    assert [r["tenant"] for r in ran] == ["a", "c"]
+    assert (await tick_once(pool, now=T0)).jobs == 1  # b's, by an unscoped replica
+    await pool.execute("UPDATE job_runs SET next_attempt_at = now()")  # T0 is years ahead
+    exchange = await store.runs_exchange(pool, "scoped", [], 10, 10, tenants=["b"])
+    assert [run.tenant for run in exchange.leased] == ["b"]
+    rest = await store.runs_exchange(pool, "any", [], 10, 10)
+    assert sorted(run.tenant for run in rest.leased) == ["a", "c"]
+
+
 async def test_paused_jobs_are_not_claimed(pool: Any) -> None:
     await make_job(pool, next_run_at=None, paused=True)
     assert (await tick_once(pool, now=T0)).jobs == 0

@@ -18,32 +18,14 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins import InitPlugin, ReceiveRoutePlugin
 from litestar.routes import BaseRoute, HTTPRoute
 from litestar.typing import FieldDefinition
-from msgspec import UNSET, Struct, UnsetType
 
+from scheduler_svc.errors import Problem
 from scheduler_svc.security.crosssite import BODY_METHODS
 from scheduler_svc.security.middleware import EXEMPT_PATHS
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 SECURITY_SCHEME = "BearerAuth"
 _EXEMPT = re_compile(EXEMPT_PATHS)
-
-
-class ProblemField(Struct):
-    """One bad field of a request."""
-
-    field: str
-    message: str
-    source: str | UnsetType = UNSET
-
-
-class Problem(Struct, kw_only=True):
-    """An RFC 9457 problem document: the body of every error response."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    errors: list[ProblemField] | UnsetType = UNSET
 
 
 def problem_responses(*status_codes: int) -> dict[int, ResponseSpec]:

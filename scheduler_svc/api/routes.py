@@ -25,6 +25,7 @@ from scheduler_svc import schedule as schedules
 from scheduler_svc import store
 from scheduler_svc.api import jobs
 from scheduler_svc.api.openapi import problem_responses
+from scheduler_svc.api.reads import ReadsDep
 from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
 from scheduler_svc.models import (
     JobCreate,
@@ -40,7 +41,8 @@ from scheduler_svc.models import (
 )
 from scheduler_svc.store.db import Pool
 
-# What the app provides to every handler (see app.create_app).
+# What the app provides to every handler (see app.create_app); history reads take
+# `reads: ReadsDep` (api/reads.py) rather than the primary's pool.
 PoolDep = NamedDependency[Pool]
 TenantDep = NamedDependency[str]
 RulesDep = NamedDependency[jobs.Rules]
@@ -254,11 +256,15 @@ class JobsController(Controller):
         request: Request[Any, Any, Any],
         pool: PoolDep,
         tenant: TenantDep,
+        reads: ReadsDep,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> Response[list[RunOut]]:
         before_id = decode_cursor(cursor) if cursor is not None else None
-        rows = await store.runs_list(pool, tenant, job_id, before_id=before_id, limit=limit + 1)
+        rows = await reads.run(
+            store.runs_list, tenant, job_id, before_id=before_id, limit=limit + 1
+        )
+        # Whether the job exists is the primary's say: a replica may not have it yet.
         if not rows and await store.job_get(pool, tenant, job_id) is None:
             raise NotFound(f"job {job_id} does not exist")
         return Response(

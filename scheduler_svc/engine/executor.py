@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import structlog
@@ -102,6 +103,7 @@ class Executor:
         lease_margin_s: float = 10.0,
         claim_batch: int = 100,
         max_sleep_s: float = 5.0,
+        tenants: Sequence[str] | None = None,
     ) -> None:
         self._pool = pool
         self._deliverer = deliverer
@@ -110,6 +112,7 @@ class Executor:
         self.lease_margin_s = lease_margin_s
         self._claim_batch = claim_batch
         self._max_sleep_s = max_sleep_s
+        self._tenants = tenants  # whose runs it leases (None: everyone's)
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_runs and by this replica's scheduler
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._reserved = 0  # slots held for runs a scheduler pass is leasing to us
@@ -144,7 +147,13 @@ class Executor:
         )
         try:
             exchange = await store.runs_exchange(
-                self._pool, self.worker_id, batch, claim, self.lease_margin_s, leases=leases
+                self._pool,
+                self.worker_id,
+                batch,
+                claim,
+                self.lease_margin_s,
+                leases=leases,
+                tenants=self._tenants,
             )
         except BaseException:
             self._results = batch + self._results

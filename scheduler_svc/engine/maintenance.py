@@ -1,8 +1,17 @@
-"""Housekeeping that one replica at a time does: pruning old runs."""
+"""Housekeeping that one replica at a time does: the partitions of run history.
+
+Each pass, under the maintenance lock: create the day partitions of the coming week
+(a write whose day has none goes to the default partition and is moved into its day's
+partition when that is created, so a missed pass delays, never fails, a write); drop the
+days past the retention whole; and delete, in batches, the old finished runs that are
+not in a day partition of their own (the default partition, and the runs from before
+partitioning, until their partition is dropped whole).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import structlog
 
@@ -12,13 +21,26 @@ from scheduler_svc.store.db import DATABASE_ERRORS, Pool
 
 log = structlog.get_logger("scheduler_svc.engine.maintenance")
 
-# Arbitrary, fixed: whoever holds this advisory lock (per transaction) prunes.
+# Arbitrary, fixed: whoever holds this advisory lock (per transaction) does maintenance.
 MAINTENANCE_LOCK_KEY = 0x5C4ED02E
 PRUNE_BATCH = 5000
+# Day partitions are created this many days ahead.
+DAYS_AHEAD = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """What one maintenance pass did (`locked`: it held the maintenance lock; another
+    replica did this pass's work otherwise)."""
+
+    locked: bool
+    created: int
+    dropped: tuple[str, ...]
+    pruned: int
 
 
 async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) -> int:
-    """Delete finished runs older than the retention, batch by batch; return how many."""
+    """Delete old finished runs outside day partitions, batch by batch; return how many."""
     total = 0
     while True:
         deleted = await store.runs_prune(pool, retention_days, batch, MAINTENANCE_LOCK_KEY)
@@ -27,13 +49,28 @@ async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) 
             return total
 
 
+async def maintain_once(pool: Pool, retention_days: int) -> Pass:
+    """One pass: partitions ahead, days past the retention dropped, the rest pruned."""
+    created = await store.history_partitions_create(pool, DAYS_AHEAD, MAINTENANCE_LOCK_KEY)
+    dropped = await store.history_partitions_drop(pool, retention_days, MAINTENANCE_LOCK_KEY)
+    pruned = await prune_once(pool, retention_days)
+    return Pass(created is not None, created or 0, tuple(dropped), pruned)
+
+
 async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: float = 300) -> None:
-    """Prune at start and every `every_s` seconds until `stop`."""
+    """Maintain at start and every `every_s` seconds until `stop`."""
     while not stop.is_set():
         try:
-            pruned = await prune_once(pool, retention_days)
-            if pruned:
-                log.info("runs_pruned", runs=pruned, retention_days=retention_days)
+            done = await maintain_once(pool, retention_days)
+            if done.created or done.dropped or done.pruned:
+                log.info(
+                    "history_maintained",
+                    partitions_created=done.created,
+                    partitions_dropped=list(done.dropped),
+                    runs_pruned=done.pruned,
+                    retention_days=retention_days,
+                )
         except DATABASE_ERRORS as exc:
+            # A lock_timeout lands here too: the next pass tries again.
             log.warning("maintenance_database_error", error=str(exc))
         await wait_any(every_s, stop)

@@ -11,6 +11,7 @@ earliest due time or a wake-up (NOTIFY on job changes), whichever comes first.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -150,6 +151,7 @@ async def tick_once(
     batch: int = 500,
     now: datetime | None = None,
     executor: LocalExecutor | None = None,
+    tenants: Sequence[str] | None = None,
 ) -> PassResult:
     """One scheduler pass: materialize the due ticks of up to `batch` jobs.
 
@@ -166,7 +168,7 @@ async def tick_once(
     reserved = 0
     try:
         async with pool.acquire() as conn, conn.transaction():
-            jobs = await store.jobs_claim_due(conn, now, batch)
+            jobs = await store.jobs_claim_due(conn, now, batch, tenants)
             if not jobs:
                 return PassResult(0, 0, False)
             advances, ticks = _pass_ticks(jobs, run_in_pass=executor is not None)
@@ -288,8 +290,10 @@ class Scheduler:
         batch: int = 500,
         lanes: int = 3,
         max_sleep_s: float = 5.0,
+        tenants: Sequence[str] | None = None,
     ) -> None:
         self._pool = pool
+        self._tenants = tenants  # whose jobs it claims (None: everyone's)
         self._executor = executor  # this replica's: passes hand ticks straight to it
         self._batch = batch
         self._lanes = lanes  # passes at once while a backlog lasts
@@ -298,14 +302,16 @@ class Scheduler:
 
     async def _sleep_s(self, jobs: int) -> float:
         """How long to wait for the next pass after one that claimed `jobs` (not full)."""
-        due_in = await store.jobs_next_due(self._pool)
+        due_in = await store.jobs_next_due(self._pool, self._tenants)
         if due_in is None:
             return self._max_sleep_s
         gap = BUSY_PASS_GAP_S if jobs >= BUSY_PASS_JOBS else PASS_GAP_S
         return min(max(due_in, gap), self._max_sleep_s)
 
     async def _pass(self) -> PassResult:
-        result = await tick_once(self._pool, batch=self._batch, executor=self._executor)
+        result = await tick_once(
+            self._pool, batch=self._batch, executor=self._executor, tenants=self._tenants
+        )
         if result.for_executors and self._executor is not None:
             self._executor.wake.set()
         return result

@@ -42,8 +42,9 @@ class Worker:
             worker_id=settings.worker_id,
             concurrency=settings.concurrency,
             lease_margin_s=settings.lease_margin_s,
+            tenants=settings.tenants,
         )
-        self.scheduler = Scheduler(pool, executor=self.executor)
+        self.scheduler = Scheduler(pool, executor=self.executor, tenants=settings.tenants)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None

@@ -1,8 +1,10 @@
 """The database: every statement of queries.sql behind one function of the same name, the
-pool (`db`), the schema (schema.sql) and the embedded PostgreSQL (`embedded`).
+pool (`db`), the schema and its migrations (`migrate`: schema.sql, migrations/) and the
+embedded PostgreSQL (`embedded`).
 
 `sql` loads queries.sql and holds the statements about the database itself; `jobs`,
-`runs` and `keys` hold those on each table, one function per named block. The package
+`runs` and `keys` hold those on each table, one function per named block; `replica`
+holds the two on WAL positions and decides which pool serves a history read. The package
 re-exports them, so callers write `store.jobs_claim_due(...)`. Values travel only as
 $n parameters. May import `config`, `errors`, `models` and `schedule` (the overlap
 types of waiting runs); it knows nothing of HTTP, the engine or targets.
@@ -31,8 +33,11 @@ from scheduler_svc.store.keys import (
     api_keys_exist,
     api_keys_list,
 )
+from scheduler_svc.store.replica import replica_position, wal_position
 from scheduler_svc.store.runs import (
     Exchange,
+    history_partitions_create,
+    history_partitions_drop,
     run_get,
     run_trigger,
     runs_due_backlog,
@@ -52,7 +57,13 @@ from scheduler_svc.store.sql import (
     db_now,
     load_queries,
     ping,
+    schema_exists,
     schema_lock,
+    schema_migration_record,
+    schema_migrations_create,
+    schema_migrations_exist,
+    schema_migrations_get,
+    schema_unlock,
     schema_version_get,
 )
 
@@ -71,6 +82,8 @@ __all__ = [
     "api_keys_exist",
     "api_keys_list",
     "db_now",
+    "history_partitions_create",
+    "history_partitions_drop",
     "job_delete",
     "job_get",
     "job_get_by_idempotency_key",
@@ -82,6 +95,7 @@ __all__ = [
     "jobs_next_due",
     "load_queries",
     "ping",
+    "replica_position",
     "run_get",
     "run_trigger",
     "runs_due_backlog",
@@ -94,6 +108,13 @@ __all__ = [
     "runs_waiting_get",
     "runs_waiting_lock",
     "runs_waiting_settle",
+    "schema_exists",
     "schema_lock",
+    "schema_migration_record",
+    "schema_migrations_create",
+    "schema_migrations_exist",
+    "schema_migrations_get",
+    "schema_unlock",
     "schema_version_get",
+    "wal_position",
 ]

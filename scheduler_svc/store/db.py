@@ -1,23 +1,14 @@
-"""The asyncpg pool: connection settings, JSON codecs and applying schema.sql."""
+"""The asyncpg pool: connection settings and JSON codecs."""
 
 from __future__ import annotations
 
 import asyncio
-import re
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
 
-from scheduler_svc.store import sql
-
-SCHEMA_SQL = files("scheduler_svc.store").joinpath("schema.sql").read_text()
-# The version schema.sql brings a database to: the one number written in its last INSERT.
-SCHEMA_VERSION = int(
-    re.search(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)", SCHEMA_SQL).group(1)  # type: ignore[union-attr]
-)
 # What a lost or restarting database raises: loops wait these out and carry on.
 # InternalClientError too: when the server ends a session (a restart), a pooled
 # connection can take its next statement between the server's FATAL message and the
@@ -31,9 +22,6 @@ DATABASE_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
-
-# Arbitrary, fixed: the advisory lock key under which replicas apply the schema.
-SCHEMA_LOCK_KEY = 0x5C4ED01E
 
 if TYPE_CHECKING:
     Pool = asyncpg.Pool[Any]
@@ -151,11 +139,3 @@ async def create_pool(
         server_settings={"application_name": application_name(worker_id), **server_settings},
     )
     return pool
-
-
-async def apply_schema(conn: sql.Connection) -> int:
-    """Bring the database to schema.sql under an advisory lock; return its schema version."""
-    async with conn.transaction():
-        await sql.schema_lock(conn, SCHEMA_LOCK_KEY)
-        await conn.execute(SCHEMA_SQL)
-        return await sql.schema_version_get(conn)

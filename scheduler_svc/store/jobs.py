@@ -3,6 +3,7 @@ and the recording of their ticks as runs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -127,9 +128,12 @@ async def job_delete(conn: Conn, tenant: str, job_id: int) -> bool:
     return await conn.fetchval(QUERIES["job_delete"], tenant, job_id) is not None
 
 
-async def jobs_claim_due(conn: Connection, now: datetime | None, limit: int) -> list[DueJob]:
-    """Lock up to `limit` due active jobs for the caller's transaction (SKIP LOCKED)."""
-    text: str = await conn.fetchval(QUERIES["jobs_claim_due"], now, limit)
+async def jobs_claim_due(
+    conn: Connection, now: datetime | None, limit: int, tenants: Sequence[str] | None = None
+) -> list[DueJob]:
+    """Lock up to `limit` due active jobs (of `tenants`; None: all) for the caller's
+    transaction (SKIP LOCKED)."""
+    text: str = await conn.fetchval(QUERIES["jobs_claim_due"], now, limit, tenants)
     return msgspec.json.decode(text, type=list[DueJob])
 
 
@@ -193,7 +197,7 @@ async def runs_materialize(
     return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]), record[2])
 
 
-async def jobs_next_due(conn: Conn) -> float | None:
+async def jobs_next_due(conn: Conn, tenants: Sequence[str] | None = None) -> float | None:
     """Seconds until the earliest next tick of an active job (negative if overdue)."""
-    seconds: float | None = await conn.fetchval(QUERIES["jobs_next_due"])
+    seconds: float | None = await conn.fetchval(QUERIES["jobs_next_due"], tenants)
     return seconds

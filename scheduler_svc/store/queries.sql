@@ -4,8 +4,42 @@
 -- the tenant is always one of them.
 
 -- schema_lock --
--- Serialize schema application across replicas starting together; held until commit.
-SELECT pg_advisory_xact_lock($1);
+-- Wait for the schema advisory lock and hold it for this session (store/migrate.py):
+-- a migration commits step by step. Releases before versioned migrations took the same
+-- key per transaction.
+SELECT pg_advisory_lock($1);
+
+-- schema_unlock --
+-- Let the next replica migrate.
+SELECT pg_advisory_unlock($1);
+
+-- schema_exists --
+-- Does the database have a schema of ours at all (empty databases get schema.sql)?
+SELECT to_regclass('schema_version') IS NOT NULL OR to_regclass('jobs') IS NOT NULL;
+
+-- schema_migrations_exist --
+-- Databases from before versioned migrations have no record of them.
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
+-- schema_migrations_create --
+-- The record of migrations, for a database from before versioned migrations (schema.sql
+-- has the same table).
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    duration_ms double precision
+);
+
+-- schema_migrations_get --
+-- The migrations the database has had.
+SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version;
+
+-- schema_migration_record --
+-- Record a migration as applied.
+INSERT INTO schema_migrations (version, name, checksum, duration_ms)
+VALUES ($1, $2, $3, $4);
 
 -- schema_version_get --
 -- The schema version the database is at.
@@ -124,6 +158,8 @@ FROM (
                coalesce($1::timestamptz, now()) AS now
         FROM jobs j
         WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
+          -- The replica's tenants (SCHEDULER_TENANTS); NULL: all of them.
+          AND ($3::text[] IS NULL OR j.tenant = ANY($3::text[]))
         ORDER BY j.next_run_at
         LIMIT $2
         -- NO KEY UPDATE, the lock the UPDATE takes anyway: it does not block a manual
@@ -164,10 +200,10 @@ WITH this_transaction AS (
     -- primary key whatever its statistics say (stale ones made it scan the table).
     WHERE j.id = a.id AND j.id = ANY($1::bigint[])
 ), inserted AS (
-    INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, error,
+    INSERT INTO job_runs (id, job_id, tenant, scheduled_for, trigger, status, error,
                           next_attempt_at, attempt, worker, started_at, finished_at,
                           duration_ms, lease_expires_at, ready_at, waits_for, catch_up)
-    SELECT t.job_id, t.tenant, t.scheduled_for, 'schedule',
+    SELECT run_id(t.scheduled_for), t.job_id, t.tenant, t.scheduled_for, 'schedule',
            CASE WHEN t.status = 'waiting' THEN 'pending' ELSE t.status END, t.error,
            CASE WHEN t.status <> 'waiting' THEN t.scheduled_for END,
            CASE WHEN t.status IN ('succeeded', 'running') THEN 1 ELSE 0 END,
@@ -201,7 +237,7 @@ FROM inserted;
 -- of jobs_due, a thousand buffers a pass; this reads the index from its start.
 SELECT (SELECT extract(epoch FROM next_run_at - now())::float8
         FROM jobs
-        WHERE status = 'active'
+        WHERE status = 'active' AND ($1::text[] IS NULL OR tenant = ANY($1::text[]))
         ORDER BY next_run_at
         LIMIT 1);
 
@@ -231,6 +267,7 @@ SELECT (SELECT count(*) FROM job_runs
 -- this statement ended whose job has waiting runs, and, when $10, the jobs whose
 -- waiting runs have no earlier run left to wait for (a scheduler pass added them while
 -- this or another statement recorded the end they waited for, which neither could see).
+-- Only runs of the tenants $12 are leased or looked at (NULL: every tenant's).
 --
 -- Leases are looked at only when $10 (the executor asks about once a second, and
 -- when a lease it knows of runs out): every finished run leaves a dead entry in
@@ -257,11 +294,15 @@ WITH outcome AS (
     -- by a CHECK) rather than by status, which would tempt it into scanning the
     -- partial index of running runs when it wrongly believes that index is small.
     WHERE r.id = o.id AND r.id = ANY($2::bigint[])
+      -- The days of those ids: job_runs is pruned to their partitions before it is read.
+      AND r.scheduled_for >= run_ids_day_start($2::bigint[])
+      AND r.scheduled_for < run_ids_day_end($2::bigint[])
       AND r.worker = $1 AND r.lease_expires_at IS NOT NULL
     RETURNING r.id, r.job_id, o.status
 ), due AS (
     SELECT id, NULL::text AS lost_worker FROM job_runs
     WHERE status = 'pending' AND next_attempt_at <= now()
+      AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))
     ORDER BY next_attempt_at
     LIMIT $8
     FOR UPDATE SKIP LOCKED
@@ -271,6 +312,7 @@ WITH outcome AS (
     WHERE $10 AND lease_expires_at < now()
       -- Not one this statement records: a row cannot be updated twice in one statement.
       AND id <> ALL($2::bigint[])
+      AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))
     ORDER BY lease_expires_at
     LIMIT $8
     FOR UPDATE SKIP LOCKED
@@ -284,6 +326,8 @@ WITH outcome AS (
     FROM candidates c, jobs j
     -- As above: found by primary key, whatever the planner believes.
     WHERE r.id = c.id AND r.id = ANY(ARRAY(SELECT id FROM candidates)) AND j.id = r.job_id
+      AND r.scheduled_for >= run_ids_day_start(ARRAY(SELECT id FROM candidates))
+      AND r.scheduled_for < run_ids_day_end(ARRAY(SELECT id FROM candidates))
     RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.attempt, r.started_at,
               c.lost_worker, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
               j.backoff_s, j.backoff_max_s
@@ -297,7 +341,9 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
         )) AS ended_with_waiters,
        CASE WHEN $10 THEN
            (SELECT coalesce(array_agg(DISTINCT w.job_id), '{}') FROM job_runs w
-            WHERE w.status = 'pending' AND w.next_attempt_at IS NULL AND NOT EXISTS (
+            WHERE w.status = 'pending' AND w.next_attempt_at IS NULL
+              AND ($12::text[] IS NULL OR w.tenant = ANY($12::text[]))
+              AND NOT EXISTS (
                 SELECT FROM job_runs r
                 WHERE r.job_id = w.job_id AND r.status IN ('pending', 'running')
                   AND r.next_attempt_at IS NOT NULL
@@ -305,11 +351,13 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
        END AS stranded_jobs,
        extract(epoch FROM (SELECT next_attempt_at FROM job_runs
                            WHERE status = 'pending' AND next_attempt_at > now()
+                             AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))
                            ORDER BY next_attempt_at LIMIT 1) - now())::float8
            AS next_attempt_in_s,
        CASE WHEN $10 THEN
            extract(epoch FROM (SELECT lease_expires_at FROM job_runs
                                WHERE lease_expires_at >= now()
+                                 AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))
                                ORDER BY lease_expires_at LIMIT 1) - now())::float8
        END AS next_lease_end_in_s;
 
@@ -318,7 +366,10 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
 -- deadlock) for the caller's transaction: one decider of a job's waiting runs at a
 -- time, and no scheduler pass adds to them meanwhile (it skips a locked job).
 SELECT id FROM jobs
-WHERE id IN (SELECT job_id FROM job_runs WHERE id = ANY($1::bigint[])) OR id = ANY($2::bigint[])
+WHERE id IN (SELECT job_id FROM job_runs
+             WHERE id = ANY($1::bigint[]) AND scheduled_for >= run_ids_day_start($1::bigint[])
+               AND scheduled_for < run_ids_day_end($1::bigint[]))
+   OR id = ANY($2::bigint[])
 ORDER BY id
 FOR NO KEY UPDATE;
 
@@ -358,6 +409,8 @@ WITH decided AS (
         catch_up = d.catch_up
     FROM decided d
     WHERE r.id = d.id AND r.status = 'pending' AND r.next_attempt_at IS NULL
+      AND r.scheduled_for >= run_ids_day_start($1::bigint[])
+      AND r.scheduled_for < run_ids_day_end($1::bigint[])
     RETURNING d.action
 )
 SELECT count(*) FILTER (WHERE action = 'release'),
@@ -373,47 +426,82 @@ WITH released AS (
     SET status = 'pending', attempt = attempt - 1, next_attempt_at = now(),
         lease_expires_at = NULL, started_at = NULL
     WHERE id = ANY($2::bigint[]) AND worker = $1 AND lease_expires_at IS NOT NULL
+      AND scheduled_for >= run_ids_day_start($2::bigint[])
+      AND scheduled_for < run_ids_day_end($2::bigint[])
     RETURNING 1
 )
 SELECT pg_notify('scheduler_runs', '') FROM released LIMIT 1;
 
 -- run_trigger --
 -- A manual run of one of this tenant's jobs, due now, outside the schedule.
-INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger, status, next_attempt_at)
-SELECT id, tenant, now(), 'manual', 'pending', now()
+INSERT INTO job_runs (id, job_id, tenant, scheduled_for, trigger, status, next_attempt_at)
+SELECT run_id(now()), id, tenant, now(), 'manual', 'pending', now()
 FROM jobs
 WHERE tenant = $1 AND id = $2
 RETURNING *;
 
 -- run_get --
--- One run of this tenant.
-SELECT * FROM job_runs WHERE tenant = $1 AND id = $2;
+-- One run of this tenant, looked for in the partition of its id's day only.
+SELECT * FROM job_runs
+WHERE tenant = $1 AND id = $2
+  AND scheduled_for >= run_id_day_start($2) AND scheduled_for < run_id_day_end($2);
 
 -- runs_list --
--- A page of one job's runs, newest first, by keyset on id.
+-- A page of one job's runs, newest first, by keyset on id. Ids grow with their day,
+-- so a cursor also leaves out the partitions of later days.
 SELECT * FROM job_runs
-WHERE tenant = $1 AND job_id = $2 AND ($3::bigint IS NULL OR id < $3)
+WHERE tenant = $1 AND job_id = $2
+  AND ($3::bigint IS NULL OR (id < $3 AND scheduled_for < run_id_day_end($3)))
 ORDER BY id DESC
 LIMIT $4;
 
 -- runs_prune --
--- Delete up to $2 finished runs older than $1 days, if this replica holds the
--- maintenance lock for this transaction (else nothing). Returns how many went.
+-- Delete up to $2 finished runs whose tick is more than $1 days old, if this replica
+-- holds the maintenance lock for this transaction (else nothing); return how many went.
+-- Whole days go by history_partitions_drop: what is left for this are the runs of
+-- job_runs_default, of job_runs_before_v5 (until the retention is past its last day),
+-- and of a day kept for a run that had not finished. The partitions of later days are
+-- not read (the tick bound prunes them).
 WITH lock AS (
     SELECT pg_try_advisory_xact_lock($3) AS held
 ), doomed AS (
-    SELECT r.id FROM job_runs r, lock
+    SELECT r.id, r.scheduled_for FROM job_runs r, lock
     WHERE lock.held
+      AND r.scheduled_for < now() - make_interval(days => $1)
+      -- job_runs_before_v5 has a BRIN index on created_at, no index on the tick.
       AND r.created_at < now() - make_interval(days => $1)
       AND r.status IN ('succeeded', 'failed', 'skipped')
-    -- In no particular order: the BRIN index finds old block ranges cheaply, and
-    -- sorting every old run to delete a batch would not.
     LIMIT $2
 ), deleted AS (
-    DELETE FROM job_runs WHERE id IN (SELECT id FROM doomed)
+    DELETE FROM job_runs r
+    USING doomed d
+    WHERE r.id = d.id AND r.scheduled_for = d.scheduled_for
+      AND r.scheduled_for < now() - make_interval(days => $1)
     RETURNING 1
 )
 SELECT count(*) FROM deleted;
+
+-- history_partitions_create --
+-- Under the maintenance lock ($2; nothing without it), create the day partitions of
+-- every history table that do not exist yet, from today to $1 days ahead; return how
+-- many were made (NULL without the lock). lock_timeout as for history_partitions_drop.
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($2) AS held, set_config('lock_timeout', '2s', true)
+)
+SELECT CASE WHEN lock.held THEN history_partitions_create($1) END FROM lock;
+
+-- history_partitions_drop --
+-- Under the maintenance lock ($2; nothing without it), drop the day partitions of every
+-- history table that end more than $1 days ago; return their names. lock_timeout: a
+-- drop waits for every statement on the table to end and holds up the ones after it,
+-- so it gives up rather than queue behind a long one (the next pass tries again).
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($2) AS held, set_config('lock_timeout', '500ms', true)
+)
+SELECT coalesce(array_agg(dropped), '{}')
+FROM lock, LATERAL history_partitions_drop(
+    CASE WHEN lock.held THEN now() - make_interval(days => $1) ELSE '-infinity' END
+) AS dropped;
 
 -- ping --
 -- Is this connection still alive? (The LISTEN connection asks now and then.)
@@ -461,3 +549,18 @@ RETURNING prefix, key_hash, tenant, scopes, created_at, last_used_at, revoked_at
 -- Whether any key was ever created (revoked ones count): once one exists, the API
 -- no longer serves anyone without a key.
 SELECT EXISTS (SELECT 1 FROM api_keys);
+
+-- wal_position --
+-- Where the primary's WAL is written up to: after a write has committed, at or past
+-- its commit record, so it is the write's read-your-writes token; and the mark a read
+-- replica's replay position is measured against (store/replica.py).
+SELECT pg_current_wal_lsn()::text;
+
+-- replica_position --
+-- Whether this server is a standby, the WAL position it has replayed up to (what its
+-- queries see), and how many seconds ago the last transaction it replayed committed
+-- (NULL before the first); the age keeps growing on a standby with nothing to replay.
+SELECT pg_is_in_recovery() AS in_recovery,
+       pg_last_wal_replay_lsn()::text AS replay_lsn,
+       extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+           AS replay_age_s;

@@ -4,6 +4,7 @@ prune, the runs a pause skips, and the due backlog."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -42,9 +43,11 @@ async def runs_exchange(
     lease_margin_s: float,
     *,
     leases: bool = True,
+    tenants: Sequence[str] | None = None,
 ) -> Exchange:
-    """Record `results` of runs leased to `worker` and lease up to `claim` more runs:
-    pending ones due now and, if `leases`, running ones whose lease ran out."""
+    """Record `results` of runs leased to `worker` and lease up to `claim` more runs of
+    `tenants` (None: of all): pending ones due now and, if `leases`, running ones whose
+    lease ran out."""
     now = time.monotonic()
     record = await conn.fetchrow(
         QUERIES["runs_exchange"],
@@ -59,6 +62,7 @@ async def runs_exchange(
         lease_margin_s,
         leases,
         [max(0.0, now - r.ended_at) for r in results],
+        tenants,
     )
     assert record is not None
     recorded = set(record["finished"])
@@ -147,3 +151,21 @@ async def runs_due_backlog(conn: Conn) -> int:
     """Due ticks not yet started: pending runs due now plus active jobs due now."""
     backlog: int = await conn.fetchval(QUERIES["runs_due_backlog"])
     return backlog
+
+
+async def history_partitions_create(conn: Conn, days_ahead: int, lock_key: int) -> int | None:
+    """Create the missing day partitions up to `days_ahead` days ahead, under the lock;
+    how many were made (None: another replica holds the lock)."""
+    made: int | None = await conn.fetchval(
+        QUERIES["history_partitions_create"], days_ahead, lock_key
+    )
+    return made
+
+
+async def history_partitions_drop(conn: Conn, older_than_days: int, lock_key: int) -> list[str]:
+    """Drop the day partitions that ended more than `older_than_days` days ago, under the
+    lock; the names of those dropped."""
+    dropped: list[str] = await conn.fetchval(
+        QUERIES["history_partitions_drop"], older_than_days, lock_key
+    )
+    return dropped

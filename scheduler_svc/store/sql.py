@@ -1,5 +1,5 @@
 """The statements of queries.sql by name, the connection types, and the few queries
-that are about the database itself (schema lock and version, clock, ping)."""
+that are about the database itself (schema and migrations, clock, ping)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,42 @@ QUERIES = load_queries(files("scheduler_svc.store").joinpath("queries.sql").read
 
 
 async def schema_lock(conn: Conn, key: int) -> None:
-    """Take the schema advisory lock until the end of the caller's transaction."""
+    """Wait for the schema advisory lock and hold it for this session."""
     await conn.execute(QUERIES["schema_lock"], key)
+
+
+async def schema_unlock(conn: Conn, key: int) -> None:
+    """Release the schema advisory lock."""
+    await conn.execute(QUERIES["schema_unlock"], key)
+
+
+async def schema_exists(conn: Conn) -> bool:
+    """Whether the database has a schema of ours (else it is created from schema.sql)."""
+    exists: bool = await conn.fetchval(QUERIES["schema_exists"])
+    return exists
+
+
+async def schema_migrations_exist(conn: Conn) -> bool:
+    """Whether the database records migrations (not one from before they were versioned)."""
+    exist: bool = await conn.fetchval(QUERIES["schema_migrations_exist"])
+    return exist
+
+
+async def schema_migrations_create(conn: Conn) -> None:
+    """Create the record of migrations if it does not exist."""
+    await conn.execute(QUERIES["schema_migrations_create"])
+
+
+async def schema_migrations_get(conn: Conn) -> dict[int, asyncpg.Record]:
+    """The migrations recorded as applied, by version: name, checksum, applied_at."""
+    return {r["version"]: r for r in await conn.fetch(QUERIES["schema_migrations_get"])}
+
+
+async def schema_migration_record(
+    conn: Conn, version: int, name: str, checksum: str, duration_ms: float
+) -> None:
+    """Record a migration as applied."""
+    await conn.execute(QUERIES["schema_migration_record"], version, name, checksum, duration_ms)
 
 
 async def schema_version_get(conn: Conn) -> int:

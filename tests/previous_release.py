@@ -1,0 +1,211 @@
+"""The previous release of scheduler-svc, installed from this clone's git history into a
+venv of its own, and replicas of either release as `scheduler-svc serve` processes (not
+collected as tests).
+
+The venv has no packages of its own but scheduler-svc at the previous release's commit:
+a .pth file puts the running venv's site-packages after its own on sys.path, so the old
+release runs on the dependencies installed here. That directory is only on the path, not a
+site directory: its .pth files, among them the editable install's finder that maps
+`scheduler_svc` to this work tree, are never processed, so `import scheduler_svc` in the
+old venv finds the old package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+from tests.replicas import LEASE_MARGIN_S, Replica
+
+# The last release before versioned migrations: schema version 4, job_runs unpartitioned,
+# schema.sql applied whole on every start.
+PREVIOUS_RELEASE = "ea3fc4c"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GIT_S = 30.0
+INSTALL_S = 300.0  # building the wheel may first fetch the build backend
+# Variables that would put something else on the old interpreter's path.
+_PATH_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP")
+
+# This release, as the test's interpreter runs it.
+CURRENT = (sys.executable, "-m", "scheduler_svc")
+
+
+@dataclass(frozen=True)
+class Release:
+    """An installed release: how to run its `scheduler-svc`, and what it was built from."""
+
+    command: tuple[str, ...]
+    commit: str
+    python: Path
+    venv: Path
+
+
+def release_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the variables that would change what an interpreter imports."""
+    return {k: v for k, v in env.items() if k not in _PATH_VARIABLES}
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "-C", str(REPO_ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=GIT_S,
+        check=False,
+    )
+
+
+def resolve_commit(commit: str) -> str:
+    """The full hash of `commit` in this clone; skips the test without git or the commit."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: the previous release is installed from git")
+    found = _git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    if found.returncode != 0:
+        shallow = _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true"
+        why = "a shallow clone" if shallow else "not a clone that has it"
+        pytest.skip(f"commit {commit} (the previous release) is not here: {REPO_ROOT} is {why}")
+    return found.stdout.strip()
+
+
+def _can_build_without_isolation() -> bool:
+    """Whether this environment's setuptools builds wheels itself (70.1 took in
+    bdist_wheel) or has the `wheel` package for it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(part) for part in version("setuptools").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    if (major, minor) >= (70, 1):
+        return True
+    try:
+        version("wheel")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def install(dest: Path, commit: str = PREVIOUS_RELEASE) -> Release:
+    """Install scheduler-svc at `commit` of this clone into a new venv in `dest`.
+
+    pip builds it from `git+file://` at the full hash. Without isolation when this
+    environment can build the wheel (offline); else in pip's isolated build environment,
+    which fetches the build backend from the package index as this checkout's own
+    install does, and the test skips if that cannot be had.
+    """
+    full = resolve_commit(commit)
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(dest)
+    python = dest / "bin" / "python"
+    paths = sysconfig.get_paths()
+    shared = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    site_packages = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            timeout=GIT_S,
+            check=True,
+            cwd=dest,
+            env=release_env(os.environ),
+        ).stdout.strip()
+    )
+    # Appended after the venv's own site-packages: the old package, installed there, wins.
+    (site_packages / "zz_shared_dependencies.pth").write_text("".join(f"{p}\n" for p in shared))
+    no_isolation = ["--no-build-isolation"] if _can_build_without_isolation() else []
+    # pip too comes from the shared directory (the venv has none of its own) and installs
+    # into the venv's site-packages. --ignore-installed: the shared directory has this
+    # release's scheduler-svc (editable); pip must neither take it as installed nor try to
+    # uninstall it.
+    pip = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--ignore-installed",
+            *no_isolation,
+            f"git+file://{REPO_ROOT}@{full}#egg=scheduler-svc",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_S,
+        check=False,
+        cwd=dest,
+        env=release_env(os.environ),
+    )
+    if pip.returncode != 0:
+        output = (pip.stdout + pip.stderr)[-3000:]
+        if not no_isolation and "setuptools" in output and "version" in output.lower():
+            pytest.skip(f"pip could not fetch a build backend for the previous release:\n{output}")
+        raise AssertionError(f"installing {commit} failed ({pip.returncode}):\n{output}")
+    script = dest / "bin" / "scheduler-svc"
+    return Release((str(script),), full, python, dest)
+
+
+def imported_from(release: Release, module: str) -> Path:
+    """The file `module` is imported from by the release's interpreter."""
+    found = subprocess.run(
+        [str(release.python), "-c", f"import {module} as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=GIT_S,
+        check=True,
+        cwd=release.venv,  # not the work tree: '' on sys.path must not find this release
+        env=release_env(os.environ),
+    )
+    return Path(found.stdout.strip())
+
+
+def replica_env(name: str, database_url: str, **env: str) -> dict[str, str]:
+    """The environment of replica `name` (its worker id): the settings tests/replicas.py
+    gives its replicas, and none of this process's SCHEDULER_ variables."""
+    environ = release_env(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k != "DATABASE_URL" and not k.startswith("SCHEDULER_")
+        }
+    )
+    environ.update(
+        {
+            "DATABASE_URL": database_url,
+            "SCHEDULER_WORKER_ID": name,
+            "SCHEDULER_WEBHOOK_ALLOW_PRIVATE": "true",
+            "SCHEDULER_LOG_FORMAT": "json",
+            "SCHEDULER_LEASE_MARGIN_S": str(LEASE_MARGIN_S),
+            "SCHEDULER_SHUTDOWN_GRACE_S": "2",
+            **env,
+        }
+    )
+    return environ
+
+
+def spawn(
+    command: Sequence[str], name: str, database_url: str, directory: Path, **env: str
+) -> Replica:
+    """Start `<command> serve` on a free loopback port as replica `name`, output to
+    `<name>.log`."""
+    port = free_port()
+    log_path = directory / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [*command, "serve", "--role", "all", "--port", str(port)],
+            env=replica_env(name, database_url, **env),
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return Replica(name, port, process, log_path)

@@ -1,0 +1,497 @@
+"""A rolling upgrade, two releases side by side: migration 0005 (partitioned run history)
+under a running replica of the previous release, then replicas of both, then the new
+one alone. No tick is lost, none runs twice, and no run recorded before is lost.
+
+The previous release (tests/previous_release.py: commit ea3fc4c, schema version 4) is
+installed from this clone's git history into a venv of the test's own, and runs as
+`scheduler-svc serve` processes next to this release's, on a database of the test's own:
+
+1. an old replica applies its schema (version 4) and runs `@every 1s` jobs it was given
+   (log targets, overlap forbid and allow, and one webhook to a receiver in this loop);
+2. this release's `scheduler-svc migrate` brings the database to version 5 while that
+   replica runs and answers its API;
+3. a new replica joins the old one; another old replica started now refuses to run
+   (the release order is migrate, then roll); the first old one stops, the new one goes on.
+
+Then job_runs says: one run per tick from each job's first to a cutoff near the end,
+none stuck, every run recorded before the migration still there, and every run inserted
+after it (by either release) with an id that tells its day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from scheduler_svc.store import db
+from tests.helpers import free_port, scratch_database
+from tests.previous_release import (
+    CURRENT,
+    PREVIOUS_RELEASE,
+    REPO_ROOT,
+    Release,
+    imported_from,
+    install,
+    replica_env,
+    spawn,
+)
+from tests.replicas import (
+    SECOND,
+    Replica,
+    create_job,
+    deliveries,
+    eventually,
+    exit_code,
+    grid,
+    http_target,
+    reporter,
+    sample,
+    settled_until,
+    stop,
+    wait_ready,
+)
+from tests.webhook_receiver import serve_receiver
+
+# Every test here runs replicas of two releases as processes; the first to run installs
+# the previous release, which may fetch its build backend.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+report = reporter("test_rolling_upgrade")
+
+FORBID_JOBS = 6  # @every 1s on the log target, overlap forbid (the default)
+ALLOW_JOBS = 4  # the same with overlap allow
+WARM_TICKS = 3  # of each job recorded before the migration
+OLD_ALONE_S = 3  # the old replica alone on the migrated schema
+SIDE_BY_SIDE_S = 8  # an old and a new replica
+NEW_ALONE_S = 3  # the new replica alone
+WAIT_S = 30  # for any milestone, on a busy 2-core machine
+MIGRATE_S = 60  # for `scheduler-svc migrate` to end
+REFUSED_S = 30  # for an old replica started after the migration to give up
+# What an old replica started on the migrated schema says (scheduler_refuse_older_release).
+REFUSAL = "newer than this release knows"
+# Run ids of this release: the UTC day since 2000-01-01 in the bits from 37 up.
+DAY_SHIFT = 37
+EPOCH_DAY = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """The previous release, installed once per session."""
+    return install(tmp_path_factory.mktemp("previous-release") / "venv", PREVIOUS_RELEASE)
+
+
+@dataclass
+class Watch:
+    """What a watcher saw while the old replica ran: its API's answers to GET /jobs/{id}
+    as (when, status or error, seconds), and the number of runs recorded over time."""
+
+    answers: list[tuple[float, int | str, float]] = field(default_factory=list)
+    counts: list[tuple[float, int]] = field(default_factory=list)
+
+    def answers_between(self, start: float, end: float) -> list[tuple[float, int | str, float]]:
+        return [a for a in self.answers if start <= a[0] <= end]
+
+
+async def watch(
+    pool: Any, http: httpx.AsyncClient, replica: Replica, job_ids: list[int], seen: Watch
+) -> None:
+    """Until cancelled: ask `replica` for a job and count the runs, ten times a second."""
+    for i in range(1_000_000):
+        began = time.monotonic()
+        try:
+            response = await http.get(f"{replica.url}/jobs/{job_ids[i % len(job_ids)]}")
+            answer: int | str = response.status_code
+        except httpx.HTTPError as exc:
+            answer = f"{type(exc).__name__}: {exc}"
+        seen.answers.append((began, answer, time.monotonic() - began))
+        seen.counts.append((time.monotonic(), await pool.fetchval("SELECT count(*) FROM job_runs")))
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    pool: Any, http: httpx.AsyncClient, replica: Replica, job_ids: list[int]
+) -> AsyncIterator[Watch]:
+    seen = Watch()
+    task = asyncio.create_task(watch(pool, http, replica, job_ids, seen))
+    try:
+        yield seen
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def ticks_reached(
+    pool: Any, until: dict[int, datetime], what: str, replicas: Sequence[Replica]
+) -> None:
+    """Wait until every job has a run of a tick at or after its time in `until`; fail at
+    once, with its log, if one of `replicas` exits meanwhile."""
+
+    async def reached() -> bool:
+        for replica in replicas:
+            if replica.process.poll() is not None:
+                raise AssertionError(
+                    f"{replica.name} exited with {replica.process.returncode} while waiting "
+                    f"for {what}:\n{replica.log_tail()}"
+                )
+        rows = await pool.fetch(
+            "SELECT job_id, max(scheduled_for) AS last FROM job_runs"
+            " WHERE job_id = ANY($1::bigint[]) AND trigger = 'schedule' GROUP BY job_id",
+            list(until),
+        )
+        last = {r["job_id"]: r["last"] for r in rows}
+        return all(job in last and last[job] >= tick for job, tick in until.items())
+
+    await eventually(reached, WAIT_S, what)
+
+
+def _start(
+    argv: list[str], env: dict[str, str], cwd: Path, out_path: Path, err_path: Path
+) -> subprocess.Popen[bytes]:
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=err)
+
+
+async def run_to_end(
+    name: str,
+    argv: Sequence[str],
+    env: dict[str, str],
+    cwd: Path,
+    timeout_s: float,
+) -> tuple[int | None, str, str, float]:
+    """Run `argv` with its output in `<name>.out` and `<name>.err`, polling (this loop
+    goes on meanwhile); its exit code (None: killed after `timeout_s`), stdout, stderr and
+    how long it took. Cancelled, it kills the process."""
+    out_path, err_path = cwd / f"{name}.out", cwd / f"{name}.err"
+    began = time.monotonic()
+    process = _start(list(argv), env, cwd, out_path, err_path)
+    try:
+        code = await exit_code(process, timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    return code, out_path.read_text(), err_path.read_text(), time.monotonic() - began
+
+
+def problems_logged(replica: Replica) -> list[str]:
+    """The replica's log lines at level error or above, and lines that are not JSON
+    (a traceback printed past the logger)."""
+    found = []
+    for line in replica.log_path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            found.append(line)
+            continue
+        if not isinstance(event, dict) or event.get("level") in ("error", "critical", "exception"):
+            found.append(line)
+    return found
+
+
+def day_of(tick: datetime) -> int:
+    return (tick.astimezone(UTC).date() - EPOCH_DAY.date()).days
+
+
+async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_runs_none_twice(
+    tmp_path: Path, postgres_server_url: str, previous_release: Release
+) -> None:
+    release = previous_release
+    old_module = imported_from(release, "scheduler_svc.store.db")
+    assert old_module.is_relative_to(release.venv), (
+        f"the previous release's interpreter imports scheduler_svc from {old_module}"
+    )
+    assert not old_module.is_relative_to(REPO_ROOT), old_module
+
+    async with scratch_database(postgres_server_url, "scheduler_rolling") as url:
+        started: list[Replica] = []
+        refusal: asyncio.Task[tuple[int | None, str, str, float]] | None = None
+        pool = await db.create_pool(url, max_size=3)
+        try:
+            async with serve_receiver() as receiver, httpx.AsyncClient(timeout=10) as http:
+                superuser = await pool.fetchval(
+                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                )
+
+                # 1. The previous release alone: it applies its schema, version 4.
+                old = spawn(release.command, "old-1", url, tmp_path)
+                started.append(old)
+                await wait_ready(old)
+                version_before = await pool.fetchval("SELECT version FROM schema_version")
+                kind_before = await pool.fetchval(
+                    "SELECT relkind::text FROM pg_class WHERE oid = 'job_runs'::regclass"
+                )
+                every = {"schedule": "@every 1s"}
+                jobs = [
+                    await create_job(http, old, name=f"forbid-{i}", **every)
+                    for i in range(FORBID_JOBS)
+                ] + [
+                    await create_job(http, old, name=f"allow-{i}", overlap="allow", **every)
+                    for i in range(ALLOW_JOBS)
+                ]
+                hook = await create_job(
+                    http, old, name="webhook", target=http_target(receiver.url("/tick")), **every
+                )
+                jobs.append(hook)
+                first = {job["id"]: datetime.fromisoformat(job["next_run_at"]) for job in jobs}
+                job_ids = list(first)
+                warm = {j: tick + (WARM_TICKS - 1) * SECOND for j, tick in first.items()}
+                await ticks_reached(pool, warm, "the warm-up ticks", [old])
+
+                async with watching(pool, http, old, job_ids) as seen:
+                    # 2. This release migrates the database under the old replica.
+                    before = {
+                        r["id"]: (r["job_id"], r["scheduled_for"])
+                        for r in await pool.fetch("SELECT id, job_id, scheduled_for FROM job_runs")
+                    }
+                    migrate_began = time.monotonic()
+                    migrated = await run_to_end(
+                        "migrate",
+                        [*CURRENT, "migrate"],
+                        replica_env("migrate", url),
+                        tmp_path,
+                        MIGRATE_S,
+                    )
+                    migrate_ended = time.monotonic()
+                    migrated_db: datetime = await pool.fetchval("SELECT now()")
+                    assert migrated[0] == 0, f"migrate exited {migrated[0]}:\n{migrated[2]}"
+                    version_after = await pool.fetchval("SELECT version FROM schema_version")
+                    steps_ms = await pool.fetchval(
+                        "SELECT duration_ms FROM schema_migrations WHERE version = 5"
+                    )
+                    kind_after = await pool.fetchval(
+                        "SELECT relkind::text FROM pg_class WHERE oid = 'job_runs'::regclass"
+                    )
+                    old_ready = (await http.get(f"{old.url}/readyz")).status_code
+                    old_alone = dict.fromkeys(job_ids, migrated_db + OLD_ALONE_S * SECOND)
+                    await ticks_reached(
+                        pool, old_alone, "the old replica's ticks after the migration", [old]
+                    )
+                    # The old API's run paths on the partitioned table: a manual run (its
+                    # INSERT … RETURNING * names no id), that run, and a job's history.
+                    allow_job = jobs[FORBID_JOBS]["id"]
+                    triggered = await http.post(f"{old.url}/jobs/{allow_job}/trigger")
+                    manual = triggered.json() if triggered.status_code == 202 else {}
+                    run_answer = await http.get(f"{old.url}/runs/{manual.get('id', 0)}")
+                    listed = await http.get(f"{old.url}/jobs/{job_ids[0]}/runs?limit=500")
+                    in_db = await pool.fetch(
+                        "SELECT id FROM job_runs WHERE job_id = $1 ORDER BY id DESC", job_ids[0]
+                    )
+
+                    # 3. A new replica beside the old one; another old one refuses to start.
+                    spawned_db: datetime = await pool.fetchval("SELECT now()")
+                    new = spawn(CURRENT, "new-1", url, tmp_path)
+                    started.append(new)
+                    await wait_ready(new)
+                    joined_db: datetime = await pool.fetchval("SELECT now()")
+                    refusal = (
+                        asyncio.create_task(
+                            run_to_end(
+                                "old-2",
+                                [*release.command, "serve", "--port", str(free_port())],
+                                replica_env("old-2", url),
+                                tmp_path,
+                                REFUSED_S,
+                            )
+                        )
+                        if superuser
+                        else None
+                    )
+                    side_by_side = dict.fromkeys(job_ids, joined_db + SIDE_BY_SIDE_S * SECOND)
+                    await ticks_reached(pool, side_by_side, "ticks side by side", [old, new])
+                    refused = await refusal if refusal is not None else None
+                    version_after_refusal = await pool.fetchval(
+                        "SELECT version FROM schema_version"
+                    )
+                old_code = await stop(old)
+                left_db: datetime = await pool.fetchval("SELECT now()")
+
+                # The new replica alone, up to the end; the cutoff is a tick before it.
+                end = left_db + NEW_ALONE_S * SECOND
+                await ticks_reached(pool, dict.fromkeys(job_ids, end), "the last ticks", [new])
+                cutoff = end - SECOND
+                await settled_until(pool, dict.fromkeys(job_ids, cutoff), WAIT_S)
+                stuck = await pool.fetch(
+                    "SELECT id, job_id, scheduled_for, status, worker, lease_expires_at"
+                    " FROM job_runs WHERE status = 'running' AND lease_expires_at < now()"
+                )
+                rows = await pool.fetch(
+                    "SELECT id, job_id, scheduled_for, trigger, status, worker, created_at,"
+                    " tableoid::regclass::text AS partition FROM job_runs ORDER BY id"
+                )
+                # Across every run, not only those up to the cutoff.
+                runs_and_ticks = tuple(
+                    await pool.fetchrow(
+                        "SELECT count(*), count(DISTINCT (job_id, scheduled_for)) FROM job_runs"
+                    )
+                    or ()
+                )
+                new_code = await stop(new)
+                got = deliveries(receiver.requests, "/tick")
+        finally:
+            if refusal is not None and not refusal.done():
+                refusal.cancel()
+                await asyncio.gather(refusal, return_exceptions=True)
+            await asyncio.gather(*(stop(r) for r in started), return_exceptions=True)
+            await pool.close()
+
+    # The watcher's view of the old replica and of the row count.
+    answers = seen.answers
+    failed_answers = [(round(t - migrate_began, 2), a) for t, a, _ in answers if a != 200]
+    during = seen.answers_between(migrate_began - 0.5, migrate_ended)
+    slowest_during = max((s for _, _, s in during), default=0.0)
+    counts = [n for _, n in seen.counts]
+    counted_during = [n for t, n in seen.counts if migrate_began <= t <= migrate_ended]
+    decreases = [(a, b) for a, b in itertools.pairwise(counts) if b < a]
+
+    # One run per tick, from each job's first tick to the cutoff.
+    runs_by_tick: dict[int, Counter[datetime]] = defaultdict(Counter)
+    for r in rows:
+        if r["trigger"] == "schedule":
+            runs_by_tick[r["job_id"]][r["scheduled_for"]] += 1
+    missing: dict[int, list[str]] = {}
+    extra: dict[int, list[str]] = {}
+    twice: dict[int, list[str]] = {}
+    for job, tick0 in first.items():
+        expected = set(grid(tick0, cutoff))
+        ticks = {t: n for t, n in runs_by_tick[job].items() if t <= cutoff}
+        if lost := sorted(expected - set(ticks)):
+            missing[job] = [f"{t:%H:%M:%S.%f}"[:-3] for t in lost]
+        if off := sorted(set(ticks) - expected):
+            extra[job] = [f"{t:%H:%M:%S.%f}"[:-3] for t in off]
+        if dup := sorted(t for t, n in ticks.items() if n > 1):
+            twice[job] = [f"{t:%H:%M:%S.%f}"[:-3] for t in dup]
+    in_window = [r for r in rows if r["job_id"] in first and r["scheduled_for"] <= cutoff]
+    not_succeeded = Counter(r["status"] for r in in_window if r["status"] != "succeeded")
+
+    # Every run recorded before the migration is still there, as it was.
+    after = {r["id"]: (r["job_id"], r["scheduled_for"]) for r in rows}
+    lost_rows = {i: v for i, v in before.items() if after.get(i) != v}
+
+    # Run ids: those the old table's identity gave were all taken before the swap; every
+    # later one tells its day, the old replica's (job_runs_id trigger) as the new one's.
+    day_ids = [r for r in rows if r["id"] >> DAY_SHIFT > 0]
+    wrong_day = [
+        (r["id"], r["id"] >> DAY_SHIFT, day_of(r["scheduled_for"]))
+        for r in day_ids
+        if r["id"] >> DAY_SHIFT != day_of(r["scheduled_for"])
+    ]
+    identity_after = [
+        (r["id"], r["created_at"])
+        for r in rows
+        if r["id"] >> DAY_SHIFT == 0 and r["created_at"] > migrated_db
+    ]
+    by_old_alone = [r for r in rows if migrated_db < r["created_at"] < spawned_db]
+    side_window = [r for r in rows if joined_db <= r["scheduled_for"] < left_db]
+    executed_by = Counter(r["worker"] for r in side_window)
+    partitions = Counter(r["partition"] for r in rows)
+    listed_ids = [run["id"] for run in listed.json()] if listed.status_code == 200 else []
+    # The list was read before in_db: runs recorded in between may be missing from it.
+    unlisted = [r["id"] for r in in_db if r["id"] <= max(listed_ids, default=0)]
+    unlisted = sorted(set(unlisted) - set(listed_ids))
+
+    # The webhook job: each tick delivered once, as the run recorded for it.
+    hook_ticks = set(grid(first[hook["id"]], cutoff))
+    hook_runs = {r["scheduled_for"]: r["id"] for r in rows if r["job_id"] == hook["id"]}
+    delivered = Counter(d.tick for d in got)
+    undelivered = sorted(t for t in hook_ticks if t not in delivered)
+    delivered_twice = sorted(t for t, n in delivered.items() if n > 1)
+    wrong_run = [(d.tick, d.run_id) for d in got if hook_runs.get(d.tick) != d.run_id]
+
+    old_problems = problems_logged(old)
+    new_problems = problems_logged(new)
+    report(
+        f"previous release {release.commit[:7]}: schema {version_before} -> {version_after}, "
+        f"job_runs {kind_before!r} -> {kind_after!r}; migrate took {migrated[3]:.2f} s "
+        f"(its steps {float(steps_ms or 0):.0f} ms), the old API's slowest answer meanwhile "
+        f"{slowest_during * 1000:.0f} ms of {len(during)}; runs {len(rows)} "
+        f"({len(before)} before the migration, {len(by_old_alone)} inserted by the old replica "
+        f"alone after it), by partition {dict(partitions)}; side by side executed by "
+        f"{dict(executed_by)}; ticks up to the cutoff {len(in_window)}, missing "
+        f"{sum(map(len, missing.values()))}, twice {sum(map(len, twice.values()))}; "
+        f"refused old replica: "
+        + (
+            f"exit {refused[0]} after {refused[3]:.2f} s"
+            if refused is not None
+            else "not started (not a superuser: no event trigger)"
+        )
+    )
+
+    assert version_before == 4 and kind_before == "r", (version_before, kind_before)
+    assert migrated[1].strip().endswith("schema at version 5"), migrated
+    assert version_after == 5 and kind_after == "p", (version_after, kind_after)
+    assert old_ready == 200, f"the old replica's /readyz after the migration: {old_ready}"
+    assert not failed_answers, (
+        f"the old API failed (s after migrate began, answer): {failed_answers}"
+    )
+    assert len(during) >= 1, "the watcher asked nothing while migrate ran"
+    assert slowest_during < 5, f"the old API stalled {slowest_during:.2f} s during the migration"
+    assert not decreases, f"the runs count went down: {decreases[:5]}"
+    assert counted_during and counted_during[-1] > counted_during[0], (
+        f"no run recorded while migrate ran: {counted_during}"
+    )
+    assert not lost_rows, f"runs recorded before the migration lost or changed: {sample(lost_rows)}"
+    assert not missing, f"ticks without a run, by job: {sample(missing)}"
+    assert not extra, f"runs off the schedule, by job: {sample(extra)}"
+    assert not twice, f"ticks run twice, by job: {sample(twice)}"
+    assert runs_and_ticks[0] == runs_and_ticks[1], f"runs, distinct ticks: {runs_and_ticks}"
+    assert not not_succeeded, f"runs up to the cutoff not succeeded: {dict(not_succeeded)}"
+    assert not stuck, f"runs still running past their lease: {[dict(r) for r in stuck]}"
+    assert not wrong_day, (
+        f"run ids whose day is not their tick's (id, id day, tick day): {wrong_day}"
+    )
+    assert not identity_after, (
+        f"runs inserted after the migration without a day id: {identity_after}"
+    )
+    assert by_old_alone, "the old replica recorded no run after the migration"
+    assert triggered.status_code == 202, f"old trigger: {triggered.status_code} {triggered.text}"
+    assert manual["id"] >> DAY_SHIFT == day_of(datetime.fromisoformat(manual["scheduled_for"]))
+    assert run_answer.status_code == 200 and run_answer.json()["id"] == manual["id"], (
+        run_answer.text
+    )
+    assert listed.status_code == 200, f"old run list: {listed.status_code} {listed.text}"
+    assert listed_ids == sorted(listed_ids, reverse=True), "the old run list is not newest first"
+    assert not unlisted, f"runs of job {job_ids[0]} missing from the old run list: {unlisted}"
+    assert set(listed_ids) >= {i for i, (j, _) in before.items() if j == job_ids[0]}
+    assert all(r["id"] >> DAY_SHIFT > 0 for r in by_old_alone)
+    assert executed_by["old-1"] and executed_by["new-1"], (
+        f"side by side, runs executed by {dict(executed_by)}: not both releases"
+    )
+    assert not undelivered, f"webhook ticks never delivered: {sample(undelivered)}"
+    assert not delivered_twice, f"webhook ticks delivered twice: {sample(delivered_twice)}"
+    assert not wrong_run, f"deliveries not of the run recorded for their tick: {wrong_run[:5]}"
+    if refused is not None:
+        code, _, stderr, _ = refused
+        assert code is not None and code != 0, (
+            f"an old replica started after the migration exited {code}:\n{stderr[-2000:]}"
+        )
+        assert REFUSAL in stderr, stderr[-2000:]
+        assert version_after_refusal == 5, version_after_refusal
+    assert old_code == 0, f"the old replica exited {old_code} on SIGTERM:\n{old.log_tail()}"
+    assert new_code == 0, f"the new replica exited {new_code} on SIGTERM:\n{new.log_tail()}"
+    assert not old_problems, "the old replica logged:\n" + "\n".join(old_problems[:20])
+    assert not new_problems, "the new replica logged:\n" + "\n".join(new_problems[:20])
+
+
+def test_the_previous_release_is_installed_apart_from_this_work_tree(
+    previous_release: Release,
+) -> None:
+    module = imported_from(previous_release, "scheduler_svc.store.db")
+    assert module.is_relative_to(previous_release.venv), module
+    schema = (module.parent / "schema.sql").read_text()
+    assert "INSERT INTO schema_version (version) VALUES (4)" in schema
+    assert not (module.parent / "migrations").exists()

@@ -48,29 +48,45 @@ CREATE TABLE jobs (
     -- Idempotency-Key of the POST that created the job, and a hash of its body,
     -- so a repeat returns this job and a different body under the same key is a 409.
     idempotency_key  text,
-    request_hash     text,
-    -- The client's own name for the job ("jobs as code": PUT /jobs/by-key/{key}), unique
-    -- per tenant; NULL for a job without one. The API refuses some keys this allows (an
-    -- empty, "." or ".." segment between slashes, which a URL path cannot carry).
-    key              text CONSTRAINT jobs_key_check
-                     CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$'),
-    -- Which tool owns the job (`scheduler-svc apply --owner`); NULL: none says so.
-    managed_by       text CONSTRAINT jobs_managed_by_check
-                     CHECK (char_length(managed_by) BETWEEN 1 AND 200)
+    request_hash     text
 );
 
 -- One job per tenant and Idempotency-Key. Partial: most jobs have no key, and every
 -- tick rewrites its job's row (next_run_at), which costs one entry per index.
 CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (tenant, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
--- One job per tenant and key, and finding it by key. Partial for the same reason.
-CREATE UNIQUE INDEX jobs_key ON jobs (tenant, key) WHERE key IS NOT NULL;
 
 -- The scheduler's claim: due, active jobs in order of due time. Partial, so its size
 -- follows the active jobs only.
 CREATE INDEX jobs_due ON jobs (next_run_at) WHERE status = 'active';
 -- Listing newest first, per tenant, by keyset on id.
 CREATE INDEX jobs_tenant_id ON jobs (tenant, id DESC);
+
+-- A job's key, the client's own name for it ("jobs as code": PUT /jobs/by-key/{key}),
+-- unique per tenant, and its managed_by, which tool owns it (`scheduler-svc apply
+-- --owner`). A row only for a job that has either: a job without is not here. Not columns
+-- of jobs: a column added there changes the row type of the `SELECT *` statements of the
+-- release before keys, which then fail inside a transaction while it still runs
+-- (migrations/0006_job_keys.sql). `tenant` is the job's, copied by the statement that
+-- writes the row (queries.sql), so that the key is unique per tenant by an index. The
+-- API refuses some keys the check allows (an empty, "." or ".." segment between
+-- slashes, which a URL path cannot carry).
+CREATE TABLE job_keys (
+    job_id     bigint PRIMARY KEY
+               CONSTRAINT job_keys_job_id_fkey REFERENCES jobs (id) ON DELETE CASCADE,
+    tenant     text NOT NULL,
+    key        text CONSTRAINT job_keys_key_check
+               CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$'),
+    managed_by text CONSTRAINT job_keys_managed_by_check
+               CHECK (char_length(managed_by) BETWEEN 1 AND 200),
+    CONSTRAINT job_keys_key_or_owner CHECK (key IS NOT NULL OR managed_by IS NOT NULL)
+);
+
+-- One job per tenant and key, and finding it by key.
+CREATE UNIQUE INDEX job_keys_key ON job_keys (tenant, key) WHERE key IS NOT NULL;
+-- Listing the jobs a tool owns (GET /jobs?managed_by=…, what apply reads).
+CREATE INDEX job_keys_managed_by ON job_keys (tenant, managed_by)
+    WHERE managed_by IS NOT NULL;
 
 -- Which migrations the database has had (scheduler_svc/store/migrations/NNNN_name.sql),
 -- each with the SHA-256 of its file: a migration changed after it was applied is
@@ -111,6 +127,14 @@ CREATE FUNCTION run_id_day_end(id bigint) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN id >> 37 = 0 THEN 'infinity'::timestamptz
                 ELSE to_timestamp(((10957 + (id >> 37) + 1) * 86400)::float8) END
+$$;
+
+-- The day of run ids below `cursor`'s, counting as run ids do: the cursor's day, or today
+-- (UTC) without a cursor. Stable and a single expression, so that PostgreSQL inlines it
+-- and a window of days from it still leaves out the partitions it cannot touch.
+CREATE FUNCTION run_id_cursor_day(cursor bigint) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(cursor >> 37, floor(extract(epoch FROM now()) / 86400)::bigint - 10957)
 $$;
 
 -- The same bounds for a set of run ids: from the first day's start to the last day's end.
@@ -221,7 +245,7 @@ CREATE TABLE job_runs_default PARTITION OF job_runs DEFAULT;
 ALTER TABLE job_runs_default ADD PRIMARY KEY (id);
 
 -- History tables: tables partitioned by range on one timestamptz column, a partition a
--- UTC day, that maintenance keeps (history_partitions_create, history_partitions_drop).
+-- UTC day, that maintenance keeps (history_partitions_create, history_partitions_detach).
 -- A table joins with a row here, in the migration that creates it.
 CREATE TABLE history_tables (
     name              text PRIMARY KEY,
@@ -305,10 +329,13 @@ BEGIN
 END
 $$;
 
--- Drop the partitions of every history table that end at or before `cutoff` and hold
--- no row its keep_while keeps; return their names. Dropping a partition locks its
--- table for a moment (ACCESS EXCLUSIVE): the caller sets a lock_timeout.
-CREATE FUNCTION history_partitions_drop(cutoff timestamptz) RETURNS SETOF text
+-- Detach the partitions of every history table that end at or before `cutoff` and hold
+-- no row its keep_while keeps; return their names, and those of partitions detached
+-- before but not dropped (a replica stopped in between). Detaching locks the table for
+-- a moment (ACCESS EXCLUSIVE), so the caller sets a lock_timeout and drops the detached
+-- tables after this commits (history_partition_drop): dropping frees the files, which
+-- takes longer than that lock need be held.
+CREATE FUNCTION history_partitions_detach(cutoff timestamptz) RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 DECLARE
     t history_tables;
@@ -316,6 +343,14 @@ DECLARE
     kept boolean;
 BEGIN
     FOR t IN SELECT * FROM history_tables ORDER BY name LOOP
+        IF cutoff = '-infinity' THEN
+            CONTINUE;
+        END IF;
+        -- Days detached by an earlier pass that stopped before dropping them.
+        RETURN QUERY
+            SELECT c.relname::text FROM pg_class c
+            WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+              AND NOT c.relispartition AND c.relname ~ ('^' || t.name || '_[0-9]{8}$');
         FOR p IN
             SELECT * FROM history_partitions(t.name) b
             WHERE b.upper_bound <= cutoff ORDER BY b.upper_bound
@@ -323,10 +358,25 @@ BEGIN
             EXECUTE format('SELECT EXISTS (SELECT FROM %I WHERE %s)', p.partition, t.keep_while)
                 INTO kept;
             CONTINUE WHEN kept;
-            EXECUTE format('DROP TABLE %I', p.partition);
+            EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', t.name, p.partition);
             RETURN NEXT p.partition;
         END LOOP;
     END LOOP;
+END
+$$;
+
+-- Drop a partition history_partitions_detach detached (nothing if it is attached, or
+-- not a history table's day).
+CREATE FUNCTION history_partition_drop(partition text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (
+        SELECT FROM pg_class c JOIN history_tables t ON c.relname ~ ('^' || t.name || '_[0-9]{8}$')
+        WHERE c.relname = partition AND c.relnamespace = 'public'::regnamespace
+          AND c.relkind = 'r' AND NOT c.relispartition
+    ) THEN
+        EXECUTE format('DROP TABLE %I', partition);
+    END IF;
 END
 $$;
 
@@ -334,8 +384,28 @@ SELECT history_partitions_create(7);
 
 -- A job's last run is derived from its runs, not stored on the job: executors never
 -- write job rows, so they never contend with the scheduler's locks on them.
--- Jobs as the API shows them: with the start and status of their latest started run.
-CREATE OR REPLACE VIEW jobs_with_last_run AS
+-- Jobs as the API shows them: with their key and owner, and the start and status of their
+-- latest started run. A view keeps the columns it was made with (`j.*` is expanded
+-- then): a release that shows more makes a view of its own rather than changing this
+-- one under the release before it. `k.tenant = j.tenant` always holds; saying so lets a
+-- query by tenant and key find the job by job_keys_key.
+CREATE VIEW jobs_api AS
+SELECT j.*, k.key, k.managed_by,
+       last_run.started_at AS last_run_at, last_run.status AS last_run_status
+FROM jobs j
+LEFT JOIN job_keys k ON k.job_id = j.id AND k.tenant = j.tenant
+LEFT JOIN LATERAL (
+    SELECT r.started_at, r.status
+    FROM job_runs r
+    WHERE r.job_id = j.id AND r.started_at IS NOT NULL
+    ORDER BY r.id DESC
+    LIMIT 1
+) last_run ON true;
+
+-- The same without key and owner: the view of the releases before job keys (schema 4
+-- and 5), which a replica of the previous release reads while replicas roll. This
+-- release never reads it; the release after it drops it (contract).
+CREATE VIEW jobs_with_last_run AS
 SELECT j.*, last_run.started_at AS last_run_at, last_run.status AS last_run_status
 FROM jobs j
 LEFT JOIN LATERAL (

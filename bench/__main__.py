@@ -3,7 +3,7 @@
     python -m bench [scenario ...] [--quick] [--out PATH]
 
 Scenarios, run in this order (default: all): pipeline, firelag, peers, api (when
-bench/api.py exists), scale, memory. Each is a module of this package with
+bench/api.py exists), scale, memory, apply. Each is a module of this package with
 `async def run(quick: bool) -> list[Result]`. The JSON goes to
 bench/results/<UTC timestamp>.json unless --out says otherwise, and is written again
 after each scenario, so an interrupted run keeps what it measured.
@@ -30,7 +30,7 @@ import asyncpg
 
 from bench.common import SERVER_URL, Result
 
-SCENARIOS = ["pipeline", "firelag", "peers", "api", "scale", "memory"]
+SCENARIOS = ["pipeline", "firelag", "peers", "api", "scale", "memory", "apply"]
 RESULTS = Path(__file__).parent / "results"
 
 Runner = Callable[[bool], Awaitable[list[Result]]]

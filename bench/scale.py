@@ -2,7 +2,7 @@
 
     python -m bench.scale [--quick] [--jobs 1000000] [--runs 50000000] [--days 60]
                           [--claim-sizes 10000 100000 1000000] [--due 300]
-                          [--out PATH] [--plans]
+                          [--settings NAME=VALUE,...] [--out PATH] [--plans]
 
 It measures the scheduler_svc that Python imports, on the schema that code makes
 (partitioned job_runs, or the one table of the releases before it). To measure an
@@ -19,7 +19,9 @@ does; its EXPLAIN (ANALYZE, BUFFERS) is kept, and the generic plan's too.
 History: a second database gets `--jobs` jobs and `--runs` finished runs over `--days`
 days ending now (bench/history.py: how they are spread and loaded). On it, each on
 one connection, the statements prepared, timed after a few untimed calls (so their
-plans are the generic ones a long-running replica uses):
+plans are what a long-running replica's are, generic or custom as PostgreSQL picks),
+once per round of `--settings` set on the database (default: the server's settings,
+then jit=off too if the server has jit on):
 
 - the due claim, as above, with `--due` of the jobs due;
 - `GET /runs/{id}`: `store.run_get` on run ids picked at random across the whole
@@ -30,12 +32,14 @@ plans are the generic ones a long-running replica uses):
   2 replicas, the 1,000 paused `@every 1s` log-target jobs of the history activated
   with spread phases; the replicas' retention is set past the history so that their
   maintenance leaves it alone;
-- retention, last: on the partitioned schema `store.history_partitions_drop` with the
+- retention, last: on the partitioned schema `store.history_partitions_detach` (then
+  `store.history_partition_drop` of each detached day) with the
   retention that drops exactly the oldest day, timed for each of the oldest
   `DROP_DAYS` days in turn, then one `store.runs_prune` call (the rest of a
   maintenance pass); on the unpartitioned one `store.runs_prune` (batches of
-  maintenance.PRUNE_BATCH under the maintenance lock) deleting the oldest 24 hours,
-  for at most `PRUNE_S`, and the time a day's runs take at the rate it went;
+  maintenance.PRUNE_BATCH under the maintenance lock) deleting the oldest day and the
+  next up to the time of day it is, for at most `PRUNE_S`, and the time a day's runs
+  take at the rate it went;
 - disk: job_runs and every partition, index and TOAST table of it, per million runs.
 
 The EXPLAIN (ANALYZE, BUFFERS) of run_get and runs_list under generic plans is kept.
@@ -61,6 +65,7 @@ from bench import firelag, history
 from bench.common import Result, bench_database, ms, spread
 from scheduler_svc import store
 from scheduler_svc.engine.maintenance import MAINTENANCE_LOCK_KEY, PRUNE_BATCH
+from scheduler_svc.store import db
 
 CLAIM_BATCH = 500  # scheduler.tick_once's default
 CLAIMS = 40
@@ -237,21 +242,26 @@ async def time_runs_list(
     middle = await _timed([lambda j=job, c=cursor: page(j, c) for job, cursor in pairs])
     assert pages == 2 * len(jobs), "a page came back short"
     sql, types = _statement("runs_list"), "text, bigint, bigint, bigint"
+    # Releases since partitioning read a page window by window: the plan of the first.
+    window = ", 1, NULL" if "$6" in sql else ""
+    types += ", int, int" if window else ""
     job, cursor = jobs[0], cursors[0]
     return {
         "runs_list_first_ms": spread(first),
         "runs_list_middle_ms": spread(middle),
         "plan_runs_list_first": await _plan(
-            conn, sql, types, f"'bench', {job}, NULL, {PAGE}", "force_generic_plan"
+            conn, sql, types, f"'bench', {job}, NULL, {PAGE}{window}", "force_generic_plan"
         ),
         "plan_runs_list_middle": await _plan(
-            conn, sql, types, f"'bench', {job}, {cursor}, {PAGE}", "force_generic_plan"
+            conn, sql, types, f"'bench', {job}, {cursor}, {PAGE}{window}", "force_generic_plan"
         ),
     }
 
 
 async def _drop_days(conn: asyncpg.Connection[Any]) -> dict[str, Any]:
-    """history_partitions_drop of the oldest days, one at a time; then a runs_prune call."""
+    """The oldest days dropped one at a time, as maintenance does: detached under the
+    maintenance lock (`lock_ms`: how long job_runs is locked), then dropped apart (`ms`:
+    both); then a runs_prune call."""
     drops = []
     for _ in range(DROP_DAYS):
         name, _, upper = (await history.partitions(conn))[0]
@@ -260,11 +270,20 @@ async def _drop_days(conn: asyncpg.Connection[Any]) -> dict[str, Any]:
         # Partitions that end more than N days ago go: N whole days since this one ended.
         retention = (now - upper) // timedelta(days=1)
         started = time.perf_counter()
-        dropped = await store.history_partitions_drop(conn, retention, MAINTENANCE_LOCK_KEY)
+        dropped = await store.history_partitions_detach(conn, retention, MAINTENANCE_LOCK_KEY)
+        lock_ms = (time.perf_counter() - started) * 1000
+        for partition in dropped:
+            await store.history_partition_drop(conn, partition)
         elapsed_ms = (time.perf_counter() - started) * 1000
         assert dropped == [name], f"dropped {dropped}, not just {name}"
         drops.append(
-            {"partition": name, "rows": rows, "retention_days": retention, "ms": elapsed_ms}
+            {
+                "partition": name,
+                "rows": rows,
+                "retention_days": retention,
+                "lock_ms": lock_ms,
+                "ms": elapsed_ms,
+            }
         )
     started = time.perf_counter()
     pruned = await store.runs_prune(
@@ -274,6 +293,7 @@ async def _drop_days(conn: asyncpg.Connection[Any]) -> dict[str, Any]:
     return {
         "drops": drops,
         "drop_ms_max": max(d["ms"] for d in drops),
+        "drop_lock_ms_max": max(d["lock_ms"] for d in drops),
         "prune_after_drop_ms": prune_ms,
         "pruned_after_drop": pruned,
     }
@@ -332,12 +352,21 @@ async def _round(
     """The claim, run_get, runs_list and fire lag, with the database's settings as they
     are; the jobs are left as they were found (the due ones due, the fire-lag ones paused)."""
     figures: dict[str, Any] = {}
+    # Each statement on a session as the service opens them: the claim on a worker's
+    # (durable=False), the reads on an API replica's, with whatever settings that
+    # release's create_pool gives its sessions.
+    worker_pool = await db.create_pool(url, max_size=1, durable=False)
+    api_pool = await db.create_pool(url, max_size=1)
     conn = await asyncpg.connect(url)
     try:
-        figures["jit"] = await conn.fetchval("SHOW jit")
-        figures["claim"] = await claim_at(conn, shape.jobs, shape.due, max(CLAIMS, samples // 10))
-        figures.update(await time_run_get(conn, samples))
-        figures.update(await time_runs_list(conn, shape, samples // 2))
+        async with worker_pool.acquire() as worker, api_pool.acquire() as api:
+            figures["jit"] = await api.fetchval("SHOW jit")
+            figures["plan_cache_mode"] = await worker.fetchval("SHOW plan_cache_mode")
+            figures["claim"] = await claim_at(
+                worker, shape.jobs, shape.due, max(CLAIMS, samples // 10)
+            )
+            figures.update(await time_run_get(api, samples))
+            figures.update(await time_runs_list(api, shape, samples // 2))
         # Nothing but the fire-lag jobs is to fire while the replicas run.
         await conn.execute(
             "UPDATE jobs SET next_run_at = now() + interval '30 days' WHERE id <= $1", shape.due
@@ -361,19 +390,34 @@ async def _round(
         )
     finally:
         await conn.close()
+        await worker_pool.close()
+        await api_pool.close()
     return figures
+
+
+def parse_settings(text: str) -> dict[str, str]:
+    """`name=value,name=value` (empty: none) as a dict."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"settings are name=value,name=value: {text!r}")
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def _label(settings: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "server settings"
 
 
 async def history_figures(
     shape: history.Shape,
     samples: int,
     lag_seconds: float,
-    jit: str = "both",
+    rounds: list[dict[str, str]] | None = None,
     prune_s: float = PRUNE_S,
 ) -> dict[str, Any]:
-    """Load a history; time the claim, run_get, runs_list and fire lag on it, with the
-    server's jit setting and/or with jit off (`jit`: server, off, both); then retention
-    (with the server's setting)."""
+    """Load a history; time the claim, run_get, runs_list and fire lag on it once per
+    round of database settings (set on the bench database, so that the replicas' sessions
+    have them too; default: the server's as they are, then jit=off if the server has jit
+    on); then retention, with the server's settings."""
     figures: dict[str, Any] = {
         "shape": {**dataclasses.asdict(shape), "deep": shape.deep},
         "code": _code(),
@@ -390,24 +434,26 @@ async def history_figures(
             server_jit = await conn.fetchval("SHOW jit")
         finally:
             await conn.close()
-        if jit in ("server", "both"):
-            figures["rounds"].append(await _round(url, shape, samples, lag_seconds))
-        if jit == "off" or (jit == "both" and server_jit == "on"):
+        if rounds is None:
+            rounds = [{}, {"jit": "off"}] if server_jit == "on" else [{}]
+        for settings in rounds:
             conn = await asyncpg.connect(url)
             try:
-                # Sessions opened from now on, the replicas' too.
-                await conn.execute(f'ALTER DATABASE "{database}" SET jit = off')
+                # For the sessions opened from now on, the replicas' too.
+                await conn.execute(f'ALTER DATABASE "{database}" RESET ALL')
+                for name, value in settings.items():
+                    await conn.execute(f'ALTER DATABASE "{database}" SET {name} = {value}')
             finally:
                 await conn.close()
-            figures["rounds"].append(await _round(url, shape, samples, lag_seconds))
-            conn = await asyncpg.connect(url)
-            try:
-                await conn.execute(f'ALTER DATABASE "{database}" RESET jit')
-            finally:
-                await conn.close()
+            measured = await _round(url, shape, samples, lag_seconds)
+            figures["rounds"].append({"settings": settings, **measured})
         conn = await asyncpg.connect(url)
         try:
-            figures["retention_jit"] = await conn.fetchval("SHOW jit")
+            await conn.execute(f'ALTER DATABASE "{database}" RESET ALL')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(url)
+        try:
             if loaded["partitioned"]:
                 figures["retention"] = await _drop_days(conn)
             else:
@@ -491,10 +537,14 @@ def _history_result(h: dict[str, Any]) -> Result:
     if partitioned:
         drops = retention["drops"]
         once(
-            "retention: drop the oldest day (history_partitions_drop), ms",
+            "retention: drop the oldest day (detach, then drop), ms",
             " / ".join(f"{d['ms']:.1f} ({d['rows']:,} runs)" for d in drops),
             f"≤ {TARGETS['drop_day']:g} ms",
             _met(retention["drop_ms_max"], TARGETS["drop_day"]),
+        )
+        once(
+            "  of which job_runs locked (detach), ms",
+            " / ".join(f"{d['lock_ms']:.1f}" for d in drops),
         )
         once(
             "then runs_prune once (the rest of a maintenance pass), ms",
@@ -519,7 +569,7 @@ def _history_result(h: dict[str, Any]) -> Result:
         f"{'partitioned' if partitioned else 'unpartitioned'} "
         f"(scheduler_svc {code['commit']}{changed})"
     )
-    header = ["what", *[f"jit {r['jit']}" for r in rounds], "target", "met"]
+    header = ["what", *[_label(r["settings"]) for r in rounds], "target", "met"]
     return Result(title, header, rows, h)
 
 
@@ -555,13 +605,17 @@ def _results(claim: dict[str, Any] | None, history_figures: dict[str, Any] | Non
 
 
 async def measure(
-    sizes: list[int], due: int, shape: history.Shape | None, quick: bool, jit: str = "both"
+    sizes: list[int],
+    due: int,
+    shape: history.Shape | None,
+    quick: bool,
+    rounds: list[dict[str, str]] | None = None,
 ) -> list[Result]:
     claim = await claims(sizes, due) if sizes else None
     figures = None
     if shape is not None:
         samples = 600 if quick else 2000
-        figures = await history_figures(shape, samples, 10.0 if quick else 60.0, jit)
+        figures = await history_figures(shape, samples, 10.0 if quick else 60.0, rounds)
     return _results(claim, figures)
 
 
@@ -587,7 +641,7 @@ def print_plans(results: list[Result]) -> None:
                 "plan_runs_list_first",
                 "plan_runs_list_middle",
             ):
-                print(f"-- {key[5:]}, generic plan, jit {round_['jit']}")
+                print(f"-- {key[5:]}, generic plan, {_label(round_['settings'])}")
                 print("\n".join(plans[key]))
 
 
@@ -607,11 +661,13 @@ async def main() -> None:
     )
     parser.add_argument("--due", type=int, default=300)
     parser.add_argument(
-        "--jit",
-        choices=["server", "off", "both"],
-        default="both",
-        help="time the history with the server's jit setting, with jit off, or both "
-        "(default; one round if the server has it off)",
+        "--settings",
+        action="append",
+        type=parse_settings,
+        metavar="NAME=VALUE,...",
+        help="one round of the history's timings with these settings on the database "
+        "(repeat for more rounds; '' is the server's own); default: the server's, then "
+        "jit=off if the server has jit on",
     )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--plans", action="store_true", help="print the EXPLAIN output too")
@@ -628,7 +684,7 @@ async def main() -> None:
         sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     started = datetime.now(UTC)
     clock = time.monotonic()
-    results = await measure(sizes, args.due, shape, args.quick, args.jit)
+    results = await measure(sizes, args.due, shape, args.quick, args.settings)
     for result in results:
         print(result.table(), end="\n\n")
     if args.plans:

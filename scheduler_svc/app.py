@@ -33,6 +33,7 @@ from litestar.types import ControllerRouterHandler
 from scheduler_svc import logs, metrics, store
 from scheduler_svc.api import jobs
 from scheduler_svc.api.bodies import JsonRequest
+from scheduler_svc.api.by_key import JobsByKeyController
 from scheduler_svc.api.openapi import ProblemDocsPlugin, StrictStructSchemaPlugin
 from scheduler_svc.api.reads import ReadYourWrites, provide_reads
 from scheduler_svc.api.routes import JobsController, PoolDep, TenantDep, get_run, preview_schedule
@@ -273,6 +274,7 @@ def create_app(
     if settings.role != "worker":  # a worker serves nothing but its health and metrics
         routes += [
             JobsController,
+            JobsByKeyController,
             get_run,
             preview_schedule,
             create_static_files_router(

@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
-import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from types import FrameType
 from typing import NoReturn, TypeVar
 
 import structlog
-import uvicorn
-from litestar import Litestar
 
 from scheduler_svc import cli_api, jobs_as_code, logs, store
-from scheduler_svc.app import create_app
 from scheduler_svc.config import ConfigError, Settings
-from scheduler_svc.engine.worker import Worker
 from scheduler_svc.security import auth, keys
 from scheduler_svc.store import db, migrate
 from scheduler_svc.store.db import Pool
@@ -171,48 +163,6 @@ async def _prepare(pool: Pool) -> tuple[int, bool]:
     return await _apply_schema(pool), await store.api_keys_exist(pool)
 
 
-class Server(uvicorn.Server):
-    """uvicorn's server, with two changes to how SIGTERM/SIGINT stop it.
-
-    The worker stops claiming runs at the signal, not once uvicorn has waited for
-    the HTTP connections (then the lifespan would start a second grace period). And
-    a stop by signal after a full drain exits 0: uvicorn raises the captured signal
-    again once it has shut down, so the process would die of it (exit 143).
-    """
-
-    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
-        super().__init__(config)
-        self._app = app
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        # What startup built (the app, its routes and OpenAPI schema, the pools) lives
-        # as long as the process: keep it out of the collector's full passes, and
-        # collect young objects less often: under load the collector's full passes over
-        # them cost CPU and pauses (bench/README.md has the measurement).
-        gc.freeze()
-        gc.set_threshold(10_000, 10, 10)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        worker: Worker | None = getattr(self._app.state, "worker", None)
-        if worker is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(worker.begin_stop)
-        super().handle_exit(sig, frame)
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                self._captured_signals.clear()
-
-
 def serve(settings: Settings) -> None:
     """Apply the schema, then serve HTTP until SIGTERM/SIGINT."""
     settings, embedded = _with_database(settings)
@@ -229,20 +179,10 @@ def serve(settings: Settings) -> None:
             worker=settings.worker_id,
             schema_version=schema_version,
         )
-        app = create_app(settings)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="auto" if sys.platform == "win32" else "uvloop",
-            http="httptools",
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-        )
-        Server(config, app).run()
-        if getattr(app.state, "worker_failed", False):
+        # Imported here: the other commands do without the web stack's start-up cost.
+        from scheduler_svc import server
+
+        if not server.run(settings):
             raise CommandError("stopped because the worker failed (see the log above)")
     finally:
         if embedded is not None:

@@ -45,6 +45,13 @@ class IdempotencyConflict(SchedulerError):
     status_code = 409
 
 
+class KeyConflict(SchedulerError):
+    """Another job of this tenant already has this key."""
+
+    status_code = 409
+    problem_type = "key-conflict"
+
+
 class UnsupportedMediaType(SchedulerError):
     """Request bodies must be JSON: send Content-Type: application/json."""
 
@@ -83,6 +90,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "not-found": ProblemType(404, "Not found"),
     "method-not-allowed": ProblemType(405, "Method not allowed"),
     "idempotency-conflict": ProblemType(409, "Idempotency key reused"),
+    "key-conflict": ProblemType(409, "Job key in use"),
     "version-mismatch": ProblemType(412, "Version mismatch"),
     "body-too-large": ProblemType(413, "Request body too large"),
     "unsupported-media-type": ProblemType(415, "Unsupported media type"),

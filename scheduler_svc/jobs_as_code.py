@@ -5,7 +5,7 @@ apply checks the whole file (jobs_file), asks the service what a PUT of each job
 do (`PUT /jobs/by-key/{key}?dry_run=true`), and with `--prune` lists the jobs its
 `--owner` manages that the file no longer has; it prints that plan, and unless
 `--dry-run` carries it out. Any error in the file, or reported by the service's dry
-run, is one line each, and then nothing is applied. Requests go 16 at a time.
+run, is one line each, and then nothing is applied. Requests go 16 at a time (Lanes).
 
 Exit codes: 0 success; 1 an error; 2 a bad command line. With `--detailed-exitcode`: 0
 nothing to change, 2 changes applied (or planned, with `--dry-run`), 1 any error, a bad
@@ -19,11 +19,12 @@ import asyncio
 import functools
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import httpx
 import msgspec
 
 from scheduler_svc import jobs_file
@@ -95,7 +96,7 @@ def wants_detailed_exitcode(argv: Sequence[str]) -> bool:
     --detailed-exitcode, whose bad command lines exit 1, not argparse's 2."""
     words = [arg.partition("=")[0] for arg in argv]
     return "apply" in words and any(
-        len(word) > len("--de") and DETAILED_EXITCODE.startswith(word) for word in words
+        len(word) >= len("--de") and DETAILED_EXITCODE.startswith(word) for word in words
     )
 
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         if args.command == "export":
             _export(args, out)
             return 0
-        changes = asyncio.run(_apply(args, out))
+        changes = _event_loop_run(_apply(args, out))
     except ApplyError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
@@ -114,9 +115,21 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     except (ClientError, ValueError) as exc:
         print(f"scheduler-svc: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `| head` stopped reading: the rest is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 1
     except KeyboardInterrupt:
         return 130
     return 2 if changes and args.detailed_exitcode else 0
+
+
+def _event_loop_run(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on uvloop where it is installed: a tenth or so less CPU a request."""
+    try:
+        import uvloop  # not installed on Windows
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 # --- apply -------------------------------------------------------------------------------
@@ -154,7 +167,7 @@ async def _apply(args: argparse.Namespace, out: IO[str]) -> int:
     """apply: check, plan, print, carry out; how many changes there were (or are)."""
     name, text = _read(args.file)
     items, errors = jobs_file.load(text, os.environ)
-    async with AsyncClient(args.url, api_key=args.api_key) as api:
+    async with Lanes(args.url, args.api_key) as api:
         # The service checks what the file's checks passed too, so that one run shows
         # every error; without an answer, the file's own errors are still worth showing.
         try:
@@ -183,19 +196,33 @@ async def _apply(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def body_of(item: Item, owner: str) -> dict[str, Any]:
-    """What to PUT for a job of the file: its fields, and the owner as managed_by."""
-    return {**item.body, "managed_by": owner}
+    """What to PUT for a job of the file: its fields, the owner as managed_by, and the
+    key again (the service refuses a PUT whose path names another)."""
+    return {**item.body, "key": item.key, "managed_by": owner}
 
 
 async def make_plan(
-    api: AsyncClient, items: Sequence[Item], owner: str, *, prune: bool
+    api: Lanes, items: Sequence[Item], owner: str, *, prune: bool
 ) -> tuple[Plan, list[FileError]]:
-    """Ask the service what a PUT of each item would do, and (`prune`) which of `owner`'s
-    jobs the file no longer has; the plan, and the errors the service found in items."""
+    """What a PUT of each item would do, and (`prune`) which of `owner`'s jobs the file no
+    longer has; the plan, and the errors the service found in items.
 
-    async def dry_run(item: Item) -> PutPlan | list[FileError]:
+    `owner`'s jobs are listed first (a page per 500). An item equal in every field to its
+    job there changes nothing, and costs no request; the service is asked about the rest
+    (a dry-run PUT each), and about every item whose secrets the listing cannot show."""
+    listed: dict[str, dict[str, Any]] = {}
+    async for job in api.clients[0].list_jobs(managed_by=owner, page_size=MAX_PAGE_SIZE):
+        if job.key is not None:  # a job without a key is never the file's, nor pruned
+            listed[job.key] = msgspec.to_builtins(job)
+
+    async def dry_run(item: Item, lane: AsyncClient) -> PutPlan | list[FileError]:
+        shown = listed.get(item.key)
+        if shown is not None and unchanged(item, owner, shown):
+            return PutPlan(action="none", changed=[])
         try:
-            return await api.put_job_by_key(item.key, body_of(item, owner), dry_run=True)
+            return await lane.put_job_by_key(item.key, body_of(item, owner), dry_run=True)
+        except ValueError as exc:  # a key the client will not send
+            return [jobs_file.placed_server_error(item, "key", str(exc))]
         except ProblemError as exc:
             if exc.status not in {400, 409, 412, 422}:
                 raise
@@ -203,7 +230,7 @@ async def make_plan(
                 return [jobs_file.placed_server_error(item, "", exc.detail)]
             return [jobs_file.placed_server_error(item, e.field, e.message) for e in exc.errors]
 
-    answers = await bounded([functools.partial(dry_run, item) for item in items])
+    answers = await api.each([functools.partial(dry_run, item) for item in items])
     plan, errors = Plan(), []
     for item, answer in zip(items, answers, strict=True):
         if isinstance(answer, list):
@@ -216,47 +243,85 @@ async def make_plan(
             plan.unchanged.append(item)
     if prune:
         keep = {item.key for item in items}
-        async for job in api.list_jobs(managed_by=owner, page_size=MAX_PAGE_SIZE):
-            key = getattr(job, "key", None)
-            if key is not None and key not in keep:  # a job without a key is never pruned
-                plan.deletes.append(key)
-        plan.deletes.sort()
+        plan.deletes = sorted(key for key in listed if key not in keep)
     return plan, errors
 
 
-async def carry_out(api: AsyncClient, plan: Plan, owner: str) -> None:
+def unchanged(item: Item, owner: str, shown: Mapping[str, Any]) -> bool:
+    """Whether a PUT of `item` (by `owner`) would leave the job the API shows as `shown`
+    (plain data) as it is. False when that cannot be told: a secret header given in the
+    clear is compared with the "***" shown for it, so only the service can judge it."""
+    if "schedule" in item.body and "interval" in item.body:
+        return False  # the service says whether they agree
+    try:
+        job = msgspec.convert(
+            {**item.body, "key": item.key, "managed_by": owner}, jobs_file.KeyedJob
+        )
+    except msgspec.ValidationError:
+        return False
+    fields = msgspec.to_builtins(job)  # every field, its default when left out; no UNSET
+    fields["schedule"] = str(fields.pop("schedule", None) or fields.pop("interval", "")).strip()
+    fields.pop("interval", None)
+    paused = fields.pop("paused", None)
+    if paused is not None and paused != (shown.get("status") == "paused"):
+        return False
+    return all(name in shown and shown[name] == value for name, value in fields.items())
+
+
+async def carry_out(api: Lanes, plan: Plan, owner: str) -> None:
     """PUT what the plan creates and updates, then DELETE what it prunes."""
     writes = [*plan.creates, *(item for item, _ in plan.updates)]
 
-    async def put(item: Item) -> None:
-        await api.put_job_by_key(item.key, body_of(item, owner))
+    async def put(item: Item, lane: AsyncClient) -> None:
+        await lane.put_job_by_key(item.key, body_of(item, owner))
 
-    async def delete(key: str) -> None:
+    async def delete(key: str, lane: AsyncClient) -> None:
         try:
-            await api.delete_job_by_key(key)
+            await lane.delete_job_by_key(key)
         except ProblemError as exc:
             if exc.status != 404:  # gone already: as wanted
                 raise
 
-    await bounded([functools.partial(put, item) for item in writes])
-    await bounded([functools.partial(delete, key) for key in plan.deletes])
+    await api.each([functools.partial(put, item) for item in writes])
+    await api.each([functools.partial(delete, key) for key in plan.deletes])
 
 
-async def bounded(calls: Iterable[Callable[[], Awaitable[T]]], limit: int = CONCURRENCY) -> list[T]:
-    """Await every call, at most `limit` at once; their results in order. The first
-    failure cancels the rest and is raised."""
-    gate = asyncio.Semaphore(limit)
+class Lanes:
+    """CONCURRENCY clients of one service, one request in flight on each.
 
-    async def one(call: Callable[[], Awaitable[T]]) -> T:
-        async with gate:
-            return await call()
+    One AsyncClient with as many requests in flight would do, but httpx's connection
+    pool then costs more CPU than the request: at 16 requests in flight, 2.8 ms a request
+    against 1.2 ms on 16 clients of one connection each (GET /healthz, uvloop)."""
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(call)) for call in calls]
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+    def __init__(self, url: str | None, api_key: str | None, count: int = CONCURRENCY) -> None:
+        # One TLS context for all: making one loads the CA bundle, 50 ms each.
+        verify = httpx.create_ssl_context()
+        self.clients = [AsyncClient(url, api_key=api_key, verify=verify) for _ in range(count)]
+
+    async def __aenter__(self) -> Lanes:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+    async def each(self, calls: Sequence[Callable[[AsyncClient], Awaitable[T]]]) -> list[T]:
+        """Await every call, each given a client of its own; their results in order.
+        The first failure cancels the rest and is raised."""
+        results: dict[int, T] = {}
+        todo = iter(enumerate(calls))  # shared: each lane takes the next call when free
+
+        async def lane(client: AsyncClient) -> None:
+            for index, call in todo:
+                results[index] = await call(client)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for client in self.clients[: len(calls)]:
+                    group.create_task(lane(client))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [results[index] for index in range(len(calls))]
 
 
 def _read(name: str) -> tuple[str, str]:

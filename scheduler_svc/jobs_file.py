@@ -13,22 +13,23 @@ No I/O beyond what the caller hands in, and no network.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import yaml
 
 from scheduler_svc import schedule
-from scheduler_svc.models import JobCreate
+from scheduler_svc.models import JobKey, JobPut
 
 SCHEMA_PATH = Path(__file__).with_name("jobs.schema.json")
-KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"
-JobKey = Annotated[str, msgspec.Meta(pattern=KEY_PATTERN)]
 # `${NAME}`, or `$${…}`, which stands for a literal `${…}`.
 _VARIABLE = re.compile(r"\$(\$)?\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -37,10 +38,17 @@ _MAX_DEPTH = 64
 SET_BY_APPLY = frozenset({"managed_by"})
 
 
-class KeyedJob(JobCreate, kw_only=True, forbid_unknown_fields=True):
-    """One job of the file: the API's job fields, and its key."""
+class KeyedJob(JobPut, kw_only=True, forbid_unknown_fields=True):
+    """One job of the file: what PUT /jobs/by-key/{key} takes, its key required."""
 
     key: JobKey
+
+
+def _without_unset(type_: Any) -> Any:
+    args = tuple(arg for arg in typing.get_args(type_) if arg is not msgspec.UnsetType)
+    if typing.get_origin(type_) in {typing.Union, types.UnionType} and len(args) == 1:
+        return args[0]
+    return type_
 
 
 class JobsFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -49,8 +57,9 @@ class JobsFile(msgspec.Struct, forbid_unknown_fields=True):
     jobs: list[KeyedJob]
 
 
-FIELDS: dict[str, msgspec.structs.FieldInfo] = {
-    field.name: field
+# Each field's type, which one value is checked against (UNSET is no value a file has).
+FIELDS: dict[str, Any] = {
+    field.name: _without_unset(field.type)
     for field in msgspec.structs.fields(KeyedJob)
     if field.name not in SET_BY_APPLY
 }
@@ -77,12 +86,18 @@ class FileError:
 @dataclass(frozen=True, slots=True)
 class Item:
     """A job of the file, checked: its key, the body to PUT (environment variables
-    substituted, `key` taken out), and where it is."""
+    substituted, `key` taken out), and where it is: its path, and the line of each of
+    its values by path (for errors the service finds in them)."""
 
     key: str
     body: dict[str, Any]
     path: str
-    line: int | None
+    lines: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def line(self) -> int | None:
+        """The line the job starts on."""
+        return self.lines.get(self.path)
 
 
 _Loader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
@@ -132,7 +147,7 @@ def load(text: str, environ: Mapping[str, str]) -> tuple[list[Item], list[FileEr
             first_of[key] = path
         item = _item(job, path, environ, errors)
         if item is not None:
-            items.append(Item(item.key, item.body, path, lines.get(path)))
+            items.append(Item(item.key, item.body, path, lines))
     return items, _placed(errors, lines)
 
 
@@ -153,7 +168,7 @@ def _item(job: Any, path: str, environ: Mapping[str, str], errors: list[FileErro
             continue
         value = substitute(raw, where, environ, errors)
         try:
-            msgspec.convert(value, FIELDS[name].type)
+            msgspec.convert(value, FIELDS[name])
         except msgspec.ValidationError as exc:
             errors.append(_convert_error(str(exc), where))
             continue
@@ -167,22 +182,31 @@ def _item(job: Any, path: str, environ: Mapping[str, str], errors: list[FileErro
     if len(errors) > before:
         return None
     key = body.pop("key")
-    return Item(key, body, path, None)
+    return Item(key, body, path)
 
 
 def _check_schedule(body: dict[str, Any], path: str, errors: list[FileError]) -> None:
     """The schedule and zone as the service reads them (its minimum interval, a setting of
     the service, is left to its dry run)."""
-    for name, parse in (
-        ("schedule", schedule.parse),
-        ("interval", schedule.parse),
-        ("timezone", schedule.parse_timezone),
-    ):
+    for name in ("schedule", "interval", "timezone"):
         if isinstance(body.get(name), str):
-            try:
-                parse(body[name])
-            except schedule.ScheduleError as exc:
-                errors.append(FileError(f"{path}.{name}", str(exc)))
+            problem = _schedule_problem(name, body[name])
+            if problem is not None:
+                errors.append(FileError(f"{path}.{name}", problem))
+
+
+# A file holds many jobs on few schedules, and parsing a cron expression takes a
+# millisecond or two.
+@functools.lru_cache(maxsize=1024)
+def _schedule_problem(name: str, text: str) -> str | None:
+    try:
+        if name == "timezone":
+            schedule.parse_timezone(text)
+        else:
+            schedule.parse(text)
+    except schedule.ScheduleError as exc:
+        return str(exc)
+    return None
 
 
 def substitute(value: Any, path: str, environ: Mapping[str, str], errors: list[FileError]) -> Any:
@@ -211,18 +235,13 @@ def substitute(value: Any, path: str, environ: Mapping[str, str], errors: list[F
                     path, f"${{{name}}} is no variable name (for a literal '${{', write '$${{')"
                 )
             )
-            return ""
+            return match.group()
         if name not in environ:
             errors.append(FileError(path, f"environment variable {name} is not set"))
-            return ""
+            return match.group()  # kept, so the error does not cause others
         return environ[name]
 
     return walk(value, path, 0)
-
-
-def escape(text: str) -> str:
-    """`text` as a file must spell it so that it reads back unchanged: `${` as `$${`."""
-    return text.replace("${", "$${")
 
 
 def _convert_error(message: str, where: str) -> FileError:
@@ -275,7 +294,7 @@ def _note_lines(
             _note_lines(value, f"{path}[{index}]", lines, errors, depth + 1)
 
 
-def _placed(errors: list[FileError], lines: dict[str, int]) -> list[FileError]:
+def _placed(errors: list[FileError], lines: Mapping[str, int]) -> list[FileError]:
     """The errors with the line of their path, or of its nearest enclosing value."""
     placed = []
     for error in errors:
@@ -296,7 +315,7 @@ _PARENT = re.compile(r"(\.[^.\[]*|\[[^\]]*\])$")
 def placed_server_error(item: Item, field: str, message: str) -> FileError:
     """An error the service reported about a field of `item`'s body, at its place."""
     path = item.path if field in {"", "body", "$"} else f"{item.path}.{field.lstrip('$.')}"
-    return FileError(path, message, item.line)
+    return _placed([FileError(path, message)], item.lines)[0]
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -317,8 +336,9 @@ def dump(jobs: Iterable[Mapping[str, Any]]) -> str:
 
 
 def _escaped(value: Any) -> Any:
+    """`value` as a file must spell it to read back unchanged: each `${` as `$${`."""
     if isinstance(value, str):
-        return escape(value)
+        return value.replace("${", "$${")
     if isinstance(value, list):
         return [_escaped(each) for each in value]
     if isinstance(value, dict):

@@ -16,15 +16,17 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 import structlog
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler_svc.config import LogFormat
 from scheduler_svc.redact import OWN_FIELDS, Redactor
+
+if TYPE_CHECKING:  # litestar itself is imported only by what serves HTTP: the CLI's
+    # other commands start without it.
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def _json(event: Any, **_: Any) -> str:
@@ -267,7 +269,8 @@ def request_logging(app: ASGIApp) -> ASGIApp:
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
+        # Typed as litestar's ScopeType, a str enum: "http" equals ScopeType.HTTP.
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from scheduler_svc.redact import MASK, SENSITIVE_HEADERS
 from scheduler_svc.schedule.overlap import Unfinished
 
 MisfirePolicy = Literal["run_once", "skip", "run_all"]
@@ -30,6 +29,11 @@ HeaderName = Annotated[
 ]
 HeaderValue = Annotated[str, Meta(max_length=8192, pattern=r"^[^\r\n\x00]*$")]
 HandlerName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][\w.:-]*$")]
+# A job's key (unique per tenant). api/jobs.key_problem refuses more: an empty, "." or
+# ".." segment between slashes, which a URL path (PUT /jobs/by-key/{key}) cannot carry.
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"
+JobKey = Annotated[str, Meta(pattern=KEY_PATTERN, description="Unique per tenant.")]
+ManagedBy = Annotated[str, Meta(min_length=1, max_length=200, description="The owning tool.")]
 
 
 class LogTarget(Struct, tag_field="type", tag="log", forbid_unknown_fields=True):
@@ -54,10 +58,13 @@ class HandlerTarget(Struct, tag_field="type", tag="handler", forbid_unknown_fiel
 Target = LogTarget | HttpTarget | HandlerTarget
 
 
-class JobCreate(Struct, forbid_unknown_fields=True, kw_only=True):
-    """POST /jobs. `interval` is the old service's name for `schedule`."""
+class JobFields(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A job's fields as clients send them. `interval` is the old service's name for
+    `schedule`."""
 
     name: Name
+    key: JobKey | None = None
+    managed_by: ManagedBy | None = None
     schedule: ScheduleText | None = None
     interval: ScheduleText | None = None
     attributes: Attributes = {}
@@ -70,13 +77,33 @@ class JobCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     misfire_policy: MisfirePolicy = "run_once"
     misfire_grace_s: GraceSeconds = 60
     overlap: Overlap = "forbid"
+
+
+class JobCreate(JobFields, forbid_unknown_fields=True, kw_only=True):
+    """POST /jobs."""
+
     paused: bool = False
+
+
+class JobPut(JobFields, forbid_unknown_fields=True, kw_only=True):
+    """PUT /jobs/by-key/{key}: the whole job; without `paused` it keeps its status."""
+
+    paused: bool | UnsetType = UNSET
+
+
+class JobPlan(Struct):
+    """PUT /jobs/by-key/{key}?dry_run=true: what the PUT would do, and to which fields."""
+
+    action: Literal["create", "update", "none"]
+    changed: list[str]
 
 
 class JobPatch(Struct, forbid_unknown_fields=True, kw_only=True):
     """PATCH /jobs/{id}: only the fields present change."""
 
     name: Name | UnsetType = UNSET
+    key: JobKey | UnsetType | None = UNSET
+    managed_by: ManagedBy | UnsetType | None = UNSET
     schedule: ScheduleText | UnsetType = UNSET
     interval: ScheduleText | UnsetType = UNSET
     attributes: Attributes | UnsetType = UNSET
@@ -116,6 +143,8 @@ class JobRow(Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     version: int
+    key: str | None = None
+    managed_by: str | None = None
 
 
 class JobOut(Struct, kw_only=True):
@@ -123,7 +152,9 @@ class JobOut(Struct, kw_only=True):
     repeat `schedule`, `last_run_at` and `next_run_at` under the old service's names."""
 
     id: int
+    key: str | None
     name: str
+    managed_by: str | None
     attributes: dict[str, Any]
     schedule: str
     timezone: str
@@ -186,46 +217,6 @@ def target_to_json(target: Target) -> dict[str, Any]:
     return msgspec.to_builtins(target)  # type: ignore[no-any-return]
 
 
-def masked(target: Target) -> Target:
-    """The target with credential-like header values replaced by MASK."""
-    if not isinstance(target, HttpTarget) or not target.headers:
-        return target
-    headers = {
-        name: MASK if name.lower() in SENSITIVE_HEADERS else value
-        for name, value in target.headers.items()
-    }
-    return msgspec.structs.replace(target, headers=headers)
-
-
-def job_out(row: JobRow) -> JobOut:
-    """The API view of a stored job, secrets masked."""
-    return JobOut(
-        id=row.id,
-        name=row.name,
-        attributes=row.attributes,
-        schedule=row.schedule,
-        timezone=row.timezone,
-        target=masked(target_from_json(row.target)),
-        max_attempts=row.max_attempts,
-        backoff_s=row.backoff_s,
-        backoff_max_s=row.backoff_max_s,
-        timeout_s=row.timeout_s,
-        misfire_policy=row.misfire_policy,
-        misfire_grace_s=row.misfire_grace_s,
-        overlap=row.overlap,
-        status=row.status,
-        next_run_at=row.next_run_at,
-        last_run_at=row.last_run_at,
-        last_run_status=row.last_run_status,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        version=row.version,
-        interval=row.schedule,
-        lastRunTimestamp=row.last_run_at,
-        nextRunTimestamp=row.next_run_at,
-    )
-
-
 class JobSpec(Struct, frozen=True, kw_only=True):
     """Every writable field of a job, validated: what the store writes."""
 
@@ -242,6 +233,8 @@ class JobSpec(Struct, frozen=True, kw_only=True):
     misfire_grace_s: int
     overlap: Overlap
     paused: bool
+    key: str | None = None
+    managed_by: str | None = None
 
 
 RunStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
@@ -285,25 +278,6 @@ class RunOut(Struct, kw_only=True):
     error: str | None
     output: Any
     worker: str | None
-
-
-def run_out(row: RunRow) -> RunOut:
-    """The API view of a stored run."""
-    return RunOut(
-        id=row.id,
-        job_id=row.job_id,
-        scheduled_for=row.scheduled_for,
-        trigger=row.trigger,
-        status=row.status,
-        attempt=row.attempt,
-        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        duration_ms=row.duration_ms,
-        error=row.error,
-        output=row.output,
-        worker=row.worker,
-    )
 
 
 class Execution(Struct, frozen=True, kw_only=True):

@@ -16,7 +16,12 @@ import schemathesis
 PROBLEM_FIELDS = {"type": str, "title": str, "status": int, "detail": str}
 SCHEDULES = ["*/5 * * * *", "@every 30s", "@daily", "0 9 * * MON-FRI", "30 2 * * *", "@hourly"]
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
-JOB_BODIES = {("POST", "/jobs"), ("PATCH", "/jobs/{job_id}")}
+JOB_BODIES = {
+    ("POST", "/jobs"),
+    ("PATCH", "/jobs/{job_id}"),
+    ("PUT", "/jobs/by-key/{key}"),
+    ("PATCH", "/jobs/by-key/{key}"),
+}
 
 
 @schemathesis.check
@@ -52,9 +57,13 @@ def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> sche
     pick = zlib.crc32(json.dumps(body, sort_keys=True, default=str).encode())
     if pick % 4 == 0:
         return case  # keep some wholly random bodies for the validation paths
-    if case.method.upper() == "POST" or "schedule" in body:
+    if case.method.upper() in ("POST", "PUT") or "schedule" in body:
         body["schedule"] = SCHEDULES[pick % len(SCHEDULES)]
         body.pop("interval", None)
+    if isinstance(case.path_parameters, dict) and "key" in case.path_parameters:
+        # A few keys, so that PUTs create, replace and leave jobs alone, and PATCHes find them.
+        case.path_parameters = {**case.path_parameters, "key": f"fuzz/key-{pick % 5}"}
+        body.pop("key", None)
     if "timezone" in body:
         body["timezone"] = ZONES[pick % len(ZONES)]
     target = body.get("target")

@@ -194,15 +194,20 @@ def replica_env(name: str, database_url: str, **env: str) -> dict[str, str]:
 
 
 def spawn(
-    command: Sequence[str], name: str, database_url: str, directory: Path, **env: str
+    command: Sequence[str],
+    name: str,
+    database_url: str,
+    directory: Path,
+    role: str = "all",
+    **env: str,
 ) -> Replica:
-    """Start `<command> serve` on a free loopback port as replica `name`, output to
-    `<name>.log`."""
+    """Start `<command> serve --role <role>` on a free loopback port as replica `name`,
+    output to `<name>.log`."""
     port = free_port()
     log_path = directory / f"{name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [*command, "serve", "--role", "all", "--port", str(port)],
+            [*command, "serve", "--role", role, "--port", str(port)],
             env=replica_env(name, database_url, **env),
             cwd=directory,
             stdout=log,

@@ -304,6 +304,7 @@ async def test_every_problem_type_keeps_one_title(
     json_type = {"content-type": "application/json"}
     job = (await client.post("/jobs", json=GOOD)).json()
     assert (await client.post("/jobs", json=GOOD, headers={"Idempotency-Key": "k"})).is_success
+    assert (await client.post("/jobs", json=body(key="taken"))).is_success
     answers: list[tuple[int, httpx.Response]] = [
         (400, await client.post("/jobs", content=b"{", headers=json_type)),
         (400, await client.post("/jobs", json=body(schedule="nope"))),
@@ -313,6 +314,7 @@ async def test_every_problem_type_keeps_one_title(
         (404, await client.get("/jobs/999999")),
         (405, await client.put("/jobs", json=GOOD)),
         (409, await client.post("/jobs", json=body(name="x"), headers={"Idempotency-Key": "k"})),
+        (409, await client.post("/jobs", json=body(key="taken"))),
         (412, await client.patch(f"/jobs/{job['id']}", json={}, headers={"If-Match": '"99"'})),
         (413, await client.post("/jobs", json=body(attributes={"blob": "x" * 70_000}))),
         (415, await client.post("/jobs", content=b"{}", headers={"content-type": "text/plain"})),

@@ -18,6 +18,7 @@ from scheduler_svc.client import (
     Client,
     ClientError,
     ProblemError,
+    PutPlan,
     RetryPolicy,
     Unreachable,
 )
@@ -180,6 +181,52 @@ async def test_job_round_trip_with_the_services_models(api_url: str, clean: None
         with pytest.raises(ProblemError) as gone:
             await api.get_job(created.id)
         assert gone.value.status == 404
+
+
+async def test_jobs_by_key_round_trip(api_url: str, clean: None) -> None:
+    key = "team-a/reports:weekly"  # a slash and a colon travel in the path as they are
+    body = {"name": "weekly", "schedule": "@weekly", "managed_by": "apply"}
+    async with AsyncClient(api_url) as api:
+        plan = await api.put_job_by_key(key, body, dry_run=True)
+        assert isinstance(plan, PutPlan)
+        assert plan.action == "create"
+        created = await api.put_job_by_key(key, body)
+        assert (created.key, created.managed_by, created.version) == (key, "apply", 1)
+        assert await api.put_job_by_key(key, body, dry_run=True) == PutPlan("none", [])
+        assert (await api.put_job_by_key(key, body)).version == 1  # unchanged: no new version
+        changed = {**body, "schedule": "@daily"}
+        assert await api.put_job_by_key(key, changed, dry_run=True) == PutPlan(
+            "update", ["schedule"]
+        )
+        assert (await api.put_job_by_key(key, changed, if_match=1)).version == 2
+        with pytest.raises(ProblemError) as stale:
+            await api.put_job_by_key(key, body, if_match=1)
+        assert stale.value.status == 412
+        patched = await api.update_job_by_key(key, {"attributes": {"to": "ops"}}, if_match=2)
+        assert (patched.attributes, patched.version) == ({"to": "ops"}, 3)
+        assert await api.get_job_by_key(key) == patched
+        await api.create_job({"name": "unkeyed", "schedule": "@daily"})
+        assert [job.key async for job in api.list_jobs(key=key)] == [key]
+        assert [job.id async for job in api.list_jobs(managed_by="apply")] == [created.id]
+        assert [job.id async for job in api.list_jobs(managed_by="nobody")] == []
+        await api.delete_job_by_key(key)
+        with pytest.raises(ProblemError) as gone:
+            await api.get_job_by_key(key)
+        assert gone.value.status == 404
+        for unaddressable in ("a/../b", "a//b", "a/", "./a", ""):
+            with pytest.raises(ValueError, match="key"):
+                await api.get_job_by_key(unaddressable)
+
+    def blocking() -> None:
+        with Client(api_url) as api:
+            assert api.put_job_by_key("k", body, dry_run=True).action == "create"
+            assert api.put_job_by_key("k", body).key == "k"
+            assert api.update_job_by_key("k", {"name": "renamed"}).name == "renamed"
+            assert api.get_job_by_key("k").name == "renamed"
+            assert [job.key for job in api.list_jobs(key="k", managed_by="apply")] == ["k"]
+            api.delete_job_by_key("k")
+
+    await asyncio.to_thread(blocking)
 
 
 async def test_create_takes_a_plain_dict_and_repeats_safely_under_one_key(

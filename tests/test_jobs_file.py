@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
 from scheduler_svc import jobs_file
-from scheduler_svc.jobs_as_code import wants_detailed_exitcode
+from scheduler_svc.jobs_as_code import unchanged, wants_detailed_exitcode
 from scheduler_svc.jobs_file import FileError
 
 pytestmark = pytest.mark.timeout(30)
@@ -111,7 +112,7 @@ def test_every_error_is_reported_with_its_place() -> None:
     [
         (
             "jobs: [",
-            "jobs.yaml:2: not valid YAML: expected the node content, but found '<stream end>'",
+            "jobs.yaml:2: not valid YAML: did not find expected node content",
         ),
         ("- a", "jobs.yaml:1: expected a mapping with a `jobs:` list at the top"),
         ("jobs: {}\n", "jobs.yaml:1: jobs: expected a list of jobs, got a mapping"),
@@ -122,8 +123,8 @@ def test_every_error_is_reported_with_its_place() -> None:
             "jobs.yaml:2: jobs[0].managed_by: is set by apply (its --owner): leave it out",
         ),
         (
-            "jobs:\n- {key: a, name: a, shedule: '@daily'}\n",
-            "jobs.yaml:2: jobs[0].shedule: unknown field (did you mean `schedule`?)",
+            "jobs:\n- {key: a, name: a, schedule: '@daily', timezon: UTC}\n",
+            "jobs.yaml:2: jobs[0].timezon: unknown field (did you mean `timezone`?)",
         ),
         ("jobs:\n- {key: a, name: a}\n", "jobs.yaml:2: jobs[0]: missing required field `schedule`"),
         (
@@ -144,13 +145,14 @@ def test_every_error_is_reported_with_its_place() -> None:
             "jobs.yaml:2: jobs[0].name: ${} is no variable name (for a literal '${', write '$${')",
         ),
         (
-            "jobs:\n- key: a\n  name: a\n  schedule: '@daily'\n  target: {type: http, url: u, x: 1}\n",
+            "jobs:\n- key: a\n  name: a\n  schedule: '@daily'\n"
+            "  target: {type: http, url: u, x: 1}\n",
             "jobs.yaml:5: jobs[0].target.x: unknown field",
         ),
     ],
 )
 def test_a_bad_file_is_one_clear_line(text: str, error: str) -> None:
-    assert load(text) == ([], [error])
+    assert load(text)[1] == [error]
 
 
 def test_variables_are_read_from_the_environment_in_any_string() -> None:
@@ -250,3 +252,62 @@ def test_a_bad_command_line_exits_1_only_when_asked_for_detailed_codes(
     argv: list[str], wanted: bool
 ) -> None:
     assert wants_detailed_exitcode(argv) is wanted
+
+
+def test_unchanged_is_told_from_the_listing_only_when_it_can_be() -> None:
+    shown = {
+        "id": 1,
+        "key": "k",
+        "managed_by": "apply",
+        "name": "n",
+        "schedule": "@daily",
+        "interval": "@daily",
+        "timezone": "UTC",
+        "attributes": {"a": 1},
+        "target": {
+            "type": "http",
+            "url": "https://e.example/",
+            "method": "POST",
+            "headers": {"Authorization": "***", "X-Plain": "p"},
+            "body": None,
+        },
+        "max_attempts": 3,
+        "backoff_s": 10.0,
+        "backoff_max_s": 3600.0,
+        "timeout_s": 30,
+        "misfire_policy": "run_once",
+        "misfire_grace_s": 60,
+        "overlap": "forbid",
+        "status": "paused",
+        "version": 4,
+    }
+    target = {
+        "type": "http",
+        "url": "https://e.example/",
+        "headers": dict(shown["target"]["headers"]),
+    }
+
+    def item(**fields: object) -> jobs_file.Item:
+        body = {"name": "n", "schedule": " @daily ", "attributes": {"a": 1}, "target": target}
+        return jobs_file.Item("k", {**body, **fields}, "jobs[0]")
+
+    assert unchanged(item(), "apply", shown)
+    assert unchanged(item(paused=True, backoff_s=10), "apply", shown)
+    assert not unchanged(item(paused=False), "apply", shown)
+    assert not unchanged(item(), "ci", shown)  # would take it over
+    assert not unchanged(item(timeout_s=31), "apply", shown)
+    assert not unchanged(item(attributes={}), "apply", shown)
+    clear = {**target, "headers": {"Authorization": "Bearer s3cret", "X-Plain": "p"}}
+    assert not unchanged(item(target=clear), "apply", shown)  # only the service knows
+    assert not unchanged(item(interval="@daily"), "apply", shown)
+    assert not unchanged(item(), "apply", {**shown, "schedule": "@hourly"})
+
+
+def test_the_example_of_the_docs_is_a_valid_file() -> None:
+    docs = (Path(__file__).parents[1] / "docs" / "jobs-as-code.md").read_text()
+    example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    items, errors = load(example, INVOICES_TOKEN="t")
+    assert errors == []
+    assert len(items) == 3
+    schema = json.loads(jobs_file.SCHEMA_PATH.read_text())
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(yaml.safe_load(example))) == []

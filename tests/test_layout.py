@@ -50,8 +50,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     "jobs_file": frozenset({"models", "schedule"}),
     "jobs_as_code": frozenset({"cli_api", "client", "jobs_file", "models"}),
 }
-# The two that put it all together; only the command line imports the application.
-ASSEMBLY = {"app": frozenset({"cli"}), "cli": frozenset({"__main__"})}
+# The three that put it all together; only serving imports the application, and only
+# the command line imports serving.
+ASSEMBLY = {
+    "app": frozenset({"server"}),
+    "server": frozenset({"cli"}),
+    "cli": frozenset({"__main__"}),
+}
 MAX_LINES = 400
 
 

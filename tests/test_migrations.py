@@ -264,7 +264,14 @@ async def test_status_and_dry_run_say_what_migrating_would_do_and_change_nothing
     await apply_released(empty_url, 4)
     status = run_cli(tmp_path, "migrate", "--status", env=cli_env(empty_url))
     assert status.returncode == 0, status.stderr
-    assert status.stdout.split() == ["0004_base", "pending", "0005_partitioned_runs", "pending"]
+    assert status.stdout.split() == [
+        "0004_base",
+        "pending",
+        "0005_partitioned_runs",
+        "pending",
+        "0006_job_keys",
+        "pending",
+    ]
     dry = run_cli(tmp_path, "migrate", "--dry-run", env=cli_env(empty_url))
     assert dry.returncode == 0, dry.stderr
     assert "-- would apply 0005_partitioned_runs, step 3 of 3: swap in" in dry.stdout
@@ -284,6 +291,7 @@ async def test_status_and_dry_run_say_what_migrating_would_do_and_change_nothing
     assert [line.split()[:2] for line in status.stdout.splitlines()] == [
         ["0004_base", "applied"],
         ["0005_partitioned_runs", "applied"],
+        ["0006_job_keys", "applied"],
     ]
     assert (
         run_cli(tmp_path, "migrate", "--dry-run", env=cli_env(empty_url)).stdout.strip()

@@ -63,6 +63,21 @@ async def test_run_ids_tell_the_day_of_their_tick_and_stay_exact_in_javascript(
     assert await store.run_get(pool, "other tenant", rows[0]["id"]) is None
 
 
+async def test_an_insert_without_an_id_gets_one_that_tells_its_day(pool: Any) -> None:
+    """What the previous release's inserts get during a rolling upgrade: the job_runs_id
+    trigger gives them the id this release's statements compute."""
+    job = await make_job(pool, next_run_at=None, paused=True)
+    row = await pool.fetchrow(
+        "INSERT INTO job_runs (job_id, tenant, scheduled_for) VALUES ($1, 'default', now())"
+        " RETURNING id, scheduled_for, tableoid::regclass::text AS partition",
+        job.id,
+    )
+    tick = row["scheduled_for"].astimezone(UTC)
+    assert day_of(row["id"]) == tick.replace(hour=0, minute=0, second=0, microsecond=0)
+    assert row["partition"] == f"job_runs_{tick:%Y%m%d}"
+    assert await store.run_get(pool, "default", row["id"]) is not None
+
+
 async def test_a_run_is_looked_up_in_the_partition_of_its_day_only(pool: Any) -> None:
     job = await make_job(pool, next_run_at=None, paused=True)
     now = await store.db_now(pool)
@@ -133,6 +148,17 @@ async def test_only_the_holder_of_the_maintenance_lock_drops_partitions(pool: An
     done = await maintenance.maintain_once(pool, retention_days=30)
     assert old in done.dropped
     assert old not in await partitions(pool)
+
+
+async def test_a_day_detached_but_not_dropped_is_dropped_by_the_next_pass(pool: Any) -> None:
+    """Maintenance detaches a day, commits, then drops it: a replica stopped between the
+    two leaves a detached table, which the next pass finds and drops."""
+    await pool.execute("SELECT history_partitions_create(0, 40)")
+    old = f"job_runs_{(await store.db_now(pool)) - timedelta(days=40):%Y%m%d}"
+    await pool.execute(f'ALTER TABLE job_runs DETACH PARTITION "{old}"')
+    done = await maintenance.maintain_once(pool, retention_days=30)
+    assert old in done.dropped
+    assert await pool.fetchval("SELECT to_regclass($1)", old) is None
 
 
 @pytest.fixture
@@ -224,5 +250,5 @@ async def test_dropping_a_day_waits_for_no_long_transaction_it_would_block(pool:
         await reader.fetchval("SELECT count(*) FROM job_runs")  # holds its lock to commit
         started = asyncio.get_running_loop().time()
         with pytest.raises(Exception, match="lock timeout"):
-            await store.history_partitions_drop(pool, 30, maintenance.MAINTENANCE_LOCK_KEY)
+            await store.history_partitions_detach(pool, 30, maintenance.MAINTENANCE_LOCK_KEY)
         assert asyncio.get_running_loop().time() - started < 5

@@ -8,8 +8,15 @@ installed from this clone's git history into a venv of the test's own, and runs 
 
 1. an old replica applies its schema (version 4) and runs `@every 1s` jobs it was given
    (log targets, overlap forbid and allow, and one webhook to a receiver in this loop);
-2. this release's `scheduler-svc migrate` brings the database to version 5 while that
-   replica runs and answers its API;
+2. this release's `scheduler-svc migrate` brings the database to its version (5, and
+   since 6: job keys) while that replica runs and answers its API. A second old replica,
+   API only, written to before and after it: its writes that run in a transaction
+   (PATCH, pause, resume) and its create with an Idempotency-Key still succeed after the
+   migration, on several of its pooled connections that had prepared them before. (A
+   migration that changed the row type of `jobs` or of its view would fail them: asyncpg
+   cannot prepare a statement again inside a transaction. It drops the statements of the
+   whole pool at the first such error, and a statement outside a transaction it simply
+   retries, so the watched replica's reads would hide that: hence a replica of its own.)
 3. a new replica joins the old one; another old replica started now refuses to run
    (the release order is migrate, then roll); the first old one stops, the new one goes on.
 
@@ -36,7 +43,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler_svc.store import db
+from scheduler_svc.store import db, migrate
 from tests.helpers import free_port, scratch_database
 from tests.previous_release import (
     CURRENT,
@@ -82,6 +89,12 @@ MIGRATE_S = 60  # for `scheduler-svc migrate` to end
 REFUSED_S = 30  # for an old replica started after the migration to give up
 # What an old replica started on the migrated schema says (scheduler_refuse_older_release).
 REFUSAL = "newer than this release knows"
+# The old API's writes, before and after the migration, on jobs of their own (they never
+# tick in the test): this many of each kind at once, PATCH, pause, resume and a create
+# with an Idempotency-Key (and its replay), then this many in turn, cycling through them.
+WRITE_JOBS = 8
+SEQUENTIAL_WRITES = 15
+CONCURRENT_WRITES = WRITE_JOBS
 # Run ids of this release: the UTC day since 2000-01-01 in the bits from 37 up.
 DAY_SHIFT = 37
 EPOCH_DAY = datetime(2000, 1, 1, tzinfo=UTC)
@@ -188,6 +201,60 @@ async def run_to_end(
     return code, out_path.read_text(), err_path.read_text(), time.monotonic() - began
 
 
+@dataclass
+class Writes:
+    """What the old API answered to `exercise_writes`: every answer as (request, status or
+    error), in order."""
+
+    answers: list[tuple[str, int | str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[tuple[str, int | str]]:
+        return [a for a in self.answers if not (isinstance(a[1], int) and 200 <= a[1] < 300)]
+
+
+async def exercise_writes(
+    http: httpx.AsyncClient, replica: Replica, job_ids: list[int], label: str
+) -> Writes:
+    """The replica's writes that run in a transaction, and its create with an
+    Idempotency-Key: CONCURRENT_WRITES of each kind at once (so that several of its pooled
+    connections run each), then SEQUENTIAL_WRITES in turn."""
+    done = Writes()
+
+    async def write(i: int, kind: str) -> None:
+        job = job_ids[i % len(job_ids)]
+        url = f"{replica.url}/jobs/{job}"
+        what = f"{label} {kind} #{i}"
+        try:
+            if kind == "patch":
+                body = {"attributes": {"written": label, "i": i}}
+                response = await http.patch(url, json=body)
+            elif kind in ("pause", "resume"):
+                response = await http.post(f"{url}/{kind}")
+            else:
+                headers = {"Idempotency-Key": f"{label}-{i}"}
+                body = {"name": f"created {label} {i}", "schedule": "0 0 1 1 *"}
+                response = await http.post(f"{replica.url}/jobs", json=body, headers=headers)
+                if response.status_code == 201:  # and its replay, read by the key
+                    done.answers.append((what, response.status_code))
+                    what = f"{what} (replay)"
+                    response = await http.post(f"{replica.url}/jobs", json=body, headers=headers)
+            answer: int | str = response.status_code
+        except httpx.HTTPError as exc:
+            answer = f"{type(exc).__name__}: {exc}"
+        done.answers.append((what, answer))
+
+    kinds = ("patch", "pause", "resume", "create")
+    # At once first: after the migration, the first statement to meet a changed row type
+    # must be one inside a transaction (asyncpg retries one outside and drops the pool's
+    # statements), on one of the connections that ran it before.
+    for kind in kinds:
+        await asyncio.gather(*(write(100 + i, kind) for i in range(CONCURRENT_WRITES)))
+    for i in range(SEQUENTIAL_WRITES):
+        await write(i, kinds[i % len(kinds)])
+    return done
+
+
 def problems_logged(replica: Replica) -> list[str]:
     """The replica's log lines at level error or above, and lines that are not JSON
     (a traceback printed past the logger)."""
@@ -249,8 +316,21 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                 jobs.append(hook)
                 first = {job["id"]: datetime.fromisoformat(job["next_run_at"]) for job in jobs}
                 job_ids = list(first)
+                # The old API that is written to, and its jobs, on a schedule that does
+                # not fire in the test.
+                old_api = spawn(release.command, "old-api", url, tmp_path, role="api")
+                started.append(old_api)
+                await wait_ready(old_api)
+                written_ids = [
+                    (await create_job(http, old_api, name=f"written-{i}", schedule="0 0 1 1 *"))[
+                        "id"
+                    ]
+                    for i in range(WRITE_JOBS)
+                ]
                 warm = {j: tick + (WARM_TICKS - 1) * SECOND for j, tick in first.items()}
                 await ticks_reached(pool, warm, "the warm-up ticks", [old])
+                # Its statements prepared, on several connections, before the migration.
+                writes_before = await exercise_writes(http, old_api, written_ids, "before")
 
                 async with watching(pool, http, old, job_ids) as seen:
                     # 2. This release migrates the database under the old replica.
@@ -277,6 +357,9 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                         "SELECT relkind::text FROM pg_class WHERE oid = 'job_runs'::regclass"
                     )
                     old_ready = (await http.get(f"{old.url}/readyz")).status_code
+                    # The old API's writes in a transaction, and a create with an
+                    # Idempotency-Key, before anything else it runs after the migration.
+                    writes_after = await exercise_writes(http, old_api, written_ids, "after")
                     old_alone = dict.fromkeys(job_ids, migrated_db + OLD_ALONE_S * SECOND)
                     await ticks_reached(
                         pool, old_alone, "the old replica's ticks after the migration", [old]
@@ -298,6 +381,9 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                     started.append(new)
                     await wait_ready(new)
                     joined_db: datetime = await pool.fetchval("SELECT now()")
+                    # The new API shows what the old one wrote after the migration.
+                    written_new = (await http.get(f"{new.url}/jobs/{written_ids[0]}")).json()
+                    written_old = (await http.get(f"{old_api.url}/jobs/{written_ids[0]}")).json()
                     refusal = (
                         asyncio.create_task(
                             run_to_end(
@@ -318,6 +404,7 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                         "SELECT version FROM schema_version"
                     )
                 old_code = await stop(old)
+                old_api_code = await stop(old_api)
                 left_db: datetime = await pool.fetchval("SELECT now()")
 
                 # The new replica alone, up to the end; the cutoff is a tick before it.
@@ -413,6 +500,7 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
     wrong_run = [(d.tick, d.run_id) for d in got if hook_runs.get(d.tick) != d.run_id]
 
     old_problems = problems_logged(old)
+    old_api_problems = problems_logged(old_api)
     new_problems = problems_logged(new)
     report(
         f"previous release {release.commit[:7]}: schema {version_before} -> {version_after}, "
@@ -423,7 +511,9 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
         f"alone after it), by partition {dict(partitions)}; side by side executed by "
         f"{dict(executed_by)}; ticks up to the cutoff {len(in_window)}, missing "
         f"{sum(map(len, missing.values()))}, twice {sum(map(len, twice.values()))}; "
-        f"refused old replica: "
+        f"old API writes before / after the migration: {len(writes_before.answers)} / "
+        f"{len(writes_after.answers)}, failed {len(writes_before.failed)} / "
+        f"{len(writes_after.failed)}; refused old replica: "
         + (
             f"exit {refused[0]} after {refused[3]:.2f} s"
             if refused is not None
@@ -432,9 +522,20 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
     )
 
     assert version_before == 4 and kind_before == "r", (version_before, kind_before)
-    assert migrated[1].strip().endswith("schema at version 5"), migrated
-    assert version_after == 5 and kind_after == "p", (version_after, kind_after)
+    assert migrated[1].strip().endswith(f"schema at version {migrate.SCHEMA_VERSION}"), migrated
+    assert version_after == migrate.SCHEMA_VERSION and kind_after == "p", (
+        version_after,
+        kind_after,
+    )
     assert old_ready == 200, f"the old replica's /readyz after the migration: {old_ready}"
+    assert not writes_before.failed, f"old API writes before the migration: {writes_before.failed}"
+    assert not writes_after.failed, (
+        f"old API writes after the migration (request, answer): {writes_after.failed}"
+    )
+    assert len(writes_after.answers) >= SEQUENTIAL_WRITES + 4 * CONCURRENT_WRITES
+    assert written_new["attributes"] == written_old["attributes"], (written_new, written_old)
+    assert written_new["attributes"]["written"] == "after", written_new
+    assert (written_new["key"], written_new["managed_by"]) == (None, None), written_new
     assert not failed_answers, (
         f"the old API failed (s after migrate began, answer): {failed_answers}"
     )
@@ -480,10 +581,12 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
             f"an old replica started after the migration exited {code}:\n{stderr[-2000:]}"
         )
         assert REFUSAL in stderr, stderr[-2000:]
-        assert version_after_refusal == 5, version_after_refusal
+        assert version_after_refusal == migrate.SCHEMA_VERSION, version_after_refusal
     assert old_code == 0, f"the old replica exited {old_code} on SIGTERM:\n{old.log_tail()}"
+    assert old_api_code == 0, f"old-api exited {old_api_code} on SIGTERM:\n{old_api.log_tail()}"
     assert new_code == 0, f"the new replica exited {new_code} on SIGTERM:\n{new.log_tail()}"
     assert not old_problems, "the old replica logged:\n" + "\n".join(old_problems[:20])
+    assert not old_api_problems, "old-api logged:\n" + "\n".join(old_api_problems[:20])
     assert not new_problems, "the new replica logged:\n" + "\n".join(new_problems[:20])
 
 

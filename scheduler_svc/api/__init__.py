@@ -1,7 +1,9 @@
 """The HTTP API: routes (`routes`), the OpenAPI document's extras (`openapi`), the
 depth check of request bodies (`bodies`), the rules of a job (`jobs`: validating
-what clients send, deciding status and next_run_at, writing through the store) and
-history reads on the read replica with their read-your-writes headers (`reads`).
+what clients send, deciding status and next_run_at, writing through the store), jobs
+named by key and created or replaced by PUT (`by_key`), how rows are shown (`views`:
+secrets masked) and history reads on the read replica with their read-your-writes
+headers (`reads`).
 
 May import `config`, `errors`, `logs`, `models`, `redact`, `schedule`, `security`,
 `store` and `targets` (the URL guard, the handler names); never the engine. Only `app`

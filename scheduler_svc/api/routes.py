@@ -26,6 +26,7 @@ from scheduler_svc import store
 from scheduler_svc.api import jobs
 from scheduler_svc.api.openapi import problem_responses
 from scheduler_svc.api.reads import ReadsDep
+from scheduler_svc.api.views import job_out, run_out
 from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
 from scheduler_svc.models import (
     JobCreate,
@@ -36,8 +37,6 @@ from scheduler_svc.models import (
     RunOut,
     RunRow,
     SchedulePreview,
-    job_out,
-    run_out,
 )
 from scheduler_svc.store.db import Pool
 
@@ -57,6 +56,7 @@ IdempotencyKey = Annotated[
         description="Repeat a create safely: the same key and body return the first job.",
     ),
 ]
+Filter = Annotated[str | None, QueryParameter(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 IfMatch = Annotated[
     str | None,
     HeaderParameter(name="If-Match", description="The job's ETag; a stale one gets 412."),
@@ -183,13 +183,20 @@ class JobsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
         status: FromQuery[JobStatus | None] = None,
-        name: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
-        ] = None,
+        name: Filter = None,
+        key: Filter = None,
+        managed_by: Filter = None,
     ) -> Response[list[JobOut]]:
         before_id = decode_cursor(cursor) if cursor is not None else None
         rows = await store.jobs_list(
-            pool, tenant, before_id=before_id, status=status, name=name, limit=limit + 1
+            pool,
+            tenant,
+            before_id=before_id,
+            status=status,
+            name=name,
+            limit=limit + 1,
+            key=key,
+            managed_by=managed_by,
         )
         return Response(
             [job_out(r) for r in rows[:limit]], headers=_next_link(request, rows, limit)
@@ -206,7 +213,7 @@ class JobsController(Controller):
         "/{job_id:int}",
         operation_id="updateJob",
         summary="Change a job's fields",
-        responses=problem_responses(412),
+        responses=problem_responses(409, 412),
     )
     async def update_job(
         self,

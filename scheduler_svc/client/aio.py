@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -13,7 +14,15 @@ import httpx
 
 from scheduler_svc.client import core
 from scheduler_svc.client.core import PutPlan, RetryPolicy
-from scheduler_svc.models import JobCreate, JobOut, JobPatch, JobStatus, RunOut, SchedulePreview
+from scheduler_svc.models import (
+    JobCreate,
+    JobOut,
+    JobPatch,
+    JobPut,
+    JobStatus,
+    RunOut,
+    SchedulePreview,
+)
 
 T = TypeVar("T")
 
@@ -34,8 +43,10 @@ class AsyncClient:
     Every error answer raises ProblemError; no answer at all (after retries) raises
     Unreachable; both are ClientErrors. Calls that are safe to repeat are retried on
     connection errors and 503 as `retry` says (see RetryPolicy). `timeout_s` bounds
-    each attempt's connect, read and write. `transport` replaces httpx's (for tests,
-    or a Unix socket). Close it (`aclose`), or use it as an async context manager.
+    each attempt's connect, read and write. `verify` checks an https service's
+    certificate against the usual CAs (True), an SSLContext's, or not at all (False).
+    `transport` replaces httpx's (for tests, or a Unix socket).
+    Close it (`aclose`), or use it as an async context manager.
     """
 
     def __init__(
@@ -46,6 +57,7 @@ class AsyncClient:
         timeout_s: float = core.DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = core.base_url(base_url)
         self.retry = retry or RetryPolicy()
@@ -54,6 +66,7 @@ class AsyncClient:
             headers=core.auth_headers(api_key),
             timeout=timeout_s,
             transport=transport,
+            verify=verify,
         )
 
     async def aclose(self) -> None:
@@ -159,7 +172,7 @@ class AsyncClient:
     async def put_job_by_key(
         self,
         key: str,
-        job: JobCreate | Mapping[str, Any],
+        job: JobPut | Mapping[str, Any],
         *,
         dry_run: Literal[False] = False,
         if_match: int | None = None,
@@ -169,7 +182,7 @@ class AsyncClient:
     async def put_job_by_key(
         self,
         key: str,
-        job: JobCreate | Mapping[str, Any],
+        job: JobPut | Mapping[str, Any],
         *,
         dry_run: Literal[True],
         if_match: int | None = None,
@@ -178,7 +191,7 @@ class AsyncClient:
     async def put_job_by_key(
         self,
         key: str,
-        job: JobCreate | Mapping[str, Any],
+        job: JobPut | Mapping[str, Any],
         *,
         dry_run: bool = False,
         if_match: int | None = None,

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import msgspec
 
 from scheduler_svc.errors import Problem, ProblemField
+from scheduler_svc.models import JobPlan
 
 T = TypeVar("T")
 
@@ -313,17 +315,25 @@ def job_path(job_id: int, action: str = "") -> str:
     return f"/jobs/{int(job_id)}" + (f"/{action}" if action else "")
 
 
+# A key segment a URL path cannot carry as it is: httpx (and proxies) drop "." and ".."
+# segments, so /jobs/by-key/a/../b would reach the job "b". The service refuses such keys.
+_UNADDRESSABLE = re.compile(r"(?:^|/)\.{0,2}(?:/|$)")
+
+
 def key_path(key: str) -> str:
-    """`/jobs/by-key/{key}`, the key percent-encoded (a `/` in it included)."""
+    """`/jobs/by-key/{key}` (a key's `/` stays a `/`: the route takes a path); ValueError
+    for a key no URL path can name."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"a job key must be a non-empty string, not {key!r}")
-    return f"/jobs/by-key/{quote(key, safe='')}"
+    if _UNADDRESSABLE.search(key) is not None:
+        raise ValueError(
+            f'job key {key!r} must not start or end with "/" or have an empty, "." or ".." '
+            "segment between slashes"
+        )
+    return f"/jobs/by-key/{quote(key, safe='/:')}"
 
 
-class PutPlan(msgspec.Struct, frozen=True):
-    """What a `PUT /jobs/by-key/{key}` would do, as its dry run answers: `action` is
-    "create", "update" or "none", and `changed` names the fields an update would change
-    (a secret's too, though its value is never shown)."""
-
-    action: Literal["create", "update", "none"]
-    changed: list[str] = []
+# What `PUT /jobs/by-key/{key}?dry_run=true` answers: `action` ("create", "update" or
+# "none") and `changed`, the fields an update would change (a secret's too, though its
+# value is never shown). The service's own model, under the client's name for it.
+PutPlan = JobPlan

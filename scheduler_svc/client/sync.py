@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -13,7 +14,15 @@ import httpx
 
 from scheduler_svc.client import core
 from scheduler_svc.client.core import PutPlan, RetryPolicy
-from scheduler_svc.models import JobCreate, JobOut, JobPatch, JobStatus, RunOut, SchedulePreview
+from scheduler_svc.models import (
+    JobCreate,
+    JobOut,
+    JobPatch,
+    JobPut,
+    JobStatus,
+    RunOut,
+    SchedulePreview,
+)
 
 T = TypeVar("T")
 
@@ -33,8 +42,10 @@ class Client:
     Every error answer raises ProblemError; no answer at all (after retries) raises
     Unreachable; both are ClientErrors. Calls that are safe to repeat are retried on
     connection errors and 503 as `retry` says (see RetryPolicy). `timeout_s` bounds
-    each attempt's connect, read and write. `transport` replaces httpx's (for tests,
-    or a Unix socket). Close it, or use it as a context manager.
+    each attempt's connect, read and write. `verify` checks an https service's
+    certificate against the usual CAs (True), an SSLContext's, or not at all (False).
+    `transport` replaces httpx's (for tests, or a Unix socket).
+    Close it, or use it as a context manager.
     """
 
     def __init__(
@@ -45,6 +56,7 @@ class Client:
         timeout_s: float = core.DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = core.base_url(base_url)
         self.retry = retry or RetryPolicy()
@@ -53,6 +65,7 @@ class Client:
             headers=core.auth_headers(api_key),
             timeout=timeout_s,
             transport=transport,
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -158,7 +171,7 @@ class Client:
     def put_job_by_key(
         self,
         key: str,
-        job: JobCreate | Mapping[str, Any],
+        job: JobPut | Mapping[str, Any],
         *,
         dry_run: Literal[False] = False,
         if_match: int | None = None,
@@ -168,7 +181,7 @@ class Client:
     def put_job_by_key(
         self,
         key: str,
-        job: JobCreate | Mapping[str, Any],
+        job: JobPut | Mapping[str, Any],
         *,
         dry_run: Literal[True],
         if_match: int | None = None,
@@ -177,7 +190,7 @@ class Client:
     def put_job_by_key(
         self,
         key: str,
-        job: JobCreate | Mapping[str, Any],
+        job: JobPut | Mapping[str, Any],
         *,
         dry_run: bool = False,
         if_match: int | None = None,

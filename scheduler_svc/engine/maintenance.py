@@ -52,7 +52,9 @@ async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) 
 async def maintain_once(pool: Pool, retention_days: int) -> Pass:
     """One pass: partitions ahead, days past the retention dropped, the rest pruned."""
     created = await store.history_partitions_create(pool, DAYS_AHEAD, MAINTENANCE_LOCK_KEY)
-    dropped = await store.history_partitions_drop(pool, retention_days, MAINTENANCE_LOCK_KEY)
+    dropped = await store.history_partitions_detach(pool, retention_days, MAINTENANCE_LOCK_KEY)
+    for partition in dropped:  # each in a transaction of its own, no lock on the history
+        await store.history_partition_drop(pool, partition)
     pruned = await prune_once(pool, retention_days)
     return Pass(created is not None, created or 0, tuple(dropped), pruned)
 

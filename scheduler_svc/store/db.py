@@ -119,10 +119,18 @@ async def create_pool(
     (runs_materialize), and the API's pool stays durable: a 201 means the job is on disk.
     """
     url, server_settings = connect_options(dsn)
+    # JIT off: a statement over every partition of job_runs has plan costs past the JIT
+    # thresholds, and compiling it takes far longer than running it (bench/README.md).
+    server_settings = {**server_settings, "jit": "off"}
     if not durable:
         server_settings = {
             **server_settings,
             "synchronous_commit": "off",
+            # The worker's statements run thousands of times a second with parameters
+            # that do not change their best plan; custom plans would be planned anew on
+            # every call, over every partition of job_runs. Generic ones prune the
+            # partitions when they run.
+            "plan_cache_mode": "force_generic_plan",
         }
     # asyncpg.create_pool with its defaults, but building a FairPool.
     pool: Pool = await FairPool(

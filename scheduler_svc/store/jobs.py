@@ -11,6 +11,7 @@ from typing import Any, Literal, NamedTuple
 import asyncpg
 import msgspec
 
+from scheduler_svc.errors import KeyConflict
 from scheduler_svc.models import (
     DueJob,
     InsertedRun,
@@ -19,6 +20,10 @@ from scheduler_svc.models import (
     JobStatus,
 )
 from scheduler_svc.store.sql import QUERIES, Conn, Connection
+
+# The unique index of (tenant, key) in job_keys: a statement that fails on it gave a job
+# a key another job of the tenant has.
+KEY_INDEX = "job_keys_key"
 
 
 def _job(record: asyncpg.Record | None) -> JobRow | None:
@@ -40,6 +45,8 @@ def _spec_values(spec: JobSpec) -> tuple[Any, ...]:
         spec.misfire_policy,
         spec.misfire_grace_s,
         spec.overlap,
+        spec.key,
+        spec.managed_by,
     )
 
 
@@ -53,23 +60,30 @@ async def job_insert(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> JobRow | None:
-    """Insert a job; None when this tenant already used `idempotency_key`."""
-    return _job(
-        await conn.fetchrow(
-            QUERIES["job_insert"],
-            tenant,
-            *_spec_values(spec),
-            status,
-            next_run_at,
-            idempotency_key,
-            request_hash,
-        )
-    )
+    """Insert a job; None when this tenant already used `idempotency_key` or the job's key."""
+    args = (*_spec_values(spec), status, next_run_at, idempotency_key, request_hash)
+    try:
+        keyed = spec.key is not None
+        if keyed and not isinstance(conn, asyncpg.Pool) and conn.is_in_transaction():
+            # A savepoint: a key taken meanwhile fails this statement, not the caller's
+            # transaction (a PUT by key then replaces the job that has it).
+            async with conn.transaction():
+                return _job(await conn.fetchrow(QUERIES["job_insert"], tenant, *args))
+        return _job(await conn.fetchrow(QUERIES["job_insert"], tenant, *args))
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != KEY_INDEX:
+            raise
+        return None
 
 
 async def job_get(conn: Conn, tenant: str, job_id: int) -> JobRow | None:
     """One job of `tenant`, or None."""
     return _job(await conn.fetchrow(QUERIES["job_get"], tenant, job_id))
+
+
+async def job_get_by_key(conn: Conn, tenant: str, key: str) -> JobRow | None:
+    """The job of `tenant` with `key`, or None."""
+    return _job(await conn.fetchrow(QUERIES["job_get_by_key"], tenant, key))
 
 
 async def job_get_by_idempotency_key(
@@ -83,8 +97,17 @@ async def job_get_by_idempotency_key(
 
 
 async def job_lock(conn: Conn, tenant: str, job_id: int) -> JobRow | None:
-    """One job of `tenant`, locked FOR UPDATE until the caller's transaction ends."""
-    return _job(await conn.fetchrow(QUERIES["job_lock"], tenant, job_id))
+    """One job of `tenant`, locked FOR UPDATE until the caller's transaction ends, as the
+    API shows it; None if there is none. Locked first, read after (queries.sql says why)."""
+    if await conn.fetchval(QUERIES["job_lock"], tenant, job_id) is None:
+        return None
+    return await job_get(conn, tenant, job_id)
+
+
+async def job_lock_by_key(conn: Conn, tenant: str, key: str) -> JobRow | None:
+    """The job of `tenant` with `key`, locked FOR UPDATE (with its key) until the caller's
+    transaction ends."""
+    return _job(await conn.fetchrow(QUERIES["job_lock_by_key"], tenant, key))
 
 
 async def jobs_list(
@@ -95,9 +118,42 @@ async def jobs_list(
     status: str | None,
     name: str | None,
     limit: int,
+    key: str | None = None,
+    managed_by: str | None = None,
 ) -> list[JobRow]:
-    """Up to `limit` jobs of `tenant` with ids below `before_id`, newest first."""
+    """Up to `limit` jobs of `tenant` with ids below `before_id`, newest first; with `key`
+    or `managed_by`, only those that have it (jobs_list_keyed)."""
+    if key is not None or managed_by is not None:
+        return await jobs_list_keyed(
+            conn,
+            tenant,
+            before_id=before_id,
+            status=status,
+            name=name,
+            limit=limit,
+            key=key,
+            managed_by=managed_by,
+        )
     records = await conn.fetch(QUERIES["jobs_list"], tenant, before_id, status, name, limit)
+    return [msgspec.convert(dict(r), JobRow) for r in records]
+
+
+async def jobs_list_keyed(
+    conn: Conn,
+    tenant: str,
+    *,
+    before_id: int | None,
+    status: str | None,
+    name: str | None,
+    limit: int,
+    key: str | None,
+    managed_by: str | None,
+) -> list[JobRow]:
+    """As jobs_list, of the jobs of `tenant` with `key` and `managed_by` (None: any; at
+    least one is given)."""
+    records = await conn.fetch(
+        QUERIES["jobs_list_keyed"], tenant, before_id, status, name, key, managed_by, limit
+    )
     return [msgspec.convert(dict(r), JobRow) for r in records]
 
 
@@ -110,22 +166,27 @@ async def job_update(
     status: JobStatus,
     next_run_at: datetime | None,
 ) -> JobRow | None:
-    """Overwrite a job's writable fields, status and next tick; None if it is gone."""
-    return _job(
-        await conn.fetchrow(
-            QUERIES["job_update"],
-            tenant,
-            job_id,
-            *_spec_values(spec),
-            status,
-            next_run_at,
+    """Overwrite a job's writable fields, status and next tick; None if it is gone.
+    KeyConflict if another job of `tenant` has the key."""
+    try:
+        record = await conn.fetchrow(
+            QUERIES["job_update"], tenant, job_id, *_spec_values(spec), status, next_run_at
         )
-    )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != KEY_INDEX:
+            raise
+        raise KeyConflict(f"another job already has the key {spec.key!r}") from None
+    return _job(record)
 
 
 async def job_delete(conn: Conn, tenant: str, job_id: int) -> bool:
     """Delete a job and its runs; False if there was none."""
     return await conn.fetchval(QUERIES["job_delete"], tenant, job_id) is not None
+
+
+async def job_delete_by_key(conn: Conn, tenant: str, key: str) -> bool:
+    """Delete the job of `tenant` with `key` and its runs; False if there was none."""
+    return await conn.fetchval(QUERIES["job_delete_by_key"], tenant, key) is not None
 
 
 async def jobs_claim_due(

@@ -50,34 +50,77 @@ SELECT version FROM schema_version;
 SELECT now();
 
 -- job_insert --
--- Create a job. With an Idempotency-Key that this tenant already used, nothing is
--- inserted and no row comes back: the caller then reads the first job by its key.
-INSERT INTO jobs (tenant, name, attributes, schedule, timezone, target,
-                  max_attempts, backoff_s, backoff_max_s, timeout_s,
-                  misfire_policy, misfire_grace_s, overlap, status, next_run_at,
-                  idempotency_key, request_hash)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING *, NULL::timestamptz AS last_run_at, NULL::text AS last_run_status;
+-- Create a job, and its row of job_keys if it has a key or an owner, in one statement.
+-- With an Idempotency-Key this tenant already used, nothing is inserted and no row comes
+-- back: the caller then reads the first job by it. A key another job of the tenant has
+-- fails the whole statement on job_keys_key (after waiting for a concurrent insert of
+-- that key to commit): no job is ever left without the key it was created with.
+-- The columns of jobs are named, not `*`, here and below: a column a later release adds
+-- to jobs must not change the row type of a statement this release has prepared.
+WITH job AS (
+    INSERT INTO jobs (tenant, name, attributes, schedule, timezone, target,
+                      max_attempts, backoff_s, backoff_max_s, timeout_s,
+                      misfire_policy, misfire_grace_s, overlap,
+                      status, next_run_at, idempotency_key, request_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16, $17, $18, $19)
+    ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, tenant, name, attributes, schedule, timezone, target, max_attempts,
+              backoff_s, backoff_max_s, timeout_s, misfire_policy, misfire_grace_s,
+              overlap, status, next_run_at, created_at, updated_at, version
+), keyed AS (
+    INSERT INTO job_keys (job_id, tenant, key, managed_by)
+    SELECT id, tenant, $14, $15 FROM job
+    WHERE $14::text IS NOT NULL OR $15::text IS NOT NULL
+)
+SELECT job.*, $14::text AS key, $15::text AS managed_by,
+       NULL::timestamptz AS last_run_at, NULL::text AS last_run_status
+FROM job;
 
 -- job_get --
 -- One job of this tenant.
-SELECT * FROM jobs_with_last_run WHERE tenant = $1 AND id = $2;
+SELECT * FROM jobs_api WHERE tenant = $1 AND id = $2;
+
+-- job_get_by_key --
+-- The job of this tenant with this key (by job_keys_key: the view joins on the tenant).
+SELECT * FROM jobs_api WHERE tenant = $1 AND key = $2;
 
 -- job_get_by_idempotency_key --
 -- The job this tenant created with this Idempotency-Key, with the hash of that request.
-SELECT * FROM jobs_with_last_run WHERE tenant = $1 AND idempotency_key = $2;
+SELECT * FROM jobs_api WHERE tenant = $1 AND idempotency_key = $2;
 
 -- job_lock --
--- One job of this tenant, locked until the end of the caller's transaction
--- (a PATCH reads, merges and writes it without losing a concurrent change).
-SELECT *, NULL::timestamptz AS last_run_at, NULL::text AS last_run_status
-FROM jobs WHERE tenant = $1 AND id = $2 FOR UPDATE;
+-- Lock one job of this tenant until the end of the caller's transaction (a PATCH reads,
+-- merges and writes it without losing a concurrent change); its id, or no row. The
+-- caller reads the job after (job_get): a statement that waited for the lock reads
+-- job_keys as it was when the statement began, before the change it waited for.
+SELECT id FROM jobs WHERE tenant = $1 AND id = $2 FOR UPDATE;
+
+-- job_lock_by_key --
+-- The job of this tenant with this key, as the API shows it, locked until the end of
+-- the caller's transaction (a PUT by key compares it with what it was sent, then
+-- writes; an unchanged job is answered as it is). Its row of job_keys is locked too,
+-- after the job's (the order of every writer of job_keys: the job first): a statement
+-- that waited reads them both again as the change it waited for left them, so a key
+-- moved to another job or removed meanwhile finds nothing.
+SELECT j.id, j.tenant, j.name, j.attributes, j.schedule, j.timezone, j.target,
+       j.max_attempts, j.backoff_s, j.backoff_max_s, j.timeout_s, j.misfire_policy,
+       j.misfire_grace_s, j.overlap, j.status, j.next_run_at, j.created_at, j.updated_at,
+       j.version, k.key, k.managed_by,
+       last_run.started_at AS last_run_at, last_run.status AS last_run_status
+FROM job_keys k
+JOIN jobs j ON j.id = k.job_id AND j.tenant = k.tenant
+LEFT JOIN LATERAL (
+    SELECT r.started_at, r.status FROM job_runs r
+    WHERE r.job_id = j.id AND r.started_at IS NOT NULL
+    ORDER BY r.id DESC LIMIT 1
+) last_run ON true
+WHERE k.tenant = $1 AND k.key = $2
+FOR UPDATE OF j, k;
 
 -- jobs_list --
 -- A page of this tenant's jobs, newest first, by keyset: ids below the cursor.
 -- NULL filters match everything.
-SELECT * FROM jobs_with_last_run
+SELECT * FROM jobs_api
 WHERE tenant = $1
   AND ($2::bigint IS NULL OR id < $2)
   AND ($3::text IS NULL OR status = $3)
@@ -85,21 +128,60 @@ WHERE tenant = $1
 ORDER BY id DESC
 LIMIT $5;
 
+-- jobs_list_keyed --
+-- The same page, of the jobs with key $5 or owner $6 (NULL: any), or both: found in
+-- job_keys first, by job_keys_managed_by when $6 is given, else by job_keys_key; the
+-- page is cut before the view's last runs are read.
+WITH keyed AS (
+    SELECT job_id FROM job_keys
+    WHERE tenant = $1 AND managed_by = $6 AND ($5::text IS NULL OR key = $5)
+      AND ($2::bigint IS NULL OR job_id < $2)
+    UNION ALL
+    SELECT job_id FROM job_keys
+    WHERE tenant = $1 AND key = $5 AND $6::text IS NULL
+      AND ($2::bigint IS NULL OR job_id < $2)
+), page AS (
+    SELECT j.id FROM keyed JOIN jobs j ON j.id = keyed.job_id
+    WHERE j.tenant = $1
+      AND ($3::text IS NULL OR j.status = $3)
+      AND ($4::text IS NULL OR j.name = $4)
+    ORDER BY j.id DESC
+    LIMIT $7
+)
+SELECT a.* FROM page JOIN jobs_api a ON a.id = page.id
+WHERE a.tenant = $1
+ORDER BY a.id DESC;
+
 -- job_update --
--- Write every writable field of a job, with its new status and next tick, and bump
--- its version. Returns the job as the API shows it.
+-- Write every writable field of a job, with its new status and next tick, and bump its
+-- version; its row of job_keys too: made, changed, or deleted when it has neither a key
+-- nor an owner left. A key another job of the tenant has fails the statement on
+-- job_keys_key. Returns the job as the API shows it.
 WITH updated AS (
     UPDATE jobs
     SET name = $3, attributes = $4, schedule = $5, timezone = $6, target = $7,
         max_attempts = $8, backoff_s = $9, backoff_max_s = $10, timeout_s = $11,
         misfire_policy = $12, misfire_grace_s = $13, overlap = $14,
-        status = $15, next_run_at = $16,
+        status = $17, next_run_at = $18,
         updated_at = now(), version = version + 1
     WHERE tenant = $1 AND id = $2
-    RETURNING *
+    RETURNING id, tenant, name, attributes, schedule, timezone, target, max_attempts,
+              backoff_s, backoff_max_s, timeout_s, misfire_policy, misfire_grace_s,
+              overlap, status, next_run_at, created_at, updated_at, version
+), keyed AS (
+    INSERT INTO job_keys (job_id, tenant, key, managed_by)
+    SELECT id, tenant, $15, $16 FROM updated
+    WHERE $15::text IS NOT NULL OR $16::text IS NOT NULL
+    ON CONFLICT (job_id) DO UPDATE SET key = excluded.key, managed_by = excluded.managed_by
+    WHERE (job_keys.key, job_keys.managed_by)
+          IS DISTINCT FROM (excluded.key, excluded.managed_by)
+), unkeyed AS (
+    DELETE FROM job_keys k USING updated
+    WHERE k.job_id = updated.id AND $15::text IS NULL AND $16::text IS NULL
 )
 -- The view would show the row as it was before this statement, so join by hand.
-SELECT updated.*, last_run.started_at AS last_run_at, last_run.status AS last_run_status
+SELECT updated.*, $15::text AS key, $16::text AS managed_by,
+       last_run.started_at AS last_run_at, last_run.status AS last_run_status
 FROM updated
 LEFT JOIN LATERAL (
     SELECT r.started_at, r.status FROM job_runs r
@@ -108,8 +190,21 @@ LEFT JOIN LATERAL (
 ) last_run ON true;
 
 -- job_delete --
--- Delete a job; its runs go with it (ON DELETE CASCADE).
+-- Delete a job; its runs and its row of job_keys go with it (ON DELETE CASCADE).
 DELETE FROM jobs WHERE tenant = $1 AND id = $2
+RETURNING id;
+
+-- job_delete_by_key --
+-- Delete the job of this tenant with this key; its runs go with it. Both rows are locked
+-- first, the job's first, as job_lock_by_key does: a key moved or removed while this
+-- waited deletes nothing.
+WITH doomed AS (
+    SELECT j.id FROM job_keys k
+    JOIN jobs j ON j.id = k.job_id AND j.tenant = k.tenant
+    WHERE k.tenant = $1 AND k.key = $2
+    FOR UPDATE OF j, k
+)
+DELETE FROM jobs WHERE tenant = $1 AND id IN (SELECT id FROM doomed)
 RETURNING id;
 
 -- runs_skip_pending --
@@ -447,18 +542,38 @@ WHERE tenant = $1 AND id = $2
   AND scheduled_for >= run_id_day_start($2) AND scheduled_for < run_id_day_end($2);
 
 -- runs_list --
--- A page of one job's runs, newest first, by keyset on id. Ids grow with their day,
--- so a cursor also leaves out the partitions of later days.
+-- Up to $4 runs of one job, newest first, by keyset on id (below $3), from the ids of
+-- one window of days: from $5 days before the cursor's day (or today's, without a
+-- cursor) up to $6 days before it (NULL: up to the cursor). store.runs_list asks window
+-- after window, each older than the last, until the page is full: a run's id tells its
+-- day, so a window reads only the partitions of its days, and a page of a busy job reads
+-- one or two, where one statement over every partition would read the newest rows of
+-- each. The last window ($5 NULL) reads every partition: it alone holds the runs from
+-- before partitioning, whose small ids (day 0) say nothing of their day; a cursor among
+-- those leaves every other window empty.
 SELECT * FROM job_runs
 WHERE tenant = $1 AND job_id = $2
-  AND ($3::bigint IS NULL OR (id < $3 AND scheduled_for < run_id_day_end($3)))
+  AND id >= CASE WHEN $5::int IS NULL THEN 0
+                 WHEN $3::bigint >> 37 = 0 THEN 9007199254740992
+                 ELSE (run_id_cursor_day($3) - $5::int) << 37 END
+  AND id < CASE WHEN $6::int IS NULL OR $3::bigint >> 37 = 0
+                    THEN coalesce($3::bigint, 9007199254740992)
+                ELSE (run_id_cursor_day($3) - $6::int) << 37 END
+  -- The same window in ticks (exact: a run's tick is on its id's day), so that only its
+  -- partitions are read.
+  AND scheduled_for >= CASE WHEN $5::int IS NULL THEN '-infinity'
+                            ELSE run_id_day_start((run_id_cursor_day($3) - $5::int) << 37) END
+  AND scheduled_for < CASE WHEN $5::int IS NULL THEN 'infinity'
+                           WHEN $3::bigint >> 37 = 0 THEN '-infinity'
+                           WHEN $6::int IS NULL THEN run_id_day_end(coalesce($3::bigint, 0))
+                           ELSE run_id_day_start((run_id_cursor_day($3) - $6::int) << 37) END
 ORDER BY id DESC
 LIMIT $4;
 
 -- runs_prune --
 -- Delete up to $2 finished runs whose tick is more than $1 days old, if this replica
 -- holds the maintenance lock for this transaction (else nothing); return how many went.
--- Whole days go by history_partitions_drop: what is left for this are the runs of
+-- Whole days go by history_partitions_detach: what is left for this are the runs of
 -- job_runs_default, of job_runs_before_v5 (until the retention is past its last day),
 -- and of a day kept for a run that had not finished. The partitions of later days are
 -- not read (the tick bound prunes them).
@@ -467,16 +582,18 @@ WITH lock AS (
 ), doomed AS (
     SELECT r.id, r.scheduled_for FROM job_runs r, lock
     WHERE lock.held
-      AND r.scheduled_for < now() - make_interval(days => $1)
+      -- Before the start of the first day kept (UTC): the days after it are dropped
+      -- whole, not deleted row by row.
+      AND r.scheduled_for < date_trunc('day', now() - make_interval(days => $1), 'UTC')
       -- job_runs_before_v5 has a BRIN index on created_at, no index on the tick.
-      AND r.created_at < now() - make_interval(days => $1)
+      AND r.created_at < date_trunc('day', now() - make_interval(days => $1), 'UTC')
       AND r.status IN ('succeeded', 'failed', 'skipped')
     LIMIT $2
 ), deleted AS (
     DELETE FROM job_runs r
     USING doomed d
     WHERE r.id = d.id AND r.scheduled_for = d.scheduled_for
-      AND r.scheduled_for < now() - make_interval(days => $1)
+      AND r.scheduled_for < date_trunc('day', now() - make_interval(days => $1), 'UTC')
     RETURNING 1
 )
 SELECT count(*) FROM deleted;
@@ -484,24 +601,29 @@ SELECT count(*) FROM deleted;
 -- history_partitions_create --
 -- Under the maintenance lock ($2; nothing without it), create the day partitions of
 -- every history table that do not exist yet, from today to $1 days ahead; return how
--- many were made (NULL without the lock). lock_timeout as for history_partitions_drop.
+-- many were made (NULL without the lock). lock_timeout as for history_partitions_detach.
 WITH lock AS (
     SELECT pg_try_advisory_xact_lock($2) AS held, set_config('lock_timeout', '2s', true)
 )
 SELECT CASE WHEN lock.held THEN history_partitions_create($1) END FROM lock;
 
--- history_partitions_drop --
--- Under the maintenance lock ($2; nothing without it), drop the day partitions of every
--- history table that end more than $1 days ago; return their names. lock_timeout: a
--- drop waits for every statement on the table to end and holds up the ones after it,
--- so it gives up rather than queue behind a long one (the next pass tries again).
+-- history_partitions_detach --
+-- Under the maintenance lock ($2; nothing without it), detach the day partitions of
+-- every history table that end more than $1 days ago; return their names (and those of
+-- any detached before and not yet dropped), for history_partition_drop. lock_timeout:
+-- detaching waits for every statement on the table to end and holds up the ones after
+-- it, so it gives up rather than queue behind a long one (the next pass tries again).
 WITH lock AS (
     SELECT pg_try_advisory_xact_lock($2) AS held, set_config('lock_timeout', '500ms', true)
 )
-SELECT coalesce(array_agg(dropped), '{}')
-FROM lock, LATERAL history_partitions_drop(
+SELECT coalesce(array_agg(detached), '{}')
+FROM lock, LATERAL history_partitions_detach(
     CASE WHEN lock.held THEN now() - make_interval(days => $1) ELSE '-infinity' END
-) AS dropped;
+) AS detached;
+
+-- history_partition_drop --
+-- Drop a day partition that history_partitions_detach detached.
+SELECT history_partition_drop($1);
 
 -- ping --
 -- Is this connection still alive? (The LISTEN connection asks now and then.)

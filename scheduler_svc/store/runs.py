@@ -128,11 +128,23 @@ async def run_get(conn: Conn, tenant: str, run_id: int) -> RunRow | None:
     return _run(await conn.fetchrow(QUERIES["run_get"], tenant, run_id))
 
 
+# The windows runs_list reads a page from, newest first, in days before the cursor's day:
+# (from, up to), None meaning the cursor itself, then everything older. A busy job fills
+# a page from the first; one that runs daily reads six.
+RUNS_LIST_WINDOWS = ((1, None), (2, 1), (4, 2), (8, 4), (16, 8), (32, 16), (64, 32), (None, 64))
+
+
 async def runs_list(
     conn: Conn, tenant: str, job_id: int, *, before_id: int | None, limit: int
 ) -> list[RunRow]:
     """Up to `limit` runs of a job with ids below `before_id`, newest first."""
-    records = await conn.fetch(QUERIES["runs_list"], tenant, job_id, before_id, limit)
+    records: list[asyncpg.Record] = []
+    for since, until in RUNS_LIST_WINDOWS:
+        records += await conn.fetch(
+            QUERIES["runs_list"], tenant, job_id, before_id, limit - len(records), since, until
+        )
+        if len(records) >= limit:
+            break
     return [msgspec.convert(dict(r), RunRow) for r in records]
 
 
@@ -162,10 +174,15 @@ async def history_partitions_create(conn: Conn, days_ahead: int, lock_key: int) 
     return made
 
 
-async def history_partitions_drop(conn: Conn, older_than_days: int, lock_key: int) -> list[str]:
-    """Drop the day partitions that ended more than `older_than_days` days ago, under the
-    lock; the names of those dropped."""
-    dropped: list[str] = await conn.fetchval(
-        QUERIES["history_partitions_drop"], older_than_days, lock_key
+async def history_partitions_detach(conn: Conn, older_than_days: int, lock_key: int) -> list[str]:
+    """Detach the day partitions that ended more than `older_than_days` days ago, under
+    the lock; the names of those detached (and of any left detached), to drop."""
+    detached: list[str] | None = await conn.fetchval(
+        QUERIES["history_partitions_detach"], older_than_days, lock_key
     )
-    return dropped
+    return detached or []
+
+
+async def history_partition_drop(conn: Conn, partition: str) -> None:
+    """Drop a partition history_partitions_detach detached."""
+    await conn.execute(QUERIES["history_partition_drop"], partition)

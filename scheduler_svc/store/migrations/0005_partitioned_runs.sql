@@ -9,7 +9,8 @@
 --      lock);
 --   2. that bound checked against every row, under a lock that lets reads and writes
 --      go on (a table scan: seconds for millions of runs);
---   3. the swap, under a short exclusive lock: the old table is renamed and attached to
+--   3. the swap, under a short exclusive lock (of jobs too, for a moment): the old table
+--      is renamed and attached to
 --      the new partitioned job_runs; the bound proves its rows fit, so nothing is
 --      scanned or copied.
 -- Replicas of the previous release keep running throughout: the columns, the unique
@@ -28,6 +29,14 @@ CREATE OR REPLACE FUNCTION run_id_day_end(id bigint) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN id >> 37 = 0 THEN 'infinity'::timestamptz
                 ELSE to_timestamp(((10957 + (id >> 37) + 1) * 86400)::float8) END
+$$;
+
+-- The day of run ids below `cursor`'s, counting as run ids do: the cursor's day, or today
+-- (UTC) without a cursor. Stable and a single expression, so that PostgreSQL inlines it
+-- and a window of days from it still leaves out the partitions it cannot touch.
+CREATE OR REPLACE FUNCTION run_id_cursor_day(cursor bigint) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(cursor >> 37, floor(extract(epoch FROM now()) / 86400)::bigint - 10957)
 $$;
 
 -- The same bounds for a set of run ids: from the first day's start to the last day's end.
@@ -114,10 +123,13 @@ BEGIN
 END
 $$;
 
--- Drop the partitions of every history table that end at or before `cutoff` and hold
--- no row its keep_while keeps; return their names. Dropping a partition locks its
--- table for a moment (ACCESS EXCLUSIVE): the caller sets a lock_timeout.
-CREATE OR REPLACE FUNCTION history_partitions_drop(cutoff timestamptz) RETURNS SETOF text
+-- Detach the partitions of every history table that end at or before `cutoff` and hold
+-- no row its keep_while keeps; return their names, and those of partitions detached
+-- before but not dropped (a replica stopped in between). Detaching locks the table for
+-- a moment (ACCESS EXCLUSIVE), so the caller sets a lock_timeout and drops the detached
+-- tables after this commits (history_partition_drop): dropping frees the files, which
+-- takes longer than that lock need be held.
+CREATE OR REPLACE FUNCTION history_partitions_detach(cutoff timestamptz) RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 DECLARE
     t history_tables;
@@ -125,6 +137,14 @@ DECLARE
     kept boolean;
 BEGIN
     FOR t IN SELECT * FROM history_tables ORDER BY name LOOP
+        IF cutoff = '-infinity' THEN
+            CONTINUE;
+        END IF;
+        -- Days detached by an earlier pass that stopped before dropping them.
+        RETURN QUERY
+            SELECT c.relname::text FROM pg_class c
+            WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+              AND NOT c.relispartition AND c.relname ~ ('^' || t.name || '_[0-9]{8}$');
         FOR p IN
             SELECT * FROM history_partitions(t.name) b
             WHERE b.upper_bound <= cutoff ORDER BY b.upper_bound
@@ -132,10 +152,25 @@ BEGIN
             EXECUTE format('SELECT EXISTS (SELECT FROM %I WHERE %s)', p.partition, t.keep_while)
                 INTO kept;
             CONTINUE WHEN kept;
-            EXECUTE format('DROP TABLE %I', p.partition);
+            EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', t.name, p.partition);
             RETURN NEXT p.partition;
         END LOOP;
     END LOOP;
+END
+$$;
+
+-- Drop a partition history_partitions_detach detached (nothing if it is attached, or
+-- not a history table's day).
+CREATE OR REPLACE FUNCTION history_partition_drop(partition text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (
+        SELECT FROM pg_class c JOIN history_tables t ON c.relname ~ ('^' || t.name || '_[0-9]{8}$')
+        WHERE c.relname = partition AND c.relnamespace = 'public'::regnamespace
+          AND c.relkind = 'r' AND NOT c.relispartition
+    ) THEN
+        EXECUTE format('DROP TABLE %I', partition);
+    END IF;
 END
 $$;
 
@@ -200,6 +235,9 @@ BEGIN
     IF (SELECT relkind FROM pg_class WHERE oid = 'job_runs'::regclass) = 'p' THEN
         RETURN;
     END IF;
+    -- In the order readers take them (the view, then jobs, then job_runs: locking a view
+    -- locks its tables too), so that a GET under way cannot deadlock with the swap.
+    LOCK TABLE jobs_with_last_run IN ACCESS EXCLUSIVE MODE;
     SELECT (regexp_match(pg_get_constraintdef(oid), '''(.+)'''))[1]::timestamptz INTO bound
     FROM pg_constraint WHERE conname = 'job_runs_before_v5_bound';
 

@@ -27,6 +27,7 @@ from scheduler_svc.api.routes import (
     RulesDep,
     TenantDep,
     etag,
+    job_response,
     parse_if_match,
     strict_body,
 )
@@ -131,6 +132,7 @@ KeyPath = Annotated[
 
 
 def _answer(row: JobRow, status_code: int = 200, **headers: str) -> Response[JobOut | JobPlan]:
+    """job_response, typed as PUT's answer (a job, or a dry run's plan)."""
     return Response(job_out(row), status_code=status_code, headers={"ETag": etag(row), **headers})
 
 
@@ -146,7 +148,7 @@ class JobsByKeyController(Controller):
         row = await store.job_get_by_key(pool, tenant, job)
         if row is None:
             raise jobs.not_found(job)
-        return Response(job_out(row), headers={"ETag": etag(row)})
+        return job_response(row)
 
     @put(
         "/{key:path}",
@@ -213,7 +215,7 @@ class JobsByKeyController(Controller):
         data = await strict_body(request, JobPatch)
         job = jobs.path_key(key)
         row = await jobs.update(pool, tenant, job, data, rules, parse_if_match(if_match))
-        return Response(job_out(row), headers={"ETag": etag(row)})
+        return job_response(row)
 
     @delete("/{key:path}", operation_id="deleteJobByKey", summary="Delete the job with a key")
     async def delete_job(self, key: KeyPath, pool: PoolDep, tenant: TenantDep) -> None:

@@ -112,7 +112,8 @@ def etag(row: JobRow) -> str:
     return f'"{row.version}"'
 
 
-def _job_response(row: JobRow, status_code: int = 200, **headers: str) -> Response[JobOut]:
+def job_response(row: JobRow, status_code: int = 200, **headers: str) -> Response[JobOut]:
+    """A job as the API answers it: the job, with its version as the ETag."""
     return Response(job_out(row), status_code=status_code, headers={"ETag": etag(row), **headers})
 
 
@@ -172,7 +173,7 @@ class JobsController(Controller):
         headers = {"Location": f"/jobs/{row.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
-        return _job_response(row, 201, **headers)
+        return job_response(row, 201, **headers)
 
     @get("/", operation_id="listJobs", summary="List jobs, newest first")
     async def list_jobs(
@@ -207,7 +208,7 @@ class JobsController(Controller):
         row = await store.job_get(pool, tenant, job_id)
         if row is None:
             raise NotFound(f"job {job_id} does not exist")
-        return _job_response(row)
+        return job_response(row)
 
     @patch(
         "/{job_id:int}",
@@ -227,7 +228,7 @@ class JobsController(Controller):
     ) -> Response[JobOut]:
         data = await strict_body(request, JobPatch)
         row = await jobs.update(pool, tenant, job_id, data, rules, parse_if_match(if_match))
-        return _job_response(row)
+        return job_response(row)
 
     @delete("/{job_id:int}", operation_id="deleteJob", summary="Delete a job and its runs")
     async def delete_job(self, job_id: JobId, pool: PoolDep, tenant: TenantDep) -> None:
@@ -240,7 +241,7 @@ class JobsController(Controller):
     async def pause_job(
         self, job_id: JobId, pool: PoolDep, tenant: TenantDep, rules: RulesDep
     ) -> Response[JobOut]:
-        return _job_response(
+        return job_response(
             await jobs.update(pool, tenant, job_id, JobPatch(paused=True), rules, None)
         )
 
@@ -287,7 +288,7 @@ class JobsController(Controller):
     async def resume_job(
         self, job_id: JobId, pool: PoolDep, tenant: TenantDep, rules: RulesDep
     ) -> Response[JobOut]:
-        return _job_response(
+        return job_response(
             await jobs.update(pool, tenant, job_id, JobPatch(paused=False), rules, None)
         )
 

@@ -48,7 +48,21 @@ CREATE TABLE jobs (
     -- Idempotency-Key of the POST that created the job, and a hash of its body,
     -- so a repeat returns this job and a different body under the same key is a 409.
     idempotency_key  text,
-    request_hash     text
+    request_hash     text,
+    -- Labels to find jobs by (GET /jobs?tag=, bulk pause): at most 20, each matching
+    -- [a-z0-9][a-z0-9_.:-]{0,62} (the API checks the pattern).
+    tags             text[] NOT NULL DEFAULT '{}' CONSTRAINT jobs_tags_check
+                     CHECK (cardinality(tags) <= 20),
+    -- Each tick's run is due this many seconds after it at most: an offset in
+    -- [0, jitter_s) that is a fixed function of (job, tick) (schedule/jitter.py).
+    jitter_s         double precision NOT NULL DEFAULT 0 CONSTRAINT jobs_jitter_s_check
+                     CHECK (jitter_s >= 0 AND jitter_s <= 3600),
+    -- The end of a maintenance window: a paused job resumes by itself then (the
+    -- scheduler), as POST /jobs/{id}/resume would. NULL: paused until resumed.
+    paused_until     timestamptz,
+    -- Where and on what to alert ({"url"?, "on", "missed_after_s"?}); NULL: every event
+    -- to SCHEDULER_ALERT_URL, if the operator set one.
+    alerts           jsonb
 );
 
 -- One job per tenant and Idempotency-Key. Partial: most jobs have no key, and every
@@ -61,6 +75,10 @@ CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (tenant, idempotency_key)
 CREATE INDEX jobs_due ON jobs (next_run_at) WHERE status = 'active';
 -- Listing newest first, per tenant, by keyset on id.
 CREATE INDEX jobs_tenant_id ON jobs (tenant, id DESC);
+-- GET /jobs?tag=a&tag=b and bulk pause by tag: jobs having all of them (tags @> …).
+CREATE INDEX jobs_tags ON jobs USING gin (tags);
+-- Maintenance windows that end: the scheduler resumes the jobs whose window is over.
+CREATE INDEX jobs_paused_until ON jobs (paused_until) WHERE paused_until IS NOT NULL;
 
 -- A job's key, the client's own name for it ("jobs as code": PUT /jobs/by-key/{key}),
 -- unique per tenant, and its managed_by, which tool owns it (`scheduler-svc apply
@@ -172,9 +190,11 @@ CREATE TABLE job_runs (
     -- pending: waiting for an executor (or for its next attempt, or, with next_attempt_at
     -- NULL, for an earlier run of its job to end); running: leased by
     -- `worker` until `lease_expires_at`; succeeded / failed: final; skipped: final,
-    -- never executed (overlap forbidden), `error` says why.
+    -- never executed (overlap forbidden), `error` says why; cancelled: final, by
+    -- POST /runs/{id}/cancel (an attempt under way is stopped, its result dropped).
     status           text NOT NULL DEFAULT 'pending' CONSTRAINT job_runs_status_check
-                     CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'skipped')),
+                     CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'skipped',
+                                       'cancelled')),
     attempt          integer NOT NULL DEFAULT 0,
     -- When the next attempt is due; NULL while the run waits for an earlier run of its
     -- job to end (overlap forbid, see waits_for): executors never claim it then.
@@ -199,6 +219,10 @@ CREATE TABLE job_runs (
     -- runs it waited for (a backlog after an outage). Ticks that come due while it runs
     -- wait their turn instead of being skipped as overlaps (within the misfire grace).
     catch_up         boolean NOT NULL DEFAULT false,
+    -- When the tick's run is due: the tick plus its job's jitter (NULL: the tick itself,
+    -- as for every run from before jitter). Its first attempt is due then, fire lag is
+    -- measured from it and overlap judged at it.
+    due_at           timestamptz,
     CONSTRAINT job_runs_leased_while_running
         CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
 ) PARTITION BY RANGE (scheduled_for);
@@ -227,6 +251,9 @@ CREATE INDEX job_runs_active ON job_runs (job_id)
 -- a long run of an overlap-forbidding job holds up its next ticks.
 CREATE INDEX job_runs_waiting ON job_runs (job_id, scheduled_for)
     WHERE status = 'pending' AND next_attempt_at IS NULL;
+-- Run search (GET /runs): a tenant's runs newest first, of one status (the console's
+-- failures page) or, merged status by status, of any.
+CREATE INDEX job_runs_search ON job_runs (tenant, status, id DESC);
 
 CREATE FUNCTION job_runs_assign_id() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -380,16 +407,130 @@ BEGIN
 END
 $$;
 
+-- Ids of the other history tables tell their day as run ids do (run_id above), each
+-- from a sequence of its own.
+CREATE FUNCTION history_id(seq regclass, at timestamptz) RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE AS $$
+    SELECT greatest(floor(extract(epoch FROM at) / 86400)::bigint - 10957, 1) << 37
+           | (nextval(seq) & 137438953471)
+$$;
+
+-- Whether a job with these alert settings (jobs.alerts) is alerted on `event` ("failed",
+-- "recovered" or "missed"), given whether the operator set SCHEDULER_ALERT_URL: a job
+-- without settings is alerted on everything there; one with settings, on its `on` list,
+-- at its own url or else there.
+CREATE FUNCTION alert_wanted(alerts jsonb, event text, operator_url boolean) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN alerts IS NULL THEN operator_url
+                ELSE (alerts ? 'url' OR operator_url)
+                     AND coalesce(alerts -> 'on', '["failed", "recovered", "missed"]') ? event
+           END
+$$;
+
+-- How long after its due time a tick without a succeeded run is missed: the job's
+-- alerts.missed_after_s, by default 60 s more than its timeout.
+CREATE FUNCTION alert_missed_after(alerts jsonb, timeout_s integer) RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT make_interval(secs => coalesce((alerts ->> 'missed_after_s')::float8, 60 + timeout_s))
+$$;
+
+CREATE SEQUENCE alerts_id_seq;
+CREATE SEQUENCE audit_id_seq;
+
+-- The alerts outbox (SPEC §8): an alert is a row written in the transaction of the
+-- outcome that causes it (a failed run, a recovery) or by the missed-tick check, and
+-- delivered at least once by any replica's alert sender (engine/alerts.py). Partitioned
+-- by the day of the tick it is about, so that "one alert per (job, tick, event)" is a
+-- unique index, and kept like runs. No foreign key to jobs: an alert outlives its job.
+CREATE TABLE alerts (
+    -- history_id('alerts_id_seq', scheduled_for).
+    id              bigint NOT NULL,
+    tenant          text NOT NULL,
+    job_id          bigint NOT NULL,
+    job_name        text NOT NULL,
+    run_id          bigint,
+    event           text NOT NULL CONSTRAINT alerts_event_check
+                    CHECK (event IN ('run.failed', 'job.recovered', 'job.missed')),
+    -- The tick the alert is about.
+    scheduled_for   timestamptz NOT NULL,
+    -- The job's own alerts.url (checked by the SSRF guard); NULL: SCHEDULER_ALERT_URL
+    -- as the sender knows it (the operator's, trusted).
+    url             text,
+    -- What is POSTed, but `at`, the time of sending.
+    body            jsonb NOT NULL,
+    status          text NOT NULL DEFAULT 'pending' CONSTRAINT alerts_status_check
+                    CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    -- When the next attempt is due; while one is under way, when a sender that died
+    -- with it is taken over (a lease).
+    next_attempt_at timestamptz DEFAULT now(),
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    delivered_at    timestamptz
+) PARTITION BY RANGE (scheduled_for);
+CREATE UNIQUE INDEX alerts_once ON alerts (job_id, scheduled_for, event);
+-- Senders claim due alerts by next attempt.
+CREATE INDEX alerts_due ON alerts (next_attempt_at) WHERE status = 'pending';
+-- GET /alerts: a tenant's, newest first.
+CREATE INDEX alerts_tenant ON alerts (tenant, id DESC);
+CREATE TABLE alerts_default PARTITION OF alerts DEFAULT;
+ALTER TABLE alerts_default ADD PRIMARY KEY (id);
+
+-- The audit trail (SPEC §8): a row per change made through the API, written in the
+-- change's transaction; kept like runs. No foreign key: a deleted job's trail stays.
+CREATE TABLE audit (
+    id         bigint NOT NULL DEFAULT history_id('audit_id_seq', now()),
+    at         timestamptz NOT NULL DEFAULT now(),
+    tenant     text NOT NULL,
+    -- The API key's prefix, the JWT subject, `open`, or `system` (a window's end).
+    actor      text NOT NULL,
+    action     text NOT NULL CONSTRAINT audit_action_check
+               CHECK (action IN ('job.create', 'job.update', 'job.replace', 'job.pause',
+                                 'job.resume', 'job.trigger', 'job.delete', 'run.cancel')),
+    job_id     bigint,
+    run_id     bigint,
+    -- {field: [old, new]}, secrets as "***".
+    changes    jsonb NOT NULL DEFAULT '{}',
+    request_id text
+) PARTITION BY RANGE (at);
+CREATE INDEX audit_tenant ON audit (tenant, id DESC);
+CREATE INDEX audit_job ON audit (job_id, id DESC);
+CREATE TABLE audit_default PARTITION OF audit DEFAULT;
+ALTER TABLE audit_default ADD PRIMARY KEY (id);
+
+INSERT INTO history_tables (name, partition_options, keep_while)
+VALUES ('alerts', '', 'status = ''pending'''), ('audit', '', 'false');
+
 SELECT history_partitions_create(7);
+
+-- Webhook signing secrets per tenant (SPEC §5): `scheduler-svc keys secret --tenant T`.
+-- Kept as they are, not hashed: signing needs them. During a rotation `previous` signs
+-- too, until --retire-previous. A tenant without a row signs with SCHEDULER_WEBHOOK_SECRET.
+CREATE TABLE tenant_secrets (
+    tenant     text PRIMARY KEY,
+    secret     text NOT NULL,
+    previous   text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    rotated_at timestamptz
+);
+
+-- The jobs whose last final run failed: the next succeeded run of such a job is a
+-- recovery (job.recovered). Written by the executors' exchange, never by the scheduler,
+-- so it takes no lock on jobs.
+CREATE TABLE jobs_failing (
+    job_id bigint PRIMARY KEY
+           CONSTRAINT jobs_failing_job_id_fkey REFERENCES jobs (id) ON DELETE CASCADE,
+    since  timestamptz NOT NULL DEFAULT now()
+);
 
 -- A job's last run is derived from its runs, not stored on the job: executors never
 -- write job rows, so they never contend with the scheduler's locks on them.
--- Jobs as the API shows them: with their key and owner, and the start and status of their
--- latest started run. A view keeps the columns it was made with (`j.*` is expanded
--- then): a release that shows more makes a view of its own rather than changing this
--- one under the release before it. `k.tenant = j.tenant` always holds; saying so lets a
+-- Jobs as the API shows them: with their key and owner, and the start and status of
+-- their latest started run. A view keeps the columns it was made with (`j.*` is expanded
+-- then): a release that shows more makes a view of its own rather than changing one
+-- under the release before it. `k.tenant = j.tenant` always holds; saying so lets a
 -- query by tenant and key find the job by job_keys_key.
-CREATE VIEW jobs_api AS
+CREATE VIEW jobs_api_v7 AS
 SELECT j.*, k.key, k.managed_by,
        last_run.started_at AS last_run_at, last_run.status AS last_run_status
 FROM jobs j
@@ -402,12 +543,17 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) last_run ON true;
 
--- The same without key and owner: the view of the releases before job keys (schema 4
--- and 5), which a replica of the previous release reads while replicas roll. This
+-- The same with the columns of schema 6: the view of the release before this one
+-- (migrations/0006_job_keys.sql), which its replicas read while replicas roll. This
 -- release never reads it; the release after it drops it (contract).
-CREATE VIEW jobs_with_last_run AS
-SELECT j.*, last_run.started_at AS last_run_at, last_run.status AS last_run_status
+CREATE VIEW jobs_api AS
+SELECT j.id, j.tenant, j.name, j.attributes, j.schedule, j.timezone, j.target,
+       j.max_attempts, j.backoff_s, j.backoff_max_s, j.timeout_s, j.misfire_policy,
+       j.misfire_grace_s, j.overlap, j.status, j.next_run_at, j.created_at, j.updated_at,
+       j.version, j.idempotency_key, j.request_hash, k.key, k.managed_by,
+       last_run.started_at AS last_run_at, last_run.status AS last_run_status
 FROM jobs j
+LEFT JOIN job_keys k ON k.job_id = j.id AND k.tenant = j.tenant
 LEFT JOIN LATERAL (
     SELECT r.started_at, r.status
     FROM job_runs r
@@ -415,6 +561,7 @@ LEFT JOIN LATERAL (
     ORDER BY r.id DESC
     LIMIT 1
 ) last_run ON true;
+
 
 -- Wake-ups. Every replica LISTENs on these channels: scheduler_jobs when jobs are
 -- created or changed (so a new earliest due time is seen at once), scheduler_runs
@@ -487,4 +634,4 @@ EXCEPTION
 END
 $$;
 
-INSERT INTO schema_version (version) VALUES (6);
+INSERT INTO schema_version (version) VALUES (7);

@@ -237,7 +237,7 @@ class JobSpec(Struct, frozen=True, kw_only=True):
     managed_by: str | None = None
 
 
-RunStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
+RunStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
 RunTrigger = Literal["schedule", "manual"]
 
 
@@ -260,6 +260,7 @@ class RunRow(Struct, frozen=True, kw_only=True):
     worker: str | None
     lease_expires_at: datetime | None
     created_at: datetime
+    due_at: datetime | None = None  # None: the tick (no jitter, or a run from before it)
 
 
 class RunOut(Struct, kw_only=True):
@@ -268,6 +269,8 @@ class RunOut(Struct, kw_only=True):
     id: int
     job_id: int
     scheduled_for: datetime
+    # When the run was due: the tick plus its job's jitter (the tick without jitter).
+    due_at: datetime
     trigger: RunTrigger
     status: RunStatus
     attempt: int
@@ -332,6 +335,7 @@ class ClaimedRun(Execution, frozen=True, kw_only=True):
     attempt: int
     started_at: datetime
     lost_worker: str | None  # set when this attempt takes over an expired lease
+    due_at: datetime | None = None  # when it was due, if not at its tick (jitter)
 
 
 class RunResult(Struct, frozen=True, kw_only=True):

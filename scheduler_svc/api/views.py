@@ -64,6 +64,7 @@ def run_out(row: RunRow) -> RunOut:
         id=row.id,
         job_id=row.job_id,
         scheduled_for=row.scheduled_for,
+        due_at=row.due_at or row.scheduled_for,
         trigger=row.trigger,
         status=row.status,
         attempt=row.attempt,

@@ -30,14 +30,18 @@ from litestar.plugins.problem_details import (
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from scheduler_svc import logs, metrics, store
+from scheduler_svc import logs, metrics, store, tracing
 from scheduler_svc.api import jobs
+from scheduler_svc.api.alerts import list_alerts
+from scheduler_svc.api.audit import list_audit, list_job_audit, provide_audit, search_runs
 from scheduler_svc.api.bodies import JsonRequest
 from scheduler_svc.api.by_key import JobsByKeyController
 from scheduler_svc.api.openapi import ProblemDocsPlugin, StrictStructSchemaPlugin
 from scheduler_svc.api.reads import ReadYourWrites, provide_reads
 from scheduler_svc.api.routes import JobsController, PoolDep, TenantDep, get_run, preview_schedule
+from scheduler_svc.api.runs import cancel_run
 from scheduler_svc.config import Settings
+from scheduler_svc.engine.alerts import AlertSender
 from scheduler_svc.engine.worker import Worker
 from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError, problem_of
 from scheduler_svc.models import Status
@@ -61,17 +65,20 @@ def _problem(
     slug: str | None = None,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> ProblemDetailsException:
     """A problem document of the type, and so the title, that errors.PROBLEM_TYPES gives
-    `status` (or names `slug`): every problem the API answers with is built here."""
+    `status` (or names `slug`), with `extra` members: every problem the API answers with
+    is built here."""
     type_, title = problem_of(status, slug)
+    members = {**(extra or {}), **({"errors": errors} if errors is not None else {})}
     return ProblemDetailsException(
         type_=type_,
         title=title,
         status_code=status,
         detail=detail,
         headers=headers,
-        extra={"errors": errors} if errors is not None else None,
+        extra=members or None,
     )
 
 
@@ -112,7 +119,9 @@ def _from_domain(exc: SchedulerError) -> ProblemDetailsException:
     errors = None
     if isinstance(exc, InvalidRequest):
         errors = [{"field": e.field, "message": e.message} for e in exc.errors]
-    return _problem(exc.status_code, exc.detail, slug=exc.problem_type, errors=errors)
+    return _problem(
+        exc.status_code, exc.detail, slug=exc.problem_type, errors=errors, extra=exc.extensions()
+    )
 
 
 def _from_unstorable(exc: asyncpg.DataError) -> ProblemDetailsException:
@@ -194,6 +203,8 @@ def create_app(
     otherwise the lifespan opens its own. `handlers` add to the registered ones."""
     # Every role loads them: the API refuses a job naming another, the worker calls them.
     registry = registered_handlers(handlers)
+    # Before anything that traces is built: each decides once whether to (tracing.py).
+    tracing.start(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -231,15 +242,29 @@ def create_app(
                         max_connections=max(64, settings.concurrency),
                     )
                     stack.push_async_callback(client.aclose)
+                # Scheduler lanes (3), the executor, maintenance, the alert sender, signing
+                # secrets' look-ups and a spare.
+                worker_pool = pool or await open_pool(max_size=8, durable=False)
+                # Each tenant's signing secrets, cached for a few seconds (store/secrets.py).
+                secrets = store.TenantSecrets(worker_pool, settings.webhook_secret)
                 deliverer = Deliverer(
                     client,
                     webhook_secret=settings.webhook_secret,
                     allow_private=settings.webhook_allow_private,
                     handlers=registry,
+                    secrets=secrets,
                 )
-                # Scheduler lanes (3), the executor, maintenance and a spare.
-                worker_pool = pool or await open_pool(max_size=6, durable=False)
-                worker = Worker(settings, worker_pool, deliverer)
+                alerts = AlertSender(
+                    worker_pool,
+                    client,
+                    secrets=secrets,
+                    worker_id=settings.worker_id,
+                    operator_url=settings.alert_url,
+                    allow_private=settings.webhook_allow_private,
+                    tenants=settings.tenants,
+                    lease_margin_s=settings.lease_margin_s,
+                )
+                worker = Worker(settings, worker_pool, deliverer, alerts=alerts)
                 worker.start().add_done_callback(partial(_stop_process_if_failed, app))
                 stack.push_async_callback(worker.stop)
                 # The CLI stops it at the signal, before the HTTP connections drain.
@@ -276,7 +301,12 @@ def create_app(
             JobsController,
             JobsByKeyController,
             get_run,
+            list_audit,
+            list_job_audit,
+            search_runs,
+            cancel_run,
             preview_schedule,
+            list_alerts,
             create_static_files_router(
                 path=SWAGGER_ASSETS,
                 directories=[_swagger_assets()],
@@ -291,6 +321,7 @@ def create_app(
             "tenant": Provide(provide_tenant, sync_to_thread=False),
             "rules": Provide(provide_rules, sync_to_thread=False),
             "reads": Provide(provide_reads, sync_to_thread=False),
+            "audit": Provide(provide_audit, sync_to_thread=False),
         },
         lifespan=[lifespan],
         # Outermost first: measure every request (401 and 429 included), resolve its
@@ -304,6 +335,8 @@ def create_app(
             middleware.ScopeGuard,
             DefineMiddleware(crosssite.CrossSiteGuard, allowed_hosts=settings.allowed_hosts),
             *([ReadYourWrites] if serves_reads else []),
+            # With traces on, a span per request (Litestar runs it outermost); else nothing.
+            *tracing.request_middleware(),
         ],
         plugins=[
             ProblemDocsPlugin(),

@@ -123,12 +123,25 @@ async def _apply_schema(pool: Pool) -> int:
             raise CommandError(f"migrating the database failed: {exc}") from None
 
 
+async def _complete_indexes(pool: Pool) -> list[str]:
+    """Build the partitions' indexes a migration left to build (migrate.complete_indexes);
+    a line for each."""
+    async with pool.acquire() as conn:
+        try:
+            built = await migrate.complete_indexes(conn)
+        except db.DATABASE_ERRORS as exc:
+            raise CommandError(f"building the partitions' indexes failed: {exc}") from None
+    return [f"built index {name}" for name in built]
+
+
 def _migrate_command(settings: Settings, args: argparse.Namespace) -> None:
     """`migrate [--status | --dry-run]`: apply, list, or show what applying would do."""
 
     async def run(pool: Pool) -> list[str]:
         if not (args.status or args.dry_run):
-            return [f"schema at version {await _apply_schema(pool)}"]
+            version = await _apply_schema(pool)
+            # The version last: scripts read the last line.
+            return [*await _complete_indexes(pool), f"schema at version {version}"]
         async with pool.acquire() as conn:
             plan = await migrate.plan(conn)
         if args.status:
@@ -232,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.configure(
         settings.log_format,
         settings.log_level,
-        secrets=(settings.webhook_secret, settings.jwt_secret),
+        secrets=(settings.webhook_secret, settings.jwt_secret, settings.alert_url),
     )
     if settings.unknown_variables:
         log.warning("unknown_variables", names=list(settings.unknown_variables))

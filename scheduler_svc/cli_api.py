@@ -1,5 +1,5 @@
 """`scheduler-svc jobs list|get|create|pause|resume|trigger|delete` and `scheduler-svc runs
-list|get`: the HTTP API from a shell, through scheduler_svc.client.
+list|get|cancel`: the HTTP API from a shell, through scheduler_svc.client.
 
 Output is an aligned table when standard output is a terminal, else JSON lines (one
 object per line, as the API shows it); `--json` and `--table` choose. An error is one
@@ -60,12 +60,16 @@ def add_commands(commands: Any) -> None:
     ]:
         actions.add_parser(action, parents=[common], help=text).add_argument("id", type=_id)
 
-    runs = commands.add_parser("runs", help="a job's runs; one run")
+    runs = commands.add_parser("runs", help="a job's runs; one run; cancel a run")
     actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=[common], help="a job's runs, newest first")
     listing.add_argument("job_id", type=_id, metavar="JOB_ID")
     _paging(listing)
     actions.add_parser("get", parents=[common], help="one run").add_argument("id", type=_id)
+    cancel = actions.add_parser(
+        "cancel", parents=[common], help="cancel a pending or running run; prints the run"
+    )
+    cancel.add_argument("id", type=_id)
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -198,6 +202,7 @@ _COMMANDS: dict[tuple[str, str], Callable[[Client, argparse.Namespace, _Printer]
     ("jobs", "delete"): _jobs_delete,
     ("runs", "list"): _runs_list,
     ("runs", "get"): lambda api, args, printer: printer.one(api.get_run(args.id)),
+    ("runs", "cancel"): lambda api, args, printer: printer.one(api.cancel_run(args.id)),
 }
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -71,6 +72,10 @@ class Settings:
     max_body_bytes: int = 65536
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
+    # Where alerts of jobs without an alerts.url go (docs/alerts.md); None: nowhere. Set by
+    # the operator, so trusted: the private-address guard does not apply. Not shown: a
+    # webhook URL often carries a token.
+    alert_url: str | None = field(default=None, repr=False)
     min_interval_s: float = 1.0
     run_retention_days: int = 30
     # Host names an open service answers besides loopback ones (normal_host's form; a
@@ -82,6 +87,8 @@ class Settings:
     # `serve --insecure`: serve without authentication on a non-loopback address. A flag
     # only, never read from the environment, so it cannot be left on by accident.
     insecure: bool = False
+    # OpenTelemetry span exporters by entry-point name (docs/tracing.md); empty: traces off.
+    traces_exporters: tuple[str, ...] = ()
     # SCHEDULER_* variables that mean nothing to us (typos, usually): logged at start.
     unknown_variables: tuple[str, ...] = ()
 
@@ -94,13 +101,15 @@ class Settings:
         if env_file is not None and env_file.is_file():
             values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
         values.update(os.environ if environ is None else environ)
-        return _parse(values)
+        # OTEL_* only from the process environment: the OpenTelemetry SDK reads the rest of
+        # them (endpoint, headers, service name) there, never from our .env.
+        return _parse(values, otel=os.environ if environ is None else environ)
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def _parse(env: Mapping[str, str]) -> Settings:
+def _parse(env: Mapping[str, str], otel: Mapping[str, str] | None = None) -> Settings:
     def get(name: str, convert: Callable[[str], T], default: T) -> T:
         raw = env.get(name)
         if raw is None or raw.strip() == "":
@@ -120,6 +129,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
             "DATABASE_READ_URL: expected a PostgreSQL URL, "
             "postgresql://user:password@host:port/database"
         )
+    alert_url = get("SCHEDULER_ALERT_URL", str, None)
+    if alert_url is not None and not _is_http_url(alert_url):
+        # Not echoed either: a webhook URL often carries a token.
+        raise ConfigError("SCHEDULER_ALERT_URL: expected an http:// or https:// URL with a host")
     if database_read_url is not None and database_url is None:
         raise ConfigError(
             "DATABASE_READ_URL is set but DATABASE_URL is not: a read replica needs a "
@@ -157,10 +170,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
         max_body_bytes=get("SCHEDULER_MAX_BODY_BYTES", _int_between(1024, 64 * 1024 * 1024), 65536),
         webhook_secret=get("SCHEDULER_WEBHOOK_SECRET", str, None),
         webhook_allow_private=get("SCHEDULER_WEBHOOK_ALLOW_PRIVATE", _bool, False),
+        alert_url=alert_url,
         min_interval_s=get("SCHEDULER_MIN_INTERVAL_S", _float_between(1, 86400), 1.0),
         run_retention_days=get("SCHEDULER_RUN_RETENTION_DAYS", _int_between(1, 36500), 30),
         allowed_hosts=get("SCHEDULER_ALLOWED_HOSTS", _host_names, ()),
         tenants=get("SCHEDULER_TENANTS", _tenants, None),
+        traces_exporters=_traces_exporters(env if otel is None else otel),
         unknown_variables=tuple(sorted(k for k in env if k.startswith(PREFIX) and k not in known)),
     )
 
@@ -192,6 +207,7 @@ _VARIABLES = (
     "SCHEDULER_MAX_BODY_BYTES",
     "SCHEDULER_WEBHOOK_SECRET",
     "SCHEDULER_WEBHOOK_ALLOW_PRIVATE",
+    "SCHEDULER_ALERT_URL",
     "SCHEDULER_MIN_INTERVAL_S",
     "SCHEDULER_RUN_RETENTION_DAYS",
     "SCHEDULER_ALLOWED_HOSTS",
@@ -250,6 +266,15 @@ def _text(max_length: int) -> Callable[[str], str]:
         return raw
 
     return convert
+
+
+def _is_http_url(raw: str) -> bool:
+    parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 def _bool(raw: str) -> bool:
@@ -315,3 +340,38 @@ def _rate_limit(raw: str) -> RateLimit:
     if unit not in ("second", "minute") or not count.isdigit() or int(count) < 1:
         raise ValueError("expected <n>/second or <n>/minute, e.g. 6000/minute")
     return RateLimit(int(count), unit)  # type: ignore[arg-type]
+
+
+def _traces_exporters(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The span exporters the OpenTelemetry variables ask for (entry points of the group
+    opentelemetry_traces_exporter); none, so traces off, unless OTEL_TRACES_EXPORTER or
+    an OTLP endpoint is set. `otlp` is the OTLP exporter of the protocol named, by
+    default http/protobuf (the OpenTelemetry specification's default)."""
+
+    def value(name: str) -> str:
+        return env.get(name, "").strip()
+
+    if value("OTEL_SDK_DISABLED").lower() == "true":
+        return ()
+    names = [n.strip().lower() for n in value("OTEL_TRACES_EXPORTER").split(",") if n.strip()]
+    if not names and (
+        value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or value("OTEL_EXPORTER_OTLP_ENDPOINT")
+    ):
+        names = ["otlp"]
+    if "none" in names:
+        return ()
+    if "otlp" in names:
+        variable = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        if not value(variable):
+            variable = "OTEL_EXPORTER_OTLP_PROTOCOL"
+        protocol = value(variable) or "http/protobuf"
+        if protocol not in _OTLP_EXPORTERS:
+            raise ConfigError(
+                f"{variable}={protocol!r}: expected one of {', '.join(_OTLP_EXPORTERS)}"
+            )
+        names = [_OTLP_EXPORTERS[protocol] if n == "otlp" else n for n in names]
+    return tuple(dict.fromkeys(names))
+
+
+# The entry point of the OTLP span exporter for each protocol (its package's own name).
+_OTLP_EXPORTERS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}

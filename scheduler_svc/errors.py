@@ -26,6 +26,10 @@ class SchedulerError(Exception):
     def detail(self) -> str:
         return str(self)
 
+    def extensions(self) -> dict[str, object]:
+        """Members its problem document has beyond type, title, status and detail."""
+        return {}
+
 
 class NotFound(SchedulerError):
     """No such resource."""
@@ -50,6 +54,28 @@ class KeyConflict(SchedulerError):
 
     status_code = 409
     problem_type = "key-conflict"
+
+
+class RunFinal(SchedulerError):
+    """The run has already ended: only a pending or running run can be cancelled."""
+
+    status_code = 409
+    problem_type = "run-final"
+
+    def __init__(self, run_id: int, run_status: str) -> None:
+        super().__init__(f"run {run_id} has already ended: it is {run_status}")
+        self.run_status = run_status
+
+    def extensions(self) -> dict[str, object]:
+        return {"run_status": self.run_status}
+
+
+class UpgradeInProgress(SchedulerError):
+    """A replica of a release before run cancel is still connected: it cannot read a
+    cancelled run. Finish rolling the replicas (deploy/README.md, "Upgrading"), then cancel."""
+
+    status_code = 409
+    problem_type = "upgrade-in-progress"
 
 
 class UnsupportedMediaType(SchedulerError):
@@ -91,6 +117,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "method-not-allowed": ProblemType(405, "Method not allowed"),
     "idempotency-conflict": ProblemType(409, "Idempotency key reused"),
     "key-conflict": ProblemType(409, "Job key in use"),
+    "run-final": ProblemType(409, "Run already ended"),
+    "upgrade-in-progress": ProblemType(409, "Upgrade in progress"),
     "version-mismatch": ProblemType(412, "Version mismatch"),
     "body-too-large": ProblemType(413, "Request body too large"),
     "unsupported-media-type": ProblemType(415, "Unsupported media type"),
@@ -127,6 +155,8 @@ class Problem(Struct, kw_only=True):
     status: int
     detail: str
     errors: list[ProblemField] | UnsetType = UNSET
+    # A run-final problem's run status (succeeded, failed, skipped or cancelled).
+    run_status: str | UnsetType = UNSET
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,12 @@ def unbind(token: Token[Mapping[str, Any]]) -> None:
     _context.reset(token)
 
 
+def request_id() -> str | None:
+    """The id of the request being served (request_logging binds it); None outside one."""
+    value = _context.get().get("request_id")
+    return value if isinstance(value, str) else None
+
+
 @contextlib.contextmanager
 def bound(**fields: Any) -> Iterator[None]:
     """Add `fields` to every line logged inside the block."""

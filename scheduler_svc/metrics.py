@@ -37,7 +37,8 @@ log = structlog.get_logger("scheduler_svc.metrics")
 
 RUNS = Counter(
     "scheduler_runs_total",
-    "Run attempts by outcome: succeeded, failed, pending_retry, or skipped (overlap).",
+    "Run attempts by outcome: succeeded, failed, pending_retry, skipped (overlap), or "
+    "cancelled (POST /runs/{id}/cancel, counted by the replica that answered it).",
     ["status"],
 )
 RUN_DURATION = Histogram(
@@ -64,6 +65,12 @@ RETRIES = Counter("scheduler_retries_total", "Attempts that failed and will be r
 LEASE_TAKEOVERS = Counter(
     "scheduler_lease_takeovers_total",
     "Runs leased again after their worker's lease expired.",
+)
+ALERTS = Counter(
+    "scheduler_alerts_total",
+    "Alert delivery attempts by event (run.failed, job.recovered, job.missed) and outcome: "
+    "delivered, retried (to be tried again), or failed (given up).",
+    ["event", "status"],
 )
 HISTORY_READS = Counter(
     "scheduler_history_reads_total",
@@ -171,7 +178,8 @@ def leased(runs: list[ClaimedRun], claim: int) -> None:
             LEASE_TAKEOVERS.inc()
         # A retry starts late on purpose (backoff); only a tick's first start is lag.
         if run.trigger == "schedule" and run.attempt == 1:
-            FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
+            due = run.due_at or run.scheduled_for  # fire lag is from the due time (jitter)
+            FIRE_LAG.observe(max((run.started_at - due).total_seconds(), 0.0))
 
 
 def finished_in_pass(runs: list[InsertedRun]) -> None:
@@ -191,6 +199,16 @@ def skipped(count: int) -> None:
     """Count waiting runs skipped once the earlier run they waited for ended (overlap)."""
     if count:
         RUNS.labels("skipped").inc(count)
+
+
+def alerted(event: str, status: str) -> None:
+    """Count one alert delivery attempt's outcome: delivered, retried or failed."""
+    ALERTS.labels(event, status).inc()
+
+
+def cancelled() -> None:
+    """Count a run cancelled through the API (by the replica that answered)."""
+    RUNS.labels("cancelled").inc()
 
 
 def history_read(served: Served) -> None:

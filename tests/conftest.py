@@ -125,7 +125,10 @@ async def clean(pool: asyncpg.Pool[Any]) -> None:
     DELETE, not TRUNCATE: on the few rows a test leaves it takes under a millisecond,
     where TRUNCATE makes new files for each table and took some 40 ms, a test.
     """
-    await pool.execute("DELETE FROM job_runs; DELETE FROM jobs; DELETE FROM api_keys")
+    await pool.execute(
+        "DELETE FROM job_runs; DELETE FROM jobs; DELETE FROM api_keys;"
+        " DELETE FROM alerts; DELETE FROM audit; DELETE FROM tenant_secrets"
+    )
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""The previous release of scheduler-svc, installed from this clone's git history into a
-venv of its own, and replicas of either release as `scheduler-svc serve` processes (not
-collected as tests).
+"""Releases of scheduler-svc from before this one, installed from this clone's git history
+into venvs of their own, the rolling upgrades the tests run from them, and replicas of
+any release as `scheduler-svc serve` processes (not collected as tests).
 
-The venv has no packages of its own but scheduler-svc at the previous release's commit:
-a .pth file puts the running venv's site-packages after its own on sys.path, so the old
-release runs on the dependencies installed here. That directory is only on the path, not a
-site directory: its .pth files, among them the editable install's finder that maps
+Each venv has no packages of its own but scheduler-svc at a release's commit: a .pth file
+puts the running venv's site-packages after its own on sys.path, so the old release runs
+on the dependencies installed here. That directory is only on the path, not a site
+directory: its .pth files, among them the editable install's finder that maps
 `scheduler_svc` to this work tree, are never processed, so `import scheduler_svc` in the
 old venv finds the old package.
 """
@@ -24,12 +24,18 @@ from pathlib import Path
 
 import pytest
 
+from scheduler_svc.store import migrate
 from tests.helpers import free_port
 from tests.replicas import LEASE_MARGIN_S, Replica
 
+# The release this one follows: schema 6 (versioned migrations, job_runs partitioned by
+# day, job keys). It leaves a database a newer release migrated as it is, and runs on it;
+# its statements on `jobs` name their columns, it reads jobs through the view jobs_api,
+# and it reads job_runs with `SELECT *` only outside transactions.
+PREVIOUS_RELEASE = "547dd3e"
 # The last release before versioned migrations: schema version 4, job_runs unpartitioned,
-# schema.sql applied whole on every start.
-PREVIOUS_RELEASE = "ea3fc4c"
+# schema.sql applied whole on every start. 547dd3e followed it.
+UNVERSIONED_RELEASE = "ea3fc4c"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GIT_S = 30.0
 INSTALL_S = 300.0  # building the wheel may first fetch the build backend
@@ -95,7 +101,7 @@ def _can_build_without_isolation() -> bool:
     return True
 
 
-def install(dest: Path, commit: str = PREVIOUS_RELEASE) -> Release:
+def install(dest: Path, commit: str) -> Release:
     """Install scheduler-svc at `commit` of this clone into a new venv in `dest`.
 
     pip builds it from `git+file://` at the full hash. Without isolation when this
@@ -153,6 +159,64 @@ def install(dest: Path, commit: str = PREVIOUS_RELEASE) -> Release:
         raise AssertionError(f"installing {commit} failed ({pip.returncode}):\n{output}")
     script = dest / "bin" / "scheduler-svc"
     return Release((str(script),), full, python, dest)
+
+
+class Releases:
+    """Releases installed on demand under `root`, each once."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._installed: dict[str, Release] = {}
+
+    def get(self, commit: str) -> Release:
+        if commit not in self._installed:
+            self._installed[commit] = install(self._root / commit, commit)
+        return self._installed[commit]
+
+    def command(self, commit: str | None) -> tuple[str, ...]:
+        """How to run `scheduler-svc` of `commit` (None: this release)."""
+        return CURRENT if commit is None else self.get(commit).command
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """A rolling upgrade from release `old` to release `new` (None: this work tree), one
+    release at a time: `new`'s `scheduler-svc migrate` runs under replicas of `old`, then
+    replicas of `new` replace them. What differs between the pairs follows from the
+    schema versions."""
+
+    old: str
+    new: str | None
+    schema_before: int  # what `old` makes of an empty database
+    schema_after: int  # what `new`'s migrate brings it to
+
+    @property
+    def id(self) -> str:
+        return f"{self.old}-to-{self.new or 'this'}"
+
+    @property
+    def versioned(self) -> bool:
+        """Whether `old` has versioned migrations (from 5): job_runs is partitioned by day
+        from the start, and it runs on a schema a newer release migrated. The releases
+        before apply their schema.sql on every start, which the event trigger of 0005
+        (scheduler_refuse_older_release) refuses on a newer schema."""
+        return self.schema_before >= 5
+
+    @property
+    def keys(self) -> bool:
+        """Whether `old` has job keys (6): PUT /jobs/by-key/{key}."""
+        return self.schema_before >= 6
+
+
+UPGRADES = (
+    # 0005 and 0006 under the release before versioned migrations. Its rolling upgrade
+    # is to 547dd3e, not to this release: 0007 adds columns to `jobs`, which ea3fc4c
+    # returns with `RETURNING *` inside transactions (its PATCH, and the replay of a
+    # create with an Idempotency-Key, would answer 500).
+    Upgrade(UNVERSIONED_RELEASE, PREVIOUS_RELEASE, schema_before=4, schema_after=6),
+    # This release's migrations (0007) under the release it follows.
+    Upgrade(PREVIOUS_RELEASE, None, schema_before=6, schema_after=migrate.SCHEMA_VERSION),
+)
 
 
 def imported_from(release: Release, module: str) -> Path:

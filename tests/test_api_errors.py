@@ -305,6 +305,8 @@ async def test_every_problem_type_keeps_one_title(
     job = (await client.post("/jobs", json=GOOD)).json()
     assert (await client.post("/jobs", json=GOOD, headers={"Idempotency-Key": "k"})).is_success
     assert (await client.post("/jobs", json=body(key="taken"))).is_success
+    run = (await client.post(f"/jobs/{job['id']}/trigger")).json()
+    assert (await client.post(f"/runs/{run['id']}/cancel")).is_success
     answers: list[tuple[int, httpx.Response]] = [
         (400, await client.post("/jobs", content=b"{", headers=json_type)),
         (400, await client.post("/jobs", json=body(schedule="nope"))),
@@ -315,6 +317,7 @@ async def test_every_problem_type_keeps_one_title(
         (405, await client.put("/jobs", json=GOOD)),
         (409, await client.post("/jobs", json=body(name="x"), headers={"Idempotency-Key": "k"})),
         (409, await client.post("/jobs", json=body(key="taken"))),
+        (409, await client.post(f"/runs/{run['id']}/cancel")),
         (412, await client.patch(f"/jobs/{job['id']}", json={}, headers={"If-Match": '"99"'})),
         (413, await client.post("/jobs", json=body(attributes={"blob": "x" * 70_000}))),
         (415, await client.post("/jobs", content=b"{}", headers={"content-type": "text/plain"})),

@@ -65,7 +65,7 @@ async def test_a_worker_pool_names_its_sessions_and_commits_without_waiting_for_
     url = with_query(database_url, "schema=public")
     settings = await session_settings(url, durable=False, worker_id="w-7")
     assert settings == {
-        "application_name": "scheduler-svc:w-7",
+        "application_name": "scheduler-svc@7:w-7",
         "search_path": "public",
         "synchronous_commit": "off",
     }
@@ -79,7 +79,8 @@ async def test_a_default_pool_is_durable_and_named_after_the_service(
         "scheduler-svc",
         "on",
     )
-    assert db.application_name("api-1") == "scheduler-svc:api-1"
+    assert db.application_name("api-1") == "scheduler-svc@7:api-1"
+    assert db.SESSION_SCHEMA_VERSION == migrate.SCHEMA_VERSION
 
 
 async def test_json_and_jsonb_come_back_as_the_values_sent(pool: db.Pool) -> None:

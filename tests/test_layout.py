@@ -24,16 +24,33 @@ ALLOWED: dict[str, frozenset[str]] = {
     "logs": frozenset({"config", "redact"}),
     "store": frozenset({"config", "errors", "models", "schedule"}),
     "metrics": frozenset({"models", "store"}),
-    "targets": frozenset({"config", "errors", "logs", "models", "redact"}),
+    # The audit trail: its rows and their diffs, written through the store.
+    "audit": frozenset({"models", "redact", "store"}),
+    # Traces: decided once at start, then a span hook or nothing (docs/tracing.md).
+    "tracing": frozenset({"config", "models"}),
+    "targets": frozenset({"config", "errors", "logs", "models", "redact", "tracing"}),
     "security": frozenset({"config", "errors", "logs", "models", "redact", "store"}),
     "engine": frozenset(
-        {"config", "errors", "logs", "metrics", "models", "schedule", "store", "targets"}
-    ),
-    "api": frozenset(
         {
+            "audit",
             "config",
             "errors",
             "logs",
+            "metrics",
+            "models",
+            "schedule",
+            "store",
+            "targets",
+            "tracing",
+        }
+    ),
+    "api": frozenset(
+        {
+            "audit",
+            "config",
+            "errors",
+            "logs",
+            "metrics",
             "models",
             "redact",
             "schedule",

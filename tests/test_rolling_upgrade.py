@@ -1,28 +1,40 @@
-"""A rolling upgrade, two releases side by side: migration 0005 (partitioned run history)
-under a running replica of the previous release, then replicas of both, then the new
-one alone. No tick is lost, none runs twice, and no run recorded before is lost.
+"""Rolling upgrades, two releases side by side: the next release's migrations under a
+running replica of a release, then replicas of both, then the next one alone. No tick is
+lost, none runs twice, and no run recorded before is lost.
 
-The previous release (tests/previous_release.py: commit ea3fc4c, schema version 4) is
-installed from this clone's git history into a venv of the test's own, and runs as
-`scheduler-svc serve` processes next to this release's, on a database of the test's own:
+Two upgrades, one release at a time (tests/previous_release.py: UPGRADES): from ea3fc4c
+(schema 4, the last release before versioned migrations) to 547dd3e, which brings 0005
+(run history partitioned by day) and 0006 (job keys); and from 547dd3e (schema 6, the
+release this one follows) to this release, which brings 0007 (operator controls). The
+releases before this one are installed from this clone's git history into venvs of the
+test's own, and run as `scheduler-svc serve` processes next to the next release's, on a
+database of the test's own:
 
-1. an old replica applies its schema (version 4) and runs `@every 1s` jobs it was given
-   (log targets, overlap forbid and allow, and one webhook to a receiver in this loop);
-2. this release's `scheduler-svc migrate` brings the database to its version (5, and
-   since 6: job keys) while that replica runs and answers its API. A second old replica,
-   API only, written to before and after it: its writes that run in a transaction
-   (PATCH, pause, resume) and its create with an Idempotency-Key still succeed after the
-   migration, on several of its pooled connections that had prepared them before. (A
-   migration that changed the row type of `jobs` or of its view would fail them: asyncpg
-   cannot prepare a statement again inside a transaction. It drops the statements of the
-   whole pool at the first such error, and a statement outside a transaction it simply
-   retries, so the watched replica's reads would hide that: hence a replica of its own.)
-3. a new replica joins the old one; another old replica started now refuses to run
-   (the release order is migrate, then roll); the first old one stops, the new one goes on.
+1. an old replica makes its schema (ea3fc4c applies its schema.sql, version 4; 547dd3e
+   migrates the empty database to 6) and runs `@every 1s` jobs it was given (log targets,
+   overlap forbid and allow, and one webhook to a receiver in this loop);
+2. the next release's `scheduler-svc migrate` brings the database to its version while
+   that replica runs and answers its API. A second old replica, API only, written to
+   before and after it: its writes that run in a transaction (PATCH, pause, resume, and
+   for 547dd3e a PUT by key) and its create with an Idempotency-Key still succeed after
+   the migration, on several of its pooled connections that had prepared them before; so
+   do its manual runs and its reads of runs, outside transactions. (A migration that
+   changed the row type of a table or view it reads with `*` would fail the statements in
+   a transaction: asyncpg cannot prepare a statement again inside one. It drops the
+   statements of the whole pool at the first such error, and a statement outside a
+   transaction it simply retries, so the watched replica's reads would hide that: hence a
+   replica of its own, whose writes come first after the migration.)
+3. a replica of the next release joins the old one. Another old replica started now:
+   ea3fc4c refuses to run (its schema.sql is older than the database; the release order
+   is migrate, then roll), 547dd3e runs beside them (it leaves a newer schema as it is).
+   The old replicas stop; the new one goes on.
 
 Then job_runs says: one run per tick from each job's first to a cutoff near the end,
 none stuck, every run recorded before the migration still there, and every run inserted
 after it (by either release) with an id that tells its day.
+
+A last test has the API of 547dd3e serve what only this release writes: jobs with tags,
+jitter and alert settings, and cancelled runs.
 """
 
 from __future__ import annotations
@@ -43,15 +55,17 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler_svc.store import db, migrate
+from scheduler_svc.store import db
 from tests.helpers import free_port, scratch_database
 from tests.previous_release import (
     CURRENT,
     PREVIOUS_RELEASE,
     REPO_ROOT,
+    UPGRADES,
     Release,
+    Releases,
+    Upgrade,
     imported_from,
-    install,
     replica_env,
     spawn,
 )
@@ -72,8 +86,8 @@ from tests.replicas import (
 )
 from tests.webhook_receiver import serve_receiver
 
-# Every test here runs replicas of two releases as processes; the first to run installs
-# the previous release, which may fetch its build backend.
+# Every test here runs replicas of two releases as processes; the first to need a release
+# installs it, which may fetch its build backend.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 report = reporter("test_rolling_upgrade")
@@ -82,28 +96,42 @@ FORBID_JOBS = 6  # @every 1s on the log target, overlap forbid (the default)
 ALLOW_JOBS = 4  # the same with overlap allow
 WARM_TICKS = 3  # of each job recorded before the migration
 OLD_ALONE_S = 3  # the old replica alone on the migrated schema
-SIDE_BY_SIDE_S = 8  # an old and a new replica
+SIDE_BY_SIDE_S = 8  # old replicas and a new one
 NEW_ALONE_S = 3  # the new replica alone
 WAIT_S = 30  # for any milestone, on a busy 2-core machine
 MIGRATE_S = 60  # for `scheduler-svc migrate` to end
 REFUSED_S = 30  # for an old replica started after the migration to give up
-# What an old replica started on the migrated schema says (scheduler_refuse_older_release).
+# What ea3fc4c started on the migrated schema says (scheduler_refuse_older_release).
 REFUSAL = "newer than this release knows"
 # The old API's writes, before and after the migration, on jobs of their own (they never
-# tick in the test): this many of each kind at once, PATCH, pause, resume and a create
-# with an Idempotency-Key (and its replay), then this many in turn, cycling through them.
+# tick in the test): this many of each kind at once, then this many in turn, cycling
+# through the kinds (WRITE_KINDS, and PUT_KIND when the old release has job keys).
 WRITE_JOBS = 8
-SEQUENTIAL_WRITES = 15
+SEQUENTIAL_WRITES = 18
 CONCURRENT_WRITES = WRITE_JOBS
+# PATCH, pause, resume, a create with an Idempotency-Key (and its replay), and a manual
+# run (POST …/trigger, then GET the run and its job's runs: outside transactions).
+WRITE_KINDS = ("patch", "pause", "resume", "create", "run")
+PUT_KIND = "put"  # PUT /jobs/by-key/{key}: creates the job the first time, then replaces it
+NEVER = "0 0 1 1 *"  # the schedule of jobs that must not tick in the test
 # Run ids of this release: the UTC day since 2000-01-01 in the bits from 37 up.
 DAY_SHIFT = 37
 EPOCH_DAY = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")
-def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
-    """The previous release, installed once per session."""
-    return install(tmp_path_factory.mktemp("previous-release") / "venv", PREVIOUS_RELEASE)
+def releases(tmp_path_factory: pytest.TempPathFactory) -> Releases:
+    """Releases before this one, each installed once per session when first needed."""
+    return Releases(tmp_path_factory.mktemp("releases"))
+
+
+def assert_installed_apart(release: Release) -> None:
+    """The release's interpreter imports scheduler_svc from its venv, not this work tree."""
+    module = imported_from(release, "scheduler_svc.store.db")
+    assert module.is_relative_to(release.venv), (
+        f"{release.commit[:7]}'s interpreter imports scheduler_svc from {module}"
+    )
+    assert not module.is_relative_to(REPO_ROOT), module
 
 
 @dataclass
@@ -214,40 +242,56 @@ class Writes:
 
 
 async def exercise_writes(
-    http: httpx.AsyncClient, replica: Replica, job_ids: list[int], label: str
+    http: httpx.AsyncClient,
+    replica: Replica,
+    job_ids: list[int],
+    label: str,
+    kinds: Sequence[str],
 ) -> Writes:
-    """The replica's writes that run in a transaction, and its create with an
-    Idempotency-Key: CONCURRENT_WRITES of each kind at once (so that several of its pooled
-    connections run each), then SEQUENTIAL_WRITES in turn."""
+    """The replica's writes that run in a transaction, its create with an Idempotency-Key
+    and its manual runs (see WRITE_KINDS): CONCURRENT_WRITES of each kind at once (so that
+    several of its pooled connections run each), then SEQUENTIAL_WRITES in turn."""
     done = Writes()
 
     async def write(i: int, kind: str) -> None:
-        job = job_ids[i % len(job_ids)]
-        url = f"{replica.url}/jobs/{job}"
+        n = i % len(job_ids)
+        url = f"{replica.url}/jobs/{job_ids[n]}"
         what = f"{label} {kind} #{i}"
+        body: dict[str, Any]
         try:
             if kind == "patch":
                 body = {"attributes": {"written": label, "i": i}}
                 response = await http.patch(url, json=body)
             elif kind in ("pause", "resume"):
                 response = await http.post(f"{url}/{kind}")
-            else:
+            elif kind == "create":
                 headers = {"Idempotency-Key": f"{label}-{i}"}
-                body = {"name": f"created {label} {i}", "schedule": "0 0 1 1 *"}
+                body = {"name": f"created {label} {i}", "schedule": NEVER}
                 response = await http.post(f"{replica.url}/jobs", json=body, headers=headers)
                 if response.status_code == 201:  # and its replay, read by the key
                     done.answers.append((what, response.status_code))
                     what = f"{what} (replay)"
                     response = await http.post(f"{replica.url}/jobs", json=body, headers=headers)
+            elif kind == PUT_KIND:
+                # Other attributes each time: the job is replaced, not left as it is.
+                body = {"name": f"put {n}", "schedule": NEVER, "attributes": {label: i}}
+                response = await http.put(f"{replica.url}/jobs/by-key/written-{n}", json=body)
+            else:  # run: its INSERT … RETURNING * and its reads, all `*` of job_runs
+                response = await http.post(f"{url}/trigger")
+                if response.status_code == 202:
+                    done.answers.append((what, response.status_code))
+                    run = await http.get(f"{replica.url}/runs/{response.json()['id']}")
+                    done.answers.append((f"{what} (GET the run)", run.status_code))
+                    what = f"{what} (its job's runs)"
+                    response = await http.get(f"{url}/runs?limit=5")
             answer: int | str = response.status_code
         except httpx.HTTPError as exc:
             answer = f"{type(exc).__name__}: {exc}"
         done.answers.append((what, answer))
 
-    kinds = ("patch", "pause", "resume", "create")
     # At once first: after the migration, the first statement to meet a changed row type
     # must be one inside a transaction (asyncpg retries one outside and drops the pool's
-    # statements), on one of the connections that ran it before.
+    # statements), on one of the connections that ran it before; the runs come last.
     for kind in kinds:
         await asyncio.gather(*(write(100 + i, kind) for i in range(CONCURRENT_WRITES)))
     for i in range(SEQUENTIAL_WRITES):
@@ -274,19 +318,21 @@ def day_of(tick: datetime) -> int:
     return (tick.astimezone(UTC).date() - EPOCH_DAY.date()).days
 
 
+@pytest.mark.parametrize("upgrade", UPGRADES, ids=lambda u: u.id)
 async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_runs_none_twice(
-    tmp_path: Path, postgres_server_url: str, previous_release: Release
+    tmp_path: Path, postgres_server_url: str, releases: Releases, upgrade: Upgrade
 ) -> None:
-    release = previous_release
-    old_module = imported_from(release, "scheduler_svc.store.db")
-    assert old_module.is_relative_to(release.venv), (
-        f"the previous release's interpreter imports scheduler_svc from {old_module}"
-    )
-    assert not old_module.is_relative_to(REPO_ROOT), old_module
+    release = releases.get(upgrade.old)
+    assert_installed_apart(release)
+    if upgrade.new is not None:
+        assert_installed_apart(releases.get(upgrade.new))
+    new_command = releases.command(upgrade.new)
+    kinds = (*WRITE_KINDS, PUT_KIND) if upgrade.keys else WRITE_KINDS
 
     async with scratch_database(postgres_server_url, "scheduler_rolling") as url:
         started: list[Replica] = []
         refusal: asyncio.Task[tuple[int | None, str, str, float]] | None = None
+        old_2: Replica | None = None
         pool = await db.create_pool(url, max_size=3)
         try:
             async with serve_receiver() as receiver, httpx.AsyncClient(timeout=10) as http:
@@ -294,7 +340,7 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                     "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
                 )
 
-                # 1. The previous release alone: it applies its schema, version 4.
+                # 1. The old release alone: it makes its schema.
                 old = spawn(release.command, "old-1", url, tmp_path)
                 started.append(old)
                 await wait_ready(old)
@@ -322,18 +368,16 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                 started.append(old_api)
                 await wait_ready(old_api)
                 written_ids = [
-                    (await create_job(http, old_api, name=f"written-{i}", schedule="0 0 1 1 *"))[
-                        "id"
-                    ]
+                    (await create_job(http, old_api, name=f"written-{i}", schedule=NEVER))["id"]
                     for i in range(WRITE_JOBS)
                 ]
                 warm = {j: tick + (WARM_TICKS - 1) * SECOND for j, tick in first.items()}
                 await ticks_reached(pool, warm, "the warm-up ticks", [old])
                 # Its statements prepared, on several connections, before the migration.
-                writes_before = await exercise_writes(http, old_api, written_ids, "before")
+                writes_before = await exercise_writes(http, old_api, written_ids, "before", kinds)
 
                 async with watching(pool, http, old, job_ids) as seen:
-                    # 2. This release migrates the database under the old replica.
+                    # 2. The next release migrates the database under the old replica.
                     before = {
                         r["id"]: (r["job_id"], r["scheduled_for"])
                         for r in await pool.fetch("SELECT id, job_id, scheduled_for FROM job_runs")
@@ -341,7 +385,7 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                     migrate_began = time.monotonic()
                     migrated = await run_to_end(
                         "migrate",
-                        [*CURRENT, "migrate"],
+                        [*new_command, "migrate"],
                         replica_env("migrate", url),
                         tmp_path,
                         MIGRATE_S,
@@ -351,7 +395,8 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                     assert migrated[0] == 0, f"migrate exited {migrated[0]}:\n{migrated[2]}"
                     version_after = await pool.fetchval("SELECT version FROM schema_version")
                     steps_ms = await pool.fetchval(
-                        "SELECT duration_ms FROM schema_migrations WHERE version = 5"
+                        "SELECT sum(duration_ms) FROM schema_migrations WHERE version > $1",
+                        upgrade.schema_before,
                     )
                     kind_after = await pool.fetchval(
                         "SELECT relkind::text FROM pg_class WHERE oid = 'job_runs'::regclass"
@@ -359,12 +404,12 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                     old_ready = (await http.get(f"{old.url}/readyz")).status_code
                     # The old API's writes in a transaction, and a create with an
                     # Idempotency-Key, before anything else it runs after the migration.
-                    writes_after = await exercise_writes(http, old_api, written_ids, "after")
+                    writes_after = await exercise_writes(http, old_api, written_ids, "after", kinds)
                     old_alone = dict.fromkeys(job_ids, migrated_db + OLD_ALONE_S * SECOND)
                     await ticks_reached(
                         pool, old_alone, "the old replica's ticks after the migration", [old]
                     )
-                    # The old API's run paths on the partitioned table: a manual run (its
+                    # The old API's run paths on the migrated table: a manual run (its
                     # INSERT … RETURNING * names no id), that run, and a job's history.
                     allow_job = jobs[FORBID_JOBS]["id"]
                     triggered = await http.post(f"{old.url}/jobs/{allow_job}/trigger")
@@ -375,17 +420,31 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                         "SELECT id FROM job_runs WHERE job_id = $1 ORDER BY id DESC", job_ids[0]
                     )
 
-                    # 3. A new replica beside the old one; another old one refuses to start.
+                    # 3. A new replica beside the old one, and another old one.
                     spawned_db: datetime = await pool.fetchval("SELECT now()")
-                    new = spawn(CURRENT, "new-1", url, tmp_path)
+                    new = spawn(new_command, "new-1", url, tmp_path)
                     started.append(new)
                     await wait_ready(new)
                     joined_db: datetime = await pool.fetchval("SELECT now()")
                     # The new API shows what the old one wrote after the migration.
                     written_new = (await http.get(f"{new.url}/jobs/{written_ids[0]}")).json()
                     written_old = (await http.get(f"{old_api.url}/jobs/{written_ids[0]}")).json()
-                    refusal = (
-                        asyncio.create_task(
+                    recorded = "SELECT version, checksum FROM schema_migrations ORDER BY version"
+                    migrations_before_old_2 = (
+                        [tuple(r) for r in await pool.fetch(recorded)] if upgrade.versioned else []
+                    )
+                    if upgrade.versioned:
+                        # It leaves the newer schema as it is, and runs on it.
+                        old_2 = spawn(release.command, "old-2", url, tmp_path)
+                        started.append(old_2)
+                        try:
+                            await wait_ready(old_2)
+                        except AssertionError as exc:
+                            raise AssertionError(
+                                f"{upgrade.old} started after the migration did not run: {exc}"
+                            ) from None
+                    elif superuser:
+                        refusal = asyncio.create_task(
                             run_to_end(
                                 "old-2",
                                 [*release.command, "serve", "--port", str(free_port())],
@@ -394,16 +453,20 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                                 REFUSED_S,
                             )
                         )
-                        if superuser
-                        else None
-                    )
                     side_by_side = dict.fromkeys(job_ids, joined_db + SIDE_BY_SIDE_S * SECOND)
-                    await ticks_reached(pool, side_by_side, "ticks side by side", [old, new])
+                    await ticks_reached(
+                        pool,
+                        side_by_side,
+                        "ticks side by side",
+                        [old, new, *([old_2] if old_2 is not None else [])],
+                    )
                     refused = await refusal if refusal is not None else None
-                    version_after_refusal = await pool.fetchval(
-                        "SELECT version FROM schema_version"
+                    version_after_old_2 = await pool.fetchval("SELECT version FROM schema_version")
+                    migrations_after_old_2 = (
+                        [tuple(r) for r in await pool.fetch(recorded)] if upgrade.versioned else []
                     )
                 old_code = await stop(old)
+                old_2_code = await stop(old_2) if old_2 is not None else 0
                 old_api_code = await stop(old_api)
                 left_db: datetime = await pool.fetchval("SELECT now()")
 
@@ -472,8 +535,9 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
     after = {r["id"]: (r["job_id"], r["scheduled_for"]) for r in rows}
     lost_rows = {i: v for i, v in before.items() if after.get(i) != v}
 
-    # Run ids: those the old table's identity gave were all taken before the swap; every
-    # later one tells its day, the old replica's (job_runs_id trigger) as the new one's.
+    # Run ids: those the old table's identity gave (ea3fc4c) were all taken before the
+    # swap; every later one tells its day, an old replica's (job_runs_id trigger) as a new
+    # one's.
     day_ids = [r for r in rows if r["id"] >> DAY_SHIFT > 0]
     wrong_day = [
         (r["id"], r["id"] >> DAY_SHIFT, day_of(r["scheduled_for"]))
@@ -502,13 +566,18 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
     delivered_twice = sorted(t for t, n in delivered.items() if n > 1)
     wrong_run = [(d.tick, d.run_id) for d in got if hook_runs.get(d.tick) != d.run_id]
 
-    old_problems = problems_logged(old)
-    old_api_problems = problems_logged(old_api)
-    new_problems = problems_logged(new)
+    replicas = [old, old_api, new, *([old_2] if old_2 is not None else [])]
+    problems = {r.name: problems_logged(r) for r in replicas}
+    if old_2 is not None:
+        second = f"ran, executed {executed_by['old-2']} runs side by side"
+    elif refused is not None:
+        second = f"refused: exit {refused[0]} after {refused[3]:.2f} s"
+    else:
+        second = "not started (not a superuser: no event trigger)"
     report(
-        f"previous release {release.commit[:7]}: schema {version_before} -> {version_after}, "
-        f"job_runs {kind_before!r} -> {kind_after!r}; migrate took {migrated[3]:.2f} s "
-        f"(its steps {float(steps_ms or 0):.0f} ms), the old API's slowest answer meanwhile "
+        f"{upgrade.id}: schema {version_before} -> {version_after}, job_runs {kind_before!r} "
+        f"-> {kind_after!r}; migrate took {migrated[3]:.2f} s (its steps "
+        f"{float(steps_ms or 0):.0f} ms), the old API's slowest answer meanwhile "
         f"{slowest_during * 1000:.0f} ms of {len(during)}; runs {len(rows)} "
         f"({len(before)} before the migration, {len(by_old_alone)} inserted by the old replica "
         f"alone after it), by partition {dict(partitions)}; side by side executed by "
@@ -516,17 +585,15 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
         f"{sum(map(len, missing.values()))}, twice {sum(map(len, twice.values()))}; "
         f"old API writes before / after the migration: {len(writes_before.answers)} / "
         f"{len(writes_after.answers)}, failed {len(writes_before.failed)} / "
-        f"{len(writes_after.failed)}; refused old replica: "
-        + (
-            f"exit {refused[0]} after {refused[3]:.2f} s"
-            if refused is not None
-            else "not started (not a superuser: no event trigger)"
-        )
+        f"{len(writes_after.failed)}; an old replica started after the migration: {second}"
     )
 
-    assert version_before == 4 and kind_before == "r", (version_before, kind_before)
-    assert migrated[1].strip().endswith(f"schema at version {migrate.SCHEMA_VERSION}"), migrated
-    assert version_after == migrate.SCHEMA_VERSION and kind_after == "p", (
+    assert (version_before, kind_before) == (
+        upgrade.schema_before,
+        "p" if upgrade.versioned else "r",
+    ), (version_before, kind_before)
+    assert migrated[1].strip().endswith(f"schema at version {upgrade.schema_after}"), migrated
+    assert version_after == upgrade.schema_after and kind_after == "p", (
         version_after,
         kind_after,
     )
@@ -535,7 +602,7 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
     assert not writes_after.failed, (
         f"old API writes after the migration (request, answer): {writes_after.failed}"
     )
-    assert len(writes_after.answers) >= SEQUENTIAL_WRITES + 4 * CONCURRENT_WRITES
+    assert len(writes_after.answers) >= SEQUENTIAL_WRITES + len(kinds) * CONCURRENT_WRITES
     assert written_new["attributes"] == written_old["attributes"], (written_new, written_old)
     assert written_new["attributes"]["written"] == "after", written_new
     assert (written_new["key"], written_new["managed_by"]) == (None, None), written_new
@@ -578,26 +645,197 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
     assert not undelivered, f"webhook ticks never delivered: {sample(undelivered)}"
     assert not delivered_twice, f"webhook ticks delivered twice: {sample(delivered_twice)}"
     assert not wrong_run, f"deliveries not of the run recorded for their tick: {wrong_run[:5]}"
+    if old_2 is not None:
+        assert executed_by["old-2"], (
+            f"{upgrade.old} started after the migration executed no run: {dict(executed_by)}"
+        )
+        assert migrations_after_old_2 == migrations_before_old_2, (
+            f"{upgrade.old} started after the migration changed the migrations recorded:"
+            f" {migrations_before_old_2} -> {migrations_after_old_2}"
+        )
     if refused is not None:
         code, _, stderr, _ = refused
         assert code is not None and code != 0, (
             f"an old replica started after the migration exited {code}:\n{stderr[-2000:]}"
         )
         assert REFUSAL in stderr, stderr[-2000:]
-        assert version_after_refusal == migrate.SCHEMA_VERSION, version_after_refusal
+    assert version_after_old_2 == upgrade.schema_after, version_after_old_2
     assert old_code == 0, f"the old replica exited {old_code} on SIGTERM:\n{old.log_tail()}"
+    assert old_2 is None or old_2_code == 0, (
+        f"old-2 exited {old_2_code} on SIGTERM:\n{old_2.log_tail()}"
+    )
     assert old_api_code == 0, f"old-api exited {old_api_code} on SIGTERM:\n{old_api.log_tail()}"
     assert new_code == 0, f"the new replica exited {new_code} on SIGTERM:\n{new.log_tail()}"
-    assert not old_problems, "the old replica logged:\n" + "\n".join(old_problems[:20])
-    assert not old_api_problems, "old-api logged:\n" + "\n".join(old_api_problems[:20])
-    assert not new_problems, "the new replica logged:\n" + "\n".join(new_problems[:20])
+    for name, logged in problems.items():
+        assert not logged, f"{name} logged:\n" + "\n".join(logged[:20])
 
 
-def test_the_previous_release_is_installed_apart_from_this_work_tree(
-    previous_release: Release,
+async def test_the_previous_release_serves_what_only_this_release_writes(
+    tmp_path: Path, postgres_server_url: str, releases: Releases
 ) -> None:
-    module = imported_from(previous_release, "scheduler_svc.store.db")
-    assert module.is_relative_to(previous_release.venv), module
-    schema = (module.parent / "schema.sql").read_text()
-    assert "INSERT INTO schema_version (version) VALUES (4)" in schema
-    assert not (module.parent / "migrations").exists()
+    """The API of the release this one follows, after 0007, on what only this release
+    writes: a job with tags, jitter and alert settings (it reads it, lists it, PATCHes,
+    pauses, resumes and PUTs it by key, and this release's fields are still there after),
+    and runs this release was asked to cancel: a `cancelled` run is a status that release
+    cannot read (a 500 there), so this release refuses to cancel (409
+    `upgrade-in-progress`) while a replica of it is connected, and cancels once it is
+    gone. Both releases serve the API only: no run is claimed, so a manual run stays
+    pending until this release cancels it."""
+    release = releases.get(PREVIOUS_RELEASE)
+    assert_installed_apart(release)
+    async with scratch_database(postgres_server_url, "scheduler_rolling") as url:
+        started: list[Replica] = []
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                answers: list[tuple[str, int | str]] = []
+
+                async def ask(
+                    what: str, method: str, address: str, **kw: Any
+                ) -> httpx.Response | None:
+                    """The answer, recorded as (what, status or error); None unless 2xx."""
+                    try:
+                        response = await http.request(method, address, **kw)
+                    except httpx.HTTPError as exc:
+                        answers.append((what, f"{type(exc).__name__}: {exc}"))
+                        return None
+                    answers.append((what, response.status_code))
+                    return response if response.is_success else None
+
+                old = spawn(release.command, "old-api", url, tmp_path, role="api")
+                started.append(old)
+                await wait_ready(old)
+                # Its statements prepared before the migration: a job's reads and writes,
+                # a manual run and its reads.
+                prepared = await create_job(http, old, name="prepared", schedule=NEVER)
+                prepared_url = f"{old.url}/jobs/{prepared['id']}"
+                await ask("old PATCH before", "PATCH", prepared_url, json={"attributes": {}})
+                await ask("old pause before", "POST", f"{prepared_url}/pause")
+                await ask("old resume before", "POST", f"{prepared_url}/resume")
+                put: dict[str, Any] = {"name": "put", "schedule": NEVER}
+                await ask("old PUT before", "PUT", f"{old.url}/jobs/by-key/put", json=put)
+                await ask("old list before", "GET", f"{old.url}/jobs")
+                old_run = await ask("old trigger before", "POST", f"{prepared_url}/trigger")
+                old_run_id = old_run.json()["id"] if old_run is not None else 0
+                await ask("old GET run before", "GET", f"{old.url}/runs/{old_run_id}")
+                await ask("old runs before", "GET", f"{prepared_url}/runs")
+
+                migrated = await run_to_end(
+                    "migrate",
+                    [*CURRENT, "migrate"],
+                    replica_env("migrate", url),
+                    tmp_path,
+                    MIGRATE_S,
+                )
+                assert migrated[0] == 0, f"migrate exited {migrated[0]}:\n{migrated[2]}"
+                new = spawn(CURRENT, "new-api", url, tmp_path, role="api")
+                started.append(new)
+                await wait_ready(new)
+
+                # What only this release writes.
+                tagged = await create_job(
+                    http,
+                    new,
+                    name="tagged",
+                    key="tagged",
+                    schedule=NEVER,
+                    tags=["team-a", "nightly"],
+                    jitter_s=30,
+                    alerts={"on": ["failed"], "missed_after_s": 600},
+                )
+                tagged_url = f"{old.url}/jobs/{tagged['id']}"
+                # Runs it would cancel: two of its own, pending, and the old release's. Not
+                # while a replica of the old release is connected: it cannot read one.
+                to_cancel: list[int] = []
+                for job_id in (tagged["id"], prepared["id"]):
+                    made = await ask("new trigger", "POST", f"{new.url}/jobs/{job_id}/trigger")
+                    to_cancel.append(made.json()["id"] if made is not None else 0)
+                if old_run_id:
+                    to_cancel.append(old_run_id)
+                refused = [
+                    await http.post(f"{new.url}/runs/{run_id}/cancel") for run_id in to_cancel
+                ]
+
+                # The previous release's API on them.
+                shown_jobs = [
+                    await ask("old GET tagged", "GET", tagged_url),
+                    await ask("old GET tagged by key", "GET", f"{old.url}/jobs/by-key/tagged"),
+                ]
+                listed = await ask("old list", "GET", f"{old.url}/jobs?limit=10")
+                listed_ids = [job["id"] for job in listed.json()] if listed is not None else []
+                await ask(
+                    "old PATCH tagged", "PATCH", tagged_url, json={"attributes": {"by": "old"}}
+                )
+                await ask("old pause tagged", "POST", f"{tagged_url}/pause")
+                await ask("old resume tagged", "POST", f"{tagged_url}/resume")
+                put = {"name": "tagged", "schedule": NEVER, "attributes": {"by": "old put"}}
+                await ask("old PUT tagged", "PUT", f"{old.url}/jobs/by-key/tagged", json=put)
+                shown_runs: list[dict[str, Any]] = []
+                for run_id in to_cancel:
+                    got = await ask(f"old GET run {run_id}", "GET", f"{old.url}/runs/{run_id}")
+                    if got is not None:
+                        shown_runs.append(got.json())
+                for job_id in (tagged["id"], prepared["id"]):
+                    got = await ask(
+                        f"old runs of job {job_id}", "GET", f"{old.url}/jobs/{job_id}/runs"
+                    )
+                    if got is not None:
+                        shown_runs.extend(got.json())
+                await ask("old runs of job prepared", "GET", f"{prepared_url}/runs")
+                await ask("old GET prepared", "GET", prepared_url)
+                after = await ask("new GET tagged", "GET", f"{new.url}/jobs/{tagged['id']}")
+                tagged_after = after.json() if after is not None else {}
+                # The roll is over once the old replica is gone: now the runs cancel.
+                old_code = await stop(old)
+                started.remove(old)
+                cancelled: list[dict[str, Any]] = []
+                for run_id in to_cancel:
+                    ended = await ask("new cancel", "POST", f"{new.url}/runs/{run_id}/cancel")
+                    cancelled.append(ended.json() if ended is not None else {"id": run_id})
+        finally:
+            codes = await asyncio.gather(*(stop(r) for r in started), return_exceptions=True)
+
+    failed = [a for a in answers if not (isinstance(a[1], int) and 200 <= a[1] < 300)]
+    report(
+        f"{PREVIOUS_RELEASE} API on what only this release writes: {len(answers)} requests,"
+        f" failed: {failed}"
+    )
+    assert not failed, f"requests that failed (request, answer): {failed}"
+    # While the old release was connected, no run was cancelled: it could not read one.
+    assert [r.status_code for r in refused] == [409] * len(to_cancel), [r.text for r in refused]
+    assert all(r.json()["type"].endswith(":upgrade-in-progress") for r in refused)
+    assert [c.get("status") for c in cancelled] == ["cancelled"] * len(to_cancel), cancelled
+    assert all(job is not None and job.json()["key"] == "tagged" for job in shown_jobs)
+    assert tagged["id"] in listed_ids, listed_ids
+    # The old release's writes keep what it does not know of.
+    expected = {"tags": ["team-a", "nightly"], "jitter_s": 30, "alerts": tagged["alerts"]}
+    assert {k: tagged_after.get(k) for k in expected} == expected, tagged_after
+    assert tagged_after["attributes"] == {"by": "old put"}, tagged_after
+    assert tagged_after["status"] == "active", tagged_after
+    assert [old_code, *codes] == [0, 0], f"exit codes on SIGTERM: {[old_code, *codes]}"
+    shown = {run["id"]: run["status"] for run in shown_runs}
+    assert all(shown.get(run_id) == "pending" for run_id in to_cancel), (to_cancel, shown)
+    for replica in started:
+        logged = problems_logged(replica)
+        assert not logged, f"{replica.name} logged:\n" + "\n".join(logged[:20])
+
+
+@pytest.mark.parametrize("upgrade", UPGRADES, ids=lambda u: u.id)
+def test_the_old_release_is_installed_apart_from_this_work_tree(
+    releases: Releases, upgrade: Upgrade
+) -> None:
+    release = releases.get(upgrade.old)
+    module = imported_from(release, "scheduler_svc.store.db")
+    assert module.is_relative_to(release.venv), module
+    migrations = module.parent / "migrations"
+    if not upgrade.versioned:
+        schema = (module.parent / "schema.sql").read_text()
+        assert f"INSERT INTO schema_version (version) VALUES ({upgrade.schema_before})" in schema
+        assert not migrations.exists()
+        return
+    # Its migrations are this release's first ones, unchanged: a database it made has
+    # them recorded with the checksums this release's migrate expects.
+    names = sorted(p.name for p in migrations.glob("*.sql"))
+    assert names[-1].startswith(f"{upgrade.schema_before:04d}_"), names
+    ours = REPO_ROOT / "scheduler_svc" / "store" / "migrations"
+    changed = [n for n in names if (migrations / n).read_bytes() != (ours / n).read_bytes()]
+    assert not changed, f"migrations of {upgrade.old} changed since: {changed}"

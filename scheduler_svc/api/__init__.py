@@ -3,9 +3,11 @@ depth check of request bodies (`bodies`), the rules of a job (`jobs`: validating
 what clients send, deciding status and next_run_at, writing through the store), jobs
 named by key and created or replaced by PUT (`by_key`), how rows are shown (`views`:
 secrets masked) and history reads on the read replica with their read-your-writes
-headers (`reads`).
+headers (`reads`); cancelling a run (`runs`); the audit trail and run search
+(`audit`), paged as every list is (`paging`).
 
-May import `config`, `errors`, `logs`, `models`, `redact`, `schedule`, `security`,
+May import `audit` (the trail's rows), `config`, `errors`, `logs`, `metrics` (runs
+cancelled are counted where answered), `models`, `redact`, `schedule`, `security`,
 `store` and `targets` (the URL guard, the handler names); never the engine. Only `app`
 imports it.
 """

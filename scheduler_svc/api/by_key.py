@@ -18,10 +18,11 @@ from litestar import Controller, Request, Response, delete, get, patch, put
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from scheduler_svc import store
-from scheduler_svc.api import jobs
+from scheduler_svc import audit, store
+from scheduler_svc.api import jobs, writes
 from scheduler_svc.api.openapi import problem_responses
 from scheduler_svc.api.routes import (
+    AuditDep,
     IfMatch,
     PoolDep,
     RulesDep,
@@ -52,6 +53,9 @@ COMPARED = (
     "misfire_policy",
     "misfire_grace_s",
     "overlap",
+    "tags",
+    "jitter_s",
+    "alerts",
 )
 Action = Literal["create", "update", "none"]
 
@@ -81,6 +85,7 @@ async def create_or_replace(
     body: JobPut,
     rules: jobs.Rules,
     if_match: int | None,
+    ctx: audit.AuditContext,
     *,
     must_exist: bool,
     dry_run: bool,
@@ -107,6 +112,7 @@ async def create_or_replace(
                 conn, tenant, spec, status=status, next_run_at=next_run_at
             )
             if created is not None:
+                await writes.audit_created(conn, tenant, created, ctx)
                 return Put("create", [*COMPARED, "paused"], created)
             # A concurrent PUT created it first (the insert waited for it): replace that.
         if if_match is not None and if_match != row.version:
@@ -115,9 +121,11 @@ async def create_or_replace(
         changed = changed_fields(row, spec)
         if dry_run or not changed:
             return Put("update" if changed else "none", changed, None if dry_run else row)
-        return Put("update", changed, await jobs.write(conn, tenant, row, spec))
+        replaced = await writes.write(conn, tenant, row, spec)
+        await writes.audit_changed(conn, tenant, "job.replace", row, replaced, ctx)
+        return Put("update", changed, replaced)
 
-    return await jobs.transaction(pool, work)
+    return await writes.transaction(pool, work)
 
 
 # Litestar hands a `path` parameter over with the slash before it (jobs.path_key drops
@@ -147,7 +155,7 @@ class JobsByKeyController(Controller):
         job = jobs.path_key(key)
         row = await store.job_get_by_key(pool, tenant, job)
         if row is None:
-            raise jobs.not_found(job)
+            raise writes.not_found(job)
         return job_response(row)
 
     @put(
@@ -173,6 +181,7 @@ class JobsByKeyController(Controller):
         pool: PoolDep,
         tenant: TenantDep,
         rules: RulesDep,
+        audit: AuditDep,
         if_match: IfMatch = None,
         dry_run: Annotated[
             bool, QueryParameter(description="Write nothing; answer what the PUT would do.")
@@ -187,6 +196,7 @@ class JobsByKeyController(Controller):
             data,
             rules,
             version,
+            audit,
             must_exist=if_match is not None,
             dry_run=dry_run,
         )
@@ -210,15 +220,17 @@ class JobsByKeyController(Controller):
         pool: PoolDep,
         tenant: TenantDep,
         rules: RulesDep,
+        audit: AuditDep,
         if_match: IfMatch = None,
     ) -> Response[JobOut]:
         data = await strict_body(request, JobPatch)
         job = jobs.path_key(key)
-        row = await jobs.update(pool, tenant, job, data, rules, parse_if_match(if_match))
+        version = parse_if_match(if_match)
+        row = await writes.update(pool, tenant, job, data, rules, version, audit)
         return job_response(row)
 
     @delete("/{key:path}", operation_id="deleteJobByKey", summary="Delete the job with a key")
-    async def delete_job(self, key: KeyPath, pool: PoolDep, tenant: TenantDep) -> None:
-        job = jobs.path_key(key)
-        if not await store.job_delete_by_key(pool, tenant, job):
-            raise jobs.not_found(job)
+    async def delete_job(
+        self, key: KeyPath, pool: PoolDep, tenant: TenantDep, audit: AuditDep
+    ) -> None:
+        await writes.delete(pool, tenant, jobs.path_key(key), audit)

@@ -11,26 +11,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import asyncpg
 import msgspec
 from msgspec import UNSET
 
-from scheduler_svc import schedule, store
+from scheduler_svc import schedule
 from scheduler_svc.errors import (
     FieldError,
-    IdempotencyConflict,
     InvalidRequest,
-    KeyConflict,
-    NotFound,
-    VersionMismatch,
 )
 from scheduler_svc.models import (
     KEY_PATTERN,
+    AlertSettings,
     HandlerTarget,
     HttpTarget,
     JobCreate,
@@ -44,8 +39,6 @@ from scheduler_svc.models import (
     target_to_json,
 )
 from scheduler_svc.redact import MASK
-from scheduler_svc.store import Conn, Connection
-from scheduler_svc.store.db import Pool
 from scheduler_svc.targets.netguard import url_problem
 
 
@@ -136,6 +129,25 @@ def path_key(value: str) -> str:
     return key
 
 
+def _alerts_errors(alerts: AlertSettings | None, rules: Rules) -> list[FieldError]:
+    """A job's own alert URL is a webhook like any other: the same guard (SCHEDULER_ALERT_URL,
+    the operator's, is not checked)."""
+    if alerts is None or alerts.url is None:
+        return []
+    problem = url_problem(alerts.url, allow_private=rules.allow_private_webhooks)
+    return [] if problem is None else [FieldError("alerts.url", problem)]
+
+
+def stored_alerts(alerts: AlertSettings | None) -> dict[str, Any] | None:
+    """Alert settings as jobs.alerts keeps them (what alert_wanted in schema.sql reads)."""
+    return None if alerts is None else msgspec.to_builtins(alerts)
+
+
+def _unique(tags: list[str]) -> list[str]:
+    """Tags without repeats, in the order sent."""
+    return list(dict.fromkeys(tags))
+
+
 def _key_errors(key: str | None) -> list[FieldError]:
     problem = None if key is None else key_problem(key)
     return [] if problem is None else [FieldError("key", problem)]
@@ -151,6 +163,8 @@ def spec_from_create(body: JobCreate | JobPut, rules: Rules, row: JobRow | None 
     errors = schedule_errors(text, body.timezone, rules) + _key_errors(body.key)
     if row is None or target_to_json(target) != stored_target(row):
         errors += _check_target(target, rules)
+    if row is None or stored_alerts(body.alerts) != row.alerts:
+        errors += _alerts_errors(body.alerts, rules)
     if errors:
         raise InvalidRequest(errors)
     paused = (
@@ -172,6 +186,11 @@ def spec_from_create(body: JobCreate | JobPut, rules: Rules, row: JobRow | None 
         paused=paused,
         key=body.key,
         managed_by=body.managed_by,
+        tags=_unique(body.tags),
+        jitter_s=body.jitter_s,
+        alerts=stored_alerts(body.alerts),
+        # A replace keeps a window that is on; a create has none.
+        paused_until=row.paused_until if row is not None and paused else None,
     )
 
 
@@ -212,9 +231,12 @@ def spec_from_patch(row: JobRow, patch: JobPatch, rules: Rules) -> JobSpec:
     # must still be pausable. The worker refuses to call either.
     sent = [] if patch.target is UNSET else _check_target(target, rules)
     key = None if patch.key is UNSET else patch.key  # a stored key is not judged again
+    alerts = row.alerts if patch.alerts is UNSET else stored_alerts(patch.alerts)
+    sent += [] if patch.alerts is UNSET else _alerts_errors(patch.alerts, rules)
     errors = schedule_errors(text, timezone, rules) + sent + _key_errors(key)
     if errors:
         raise InvalidRequest(errors)
+    paused = pick(patch.paused, row.status == "paused")
     return JobSpec(
         name=pick(patch.name, row.name),
         attributes=pick(patch.attributes, row.attributes),
@@ -228,9 +250,14 @@ def spec_from_patch(row: JobRow, patch: JobPatch, rules: Rules) -> JobSpec:
         misfire_policy=pick(patch.misfire_policy, row.misfire_policy),
         misfire_grace_s=pick(patch.misfire_grace_s, row.misfire_grace_s),
         overlap=pick(patch.overlap, row.overlap),
-        paused=pick(patch.paused, row.status == "paused"),
+        paused=paused,
         key=pick(patch.key, row.key),
         managed_by=pick(patch.managed_by, row.managed_by),
+        tags=row.tags if patch.tags is UNSET else _unique(patch.tags),
+        jitter_s=pick(patch.jitter_s, row.jitter_s),
+        alerts=alerts,
+        # A window ends with the pause: resuming (or pausing again without one) drops it.
+        paused_until=row.paused_until if paused and row.status == "paused" else None,
     )
 
 
@@ -243,123 +270,23 @@ def schedule_state(spec: JobSpec, now: datetime) -> tuple[JobStatus, datetime | 
     return ("active", next_run_at) if next_run_at is not None else ("completed", None)
 
 
-# Fields added since fingerprints were first stored: left out while unset, so that a
-# request hashes as it did before them (a retry may reach a replica of either release).
-_NEWER_FIELDS = ("key", "managed_by")
+# Fields added since fingerprints were first stored, with their defaults: left out while
+# at their default, so that a request hashes as it did before them (a retry may reach a
+# replica of either release).
+_NEWER_FIELDS: dict[str, Any] = {
+    "key": None,
+    "managed_by": None,
+    "tags": [],
+    "jitter_s": 0.0,
+    "alerts": None,
+}
 
 
 def request_hash(body: JobCreate) -> str:
     """A fingerprint of a create request, blind to JSON whitespace and key order (at
     every depth: `attributes` and a webhook body are dicts in the client's order)."""
     fields: dict[str, Any] = msgspec.to_builtins(body)
-    for name in _NEWER_FIELDS:
-        if fields[name] is None:
-            del fields[name]
+    for name, default in _NEWER_FIELDS.items():
+        if fields.get(name, default) == default:
+            fields.pop(name, None)
     return hashlib.sha256(msgspec.json.encode(fields, order="sorted")).hexdigest()
-
-
-async def create(
-    pool: Conn, tenant: str, body: JobCreate, rules: Rules, idempotency_key: str | None
-) -> tuple[JobRow, bool]:
-    """Create a job; returns it and whether it is the replay of an earlier request."""
-    spec = spec_from_create(body, rules)
-    fingerprint = request_hash(body) if idempotency_key is not None else None
-    status, next_run_at = schedule_state(spec, await store.db_now(pool))
-    row = await store.job_insert(
-        pool,
-        tenant,
-        spec,
-        status=status,
-        next_run_at=next_run_at,
-        idempotency_key=idempotency_key,
-        request_hash=fingerprint,
-    )
-    if row is not None:
-        return row, False
-    # Nothing inserted: the tenant has a job with this Idempotency-Key or this key.
-    if idempotency_key is not None:
-        earlier = await store.job_get_by_idempotency_key(pool, tenant, idempotency_key)
-        if earlier is not None:
-            job, earlier_hash = earlier
-            if earlier_hash != fingerprint:
-                raise IdempotencyConflict()
-            return job, True
-    if spec.key is not None and await store.job_get_by_key(pool, tenant, spec.key) is not None:
-        raise KeyConflict(f"another job already has the key {spec.key!r}")
-    # The job in the way was deleted in between: a new one is right.
-    return await create(pool, tenant, body, rules, idempotency_key)
-
-
-def _reschedules(row: JobRow, spec: JobSpec) -> bool:
-    return (
-        spec.schedule != row.schedule
-        or spec.timezone != row.timezone
-        or spec.paused != (row.status == "paused")
-    )
-
-
-# A job named by its id or by its key.
-JobRef = int | str
-T = TypeVar("T")
-
-
-def not_found(job: JobRef) -> NotFound:
-    """The 404 of a job that does not exist (or is another tenant's)."""
-    return NotFound(
-        f"job {job} does not exist" if isinstance(job, int) else f"no job has the key {job!r}"
-    )
-
-
-async def _lock(conn: Connection, tenant: str, job: JobRef) -> JobRow | None:
-    if isinstance(job, int):
-        return await store.job_lock(conn, tenant, job)
-    return await store.job_lock_by_key(conn, tenant, job)
-
-
-async def transaction(pool: Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
-    """`work` in a transaction, run once more if a migration changed the row type of a
-    statement asyncpg had prepared: inside a transaction it cannot prepare it again, so it
-    drops its caches and raises. This release's statements name the columns of jobs they
-    return, so an expand of jobs does not do that (migrations/0006_job_keys.sql says why
-    it matters); this is the net under that rule."""
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            return await work(conn)
-    except asyncpg.InvalidCachedStatementError:
-        async with pool.acquire() as conn, conn.transaction():
-            return await work(conn)
-
-
-async def write(conn: Connection, tenant: str, row: JobRow, spec: JobSpec) -> JobRow:
-    """Write `spec` over the locked `row`; a schedule, zone or pause change replans it."""
-    status, next_run_at = row.status, row.next_run_at
-    if _reschedules(row, spec):
-        status, next_run_at = schedule_state(spec, await store.db_now(conn))
-        if status == "paused":
-            await store.runs_skip_pending(conn, row.id)
-    updated = await store.job_update(
-        conn, tenant, row.id, spec, status=status, next_run_at=next_run_at
-    )
-    assert updated is not None  # locked by the caller
-    return updated
-
-
-async def update(
-    pool: Pool,
-    tenant: str,
-    job: JobRef,
-    patch: JobPatch,
-    rules: Rules,
-    if_match: int | None,
-) -> JobRow:
-    """Apply a PATCH in one transaction; a schedule, zone or pause change replans the job."""
-
-    async def work(conn: Connection) -> JobRow:
-        row = await _lock(conn, tenant, job)
-        if row is None:
-            raise not_found(job)
-        if if_match is not None and if_match != row.version:
-            raise VersionMismatch(f"job {job} is at version {row.version}, not {if_match}")
-        return await write(conn, tenant, row, spec_from_patch(row, patch, rules))
-
-    return await transaction(pool, work)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlencode
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
@@ -23,20 +19,26 @@ from litestar.params import (
 
 from scheduler_svc import schedule as schedules
 from scheduler_svc import store
-from scheduler_svc.api import jobs
+from scheduler_svc.api import jobs, pausing, writes
 from scheduler_svc.api.openapi import problem_responses
+from scheduler_svc.api.paging import decode_cursor
+from scheduler_svc.api.paging import next_link as _next_link
 from scheduler_svc.api.reads import ReadsDep
 from scheduler_svc.api.views import job_out, run_out
+from scheduler_svc.audit import AuditContext
 from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
 from scheduler_svc.models import (
+    BulkRequest,
+    BulkResult,
     JobCreate,
     JobOut,
     JobPatch,
     JobRow,
     JobStatus,
+    PauseRequest,
     RunOut,
-    RunRow,
     SchedulePreview,
+    Tag,
 )
 from scheduler_svc.store.db import Pool
 
@@ -45,6 +47,8 @@ from scheduler_svc.store.db import Pool
 PoolDep = NamedDependency[Pool]
 TenantDep = NamedDependency[str]
 RulesDep = NamedDependency[jobs.Rules]
+# Who makes a change, for its audit row (scheduler_svc/audit.py).
+AuditDep = NamedDependency[AuditContext]
 
 JobId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The job's id.")]
 IdempotencyKey = Annotated[
@@ -130,22 +134,6 @@ def parse_if_match(value: str | None) -> int | None:
     return int(match.group(1))
 
 
-def encode_cursor(last_id: int) -> str:
-    """The opaque cursor for the page after the job `last_id`."""
-    return base64.urlsafe_b64encode(f"j{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """The job id a cursor continues below; InvalidRequest for anything we did not issue."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if raw[:1] == "j" and raw[1:].isdigit() and 0 < int(raw[1:]) < 2**63:
-            return int(raw[1:])
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise InvalidRequest.field("cursor", "is not a cursor from this API's Link header")
-
-
 class JobsController(Controller):
     """Jobs: create, read, change, delete, pause and resume."""
 
@@ -166,10 +154,11 @@ class JobsController(Controller):
         pool: PoolDep,
         tenant: TenantDep,
         rules: RulesDep,
+        audit: AuditDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[JobOut]:
         data = await strict_body(request, JobCreate)
-        row, replayed = await jobs.create(pool, tenant, data, rules, idempotency_key)
+        row, replayed = await writes.create(pool, tenant, data, rules, idempotency_key, audit)
         headers = {"Location": f"/jobs/{row.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
@@ -187,6 +176,10 @@ class JobsController(Controller):
         name: Filter = None,
         key: Filter = None,
         managed_by: Filter = None,
+        tag: Annotated[
+            list[Tag] | None,
+            QueryParameter(max_items=20, description="Jobs having every tag given (repeat it)."),
+        ] = None,
     ) -> Response[list[JobOut]]:
         before_id = decode_cursor(cursor) if cursor is not None else None
         rows = await store.jobs_list(
@@ -198,6 +191,7 @@ class JobsController(Controller):
             limit=limit + 1,
             key=key,
             managed_by=managed_by,
+            tags=tag or (),
         )
         return Response(
             [job_out(r) for r in rows[:limit]], headers=_next_link(request, rows, limit)
@@ -224,26 +218,80 @@ class JobsController(Controller):
         pool: PoolDep,
         tenant: TenantDep,
         rules: RulesDep,
+        audit: AuditDep,
         if_match: IfMatch = None,
     ) -> Response[JobOut]:
         data = await strict_body(request, JobPatch)
-        row = await jobs.update(pool, tenant, job_id, data, rules, parse_if_match(if_match))
+        version = parse_if_match(if_match)
+        row = await writes.update(pool, tenant, job_id, data, rules, version, audit)
         return job_response(row)
 
     @delete("/{job_id:int}", operation_id="deleteJob", summary="Delete a job and its runs")
-    async def delete_job(self, job_id: JobId, pool: PoolDep, tenant: TenantDep) -> None:
-        if not await store.job_delete(pool, tenant, job_id):
-            raise NotFound(f"job {job_id} does not exist")
+    async def delete_job(
+        self, job_id: JobId, pool: PoolDep, tenant: TenantDep, audit: AuditDep
+    ) -> None:
+        await writes.delete(pool, tenant, job_id, audit)
 
     @post(
-        "/{job_id:int}/pause", operation_id="pauseJob", summary="Stop future ticks", status_code=200
+        "/{job_id:int}/pause",
+        operation_id="pauseJob",
+        summary="Stop future ticks",
+        description=(
+            'The body is optional; `{"until": "<RFC 3339>"}` makes it a maintenance window:'
+            " the job resumes by itself then (ticks inside the window are not run)."
+        ),
+        status_code=200,
     )
     async def pause_job(
-        self, job_id: JobId, pool: PoolDep, tenant: TenantDep, rules: RulesDep
+        self,
+        job_id: JobId,
+        request: Request[Any, Any, Any],
+        pool: PoolDep,
+        tenant: TenantDep,
+        rules: RulesDep,
+        audit: AuditDep,
+        data: JSONBody[PauseRequest | None] = None,
     ) -> Response[JobOut]:
-        return job_response(
-            await jobs.update(pool, tenant, job_id, JobPatch(paused=True), rules, None)
-        )
+        body = await strict_body(request, PauseRequest) if await request.body() else None
+        until = body.until if body is not None else None
+        row = await pausing.pause_one(pool, tenant, job_id, True, until, rules, audit)
+        return job_response(row)
+
+    @post(
+        "/bulk/pause",
+        operation_id="bulkPauseJobs",
+        summary="Pause every job a filter matches, optionally until a time",
+        status_code=200,
+    )
+    async def bulk_pause(
+        self,
+        data: JSONBody[BulkRequest],
+        request: Request[Any, Any, Any],
+        pool: PoolDep,
+        tenant: TenantDep,
+        rules: RulesDep,
+        audit: AuditDep,
+    ) -> BulkResult:
+        body = await strict_body(request, BulkRequest)
+        return await pausing.bulk(pool, tenant, body, True, rules, audit)
+
+    @post(
+        "/bulk/resume",
+        operation_id="bulkResumeJobs",
+        summary="Resume every job a filter matches",
+        status_code=200,
+    )
+    async def bulk_resume(
+        self,
+        data: JSONBody[BulkRequest],
+        request: Request[Any, Any, Any],
+        pool: PoolDep,
+        tenant: TenantDep,
+        rules: RulesDep,
+        audit: AuditDep,
+    ) -> BulkResult:
+        body = await strict_body(request, BulkRequest)
+        return await pausing.bulk(pool, tenant, body, False, rules, audit)
 
     @post(
         "/{job_id:int}/trigger",
@@ -251,11 +299,10 @@ class JobsController(Controller):
         summary="Run once now, outside the schedule",
         status_code=202,
     )
-    async def trigger_job(self, job_id: JobId, pool: PoolDep, tenant: TenantDep) -> RunOut:
-        run = await store.run_trigger(pool, tenant, job_id)
-        if run is None:
-            raise NotFound(f"job {job_id} does not exist")
-        return run_out(run)
+    async def trigger_job(
+        self, job_id: JobId, pool: PoolDep, tenant: TenantDep, audit: AuditDep
+    ) -> RunOut:
+        return run_out(await writes.trigger(pool, tenant, job_id, audit))
 
     @get("/{job_id:int}/runs", operation_id="listJobRuns", summary="A job's runs, newest first")
     async def list_runs(
@@ -286,22 +333,10 @@ class JobsController(Controller):
         status_code=200,
     )
     async def resume_job(
-        self, job_id: JobId, pool: PoolDep, tenant: TenantDep, rules: RulesDep
+        self, job_id: JobId, pool: PoolDep, tenant: TenantDep, rules: RulesDep, audit: AuditDep
     ) -> Response[JobOut]:
-        return job_response(
-            await jobs.update(pool, tenant, job_id, JobPatch(paused=False), rules, None)
-        )
-
-
-def _next_link(
-    request: Request[Any, Any, Any], rows: Sequence[JobRow | RunRow], limit: int
-) -> dict[str, str]:
-    """The Link header to the next page, when `rows` (fetched limit + 1) has one."""
-    if len(rows) <= limit:
-        return {}
-    params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
-    query = urlencode([*params, ("cursor", encode_cursor(rows[limit - 1].id))])
-    return {"Link": f'<{request.url.with_replacements(query=query)}>; rel="next"'}
+        row = await pausing.pause_one(pool, tenant, job_id, False, None, rules, audit)
+        return job_response(row)
 
 
 @get("/runs/{run_id:int}", operation_id="getRun", summary="Get a run", tags=["runs"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from scheduler_svc.models import (
+    AlertSettings,
     HttpTarget,
     JobOut,
     JobRow,
@@ -45,7 +46,11 @@ def job_out(row: JobRow) -> JobOut:
         misfire_policy=row.misfire_policy,
         misfire_grace_s=row.misfire_grace_s,
         overlap=row.overlap,
+        tags=row.tags,
+        jitter_s=row.jitter_s,
+        alerts=None if row.alerts is None else msgspec.convert(row.alerts, AlertSettings),
         status=row.status,
+        paused_until=row.paused_until,
         next_run_at=row.next_run_at,
         last_run_at=row.last_run_at,
         last_run_status=row.last_run_status,

@@ -247,6 +247,13 @@ class AsyncClient:
         """The run `run_id`; ProblemError 404 if there is none."""
         return await self._decoded(core.call("GET", f"/runs/{int(run_id)}"), RunOut)
 
+    async def cancel_run(self, run_id: int) -> RunOut:
+        """Cancel the run if it is pending or running; the run, `cancelled` (an attempt
+        under way is stopped and not retried). ProblemError 409 if it had already ended
+        (`error.problem.run_status` says how), 404 if there is none. Not repeated on
+        errors."""
+        return await self._decoded(core.call("POST", core.run_path(run_id, "cancel")), RunOut)
+
     # --- schedules -----------------------------------------------------------------------
 
     async def preview_schedule(

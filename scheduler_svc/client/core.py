@@ -315,6 +315,11 @@ def job_path(job_id: int, action: str = "") -> str:
     return f"/jobs/{int(job_id)}" + (f"/{action}" if action else "")
 
 
+def run_path(run_id: int, action: str = "") -> str:
+    """`/runs/{id}` (or `/runs/{id}/{action}`)."""
+    return f"/runs/{int(run_id)}" + (f"/{action}" if action else "")
+
+
 # A key segment a URL path cannot carry as it is: httpx (and proxies) drop "." and ".."
 # segments, so /jobs/by-key/a/../b would reach the job "b". The service refuses such keys.
 _UNADDRESSABLE = re.compile(r"(?:^|/)\.{0,2}(?:/|$)")

@@ -246,6 +246,13 @@ class Client:
         """The run `run_id`; ProblemError 404 if there is none."""
         return self._decoded(core.call("GET", f"/runs/{int(run_id)}"), RunOut)
 
+    def cancel_run(self, run_id: int) -> RunOut:
+        """Cancel the run if it is pending or running; the run, `cancelled` (an attempt
+        under way is stopped and not retried). ProblemError 409 if it had already ended
+        (`error.problem.run_status` says how), 404 if there is none. Not repeated on
+        errors."""
+        return self._decoded(core.call("POST", core.run_path(run_id, "cancel")), RunOut)
+
     # --- schedules -----------------------------------------------------------------------
 
     def preview_schedule(

@@ -16,8 +16,9 @@ from typing import Literal
 
 import structlog
 
-from scheduler_svc import logs, metrics, store
+from scheduler_svc import logs, metrics, store, tracing
 from scheduler_svc.engine.aio import wait_any
+from scheduler_svc.engine.cancels import Cancels
 from scheduler_svc.models import ClaimedRun, RunResult
 from scheduler_svc.schedule import overlap
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
@@ -104,6 +105,7 @@ class Executor:
         claim_batch: int = 100,
         max_sleep_s: float = 5.0,
         tenants: Sequence[str] | None = None,
+        operator_alerts: bool = False,
     ) -> None:
         self._pool = pool
         self._deliverer = deliverer
@@ -113,8 +115,10 @@ class Executor:
         self._claim_batch = claim_batch
         self._max_sleep_s = max_sleep_s
         self._tenants = tenants  # whose runs it leases (None: everyone's)
+        self._operator_alerts = operator_alerts  # SCHEDULER_ALERT_URL is set
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_runs and by this replica's scheduler
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self.cancels = Cancels(pool, worker_id, self._inflight)  # POST /runs/{id}/cancel
         self._reserved = 0  # slots held for runs a scheduler pass is leasing to us
         self._results: list[RunResult] = []
         self._attempts: dict[int, ClaimedRun] = {}  # the runs of those results, for the log
@@ -126,6 +130,8 @@ class Executor:
         # the last look saw runs out.
         self._lease_check_at = 0.0
         self._lease_end_at: float | None = None
+        # With traces on, each attempt in a span (tracing.py): decided here, not per run.
+        self._attempt = tracing.traced_attempts(self.execute, worker_id)
 
     # --- the pass: exchange, execute -------------------------------------------
 
@@ -154,6 +160,7 @@ class Executor:
                 self.lease_margin_s,
                 leases=leases,
                 tenants=self._tenants,
+                operator_alerts=self._operator_alerts,
             )
         except BaseException:
             self._results = batch + self._results
@@ -163,26 +170,10 @@ class Executor:
             end_in = exchange.next_lease_end_in_s
             self._lease_end_at = None if end_in is None else now + end_in
         metrics.leased(exchange.leased, claim)
-        for result in batch:
-            run = self._attempts.pop(result.run_id, None)
-            if result.run_id not in exchange.recorded:
-                # Another replica took the run over (or its job was deleted) meanwhile.
-                log.warning(
-                    "lease_lost",
-                    run_id=result.run_id,
-                    status=result.status,
-                    duration_ms=result.duration_ms,
-                    worker=self.worker_id,
-                    **(
-                        {}
-                        if run is None
-                        else {
-                            "job_id": run.job_id,
-                            "tick": run.scheduled_for.isoformat(),
-                            "attempt": run.attempt,
-                        }
-                    ),
-                )
+        attempts = [(result, self._attempts.pop(result.run_id, None)) for result in batch]
+        lost = [(result, run) for result, run in attempts if result.run_id not in exchange.recorded]
+        if lost:  # the run was cancelled, or another replica took it over
+            await self.cancels.unrecorded(lost)
         return exchange
 
     async def settle_waiting(self, exchange: store.Exchange) -> int:
@@ -200,7 +191,10 @@ class Executor:
                 if not settlements:
                     return 0
                 released = await store.runs_waiting_settle(
-                    conn, settlements, overlap.OVERLAP_SKIPPED
+                    conn,
+                    settlements,
+                    overlap.OVERLAP_SKIPPED,
+                    operator_alerts=self._operator_alerts,
                 )
         except DATABASE_ERRORS as exc:
             log.warning("waiting_runs_not_settled", error=str(exc), worker=self.worker_id)
@@ -293,9 +287,24 @@ class Executor:
 
     # --- the loop ----------------------------------------------------------------
 
+    def cancel(self, run_id: int) -> None:
+        """NOTIFY scheduler_cancel: stop the run's attempt if it is under way here, and look
+        at leases in the next exchange (runs that waited for it are decided there)."""
+        self.cancels.hear(run_id)
+        self._lease_check_at = 0.0
+        self.wake.set()
+
     def _start(self, run: ClaimedRun) -> None:
+        if self.cancels.stopped(run):  # cancelled between its lease and now
+            return
+
         async def execute_and_collect() -> None:
-            result = await self.execute(run)
+            try:
+                result = await self._attempt(run)
+            except asyncio.CancelledError:
+                if not self.cancels.stopped(run):
+                    raise  # stopping (drain), not a cancel
+                return  # nothing to record: the run is final already
             # Only now look up the list: exchange_once replaces it while we await.
             self._results.append(result)
             self._attempts[run.id] = run

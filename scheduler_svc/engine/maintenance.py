@@ -5,7 +5,9 @@ Each pass, under the maintenance lock: create the day partitions of the coming w
 partition when that is created, so a missed pass delays, never fails, a write); drop the
 days past the retention whole; and delete, in batches, the old finished runs that are
 not in a day partition of their own (the default partition, and the runs from before
-partitioning, until their partition is dropped whole).
+partitioning, until their partition is dropped whole). Then, on their own session lock,
+build the partitions' indexes that a partitioned index made ON ONLY its table lacks
+(store/migrate.complete_indexes).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import structlog
 
 from scheduler_svc import store
 from scheduler_svc.engine.aio import wait_any
+from scheduler_svc.store import migrate
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
 
 log = structlog.get_logger("scheduler_svc.engine.maintenance")
@@ -37,6 +40,8 @@ class Pass:
     created: int
     dropped: tuple[str, ...]
     pruned: int
+    # Indexes built on partitions that a partitioned index lacked (store/migrate.py).
+    indexed: tuple[str, ...] = ()
 
 
 async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) -> int:
@@ -56,7 +61,10 @@ async def maintain_once(pool: Pool, retention_days: int) -> Pass:
     for partition in dropped:  # each in a transaction of its own, no lock on the history
         await store.history_partition_drop(pool, partition)
     pruned = await prune_once(pool, retention_days)
-    return Pass(created is not None, created or 0, tuple(dropped), pruned)
+    # Last: building an index waits for the transactions under way on its partition.
+    async with pool.acquire() as conn:
+        indexed = await migrate.complete_indexes(conn)
+    return Pass(created is not None, created or 0, tuple(dropped), pruned, tuple(indexed))
 
 
 async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: float = 300) -> None:
@@ -64,12 +72,13 @@ async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: flo
     while not stop.is_set():
         try:
             done = await maintain_once(pool, retention_days)
-            if done.created or done.dropped or done.pruned:
+            if done.created or done.dropped or done.pruned or done.indexed:
                 log.info(
                     "history_maintained",
                     partitions_created=done.created,
                     partitions_dropped=list(done.dropped),
                     runs_pruned=done.pruned,
+                    indexes_built=list(done.indexed),
                     retention_days=retention_days,
                 )
         except DATABASE_ERRORS as exc:

@@ -21,8 +21,10 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from scheduler_svc import logs, metrics, schedule, store
+from scheduler_svc.engine import windows
 from scheduler_svc.engine.aio import wait_any
 from scheduler_svc.models import ClaimedRun, DueJob, InsertedRun, MisfirePolicy
+from scheduler_svc.schedule import jitter
 from scheduler_svc.schedule.overlap import NOTHING_UNFINISHED, OVERLAP_SKIPPED, plan_ticks
 from scheduler_svc.store import Advance, Tick
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
@@ -84,9 +86,12 @@ def _due(
 def job_ticks(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[Tick]]:
     """The runs a claimed job gets in this pass, and where its schedule goes next.
 
-    Overlap decides each tick (overlap.plan_ticks): run (pending, or with `run_in_pass`
-    run by the pass itself: succeeded, so such ticks never overlap one another), wait
-    for an earlier run of the job, or skip."""
+    Overlap decides each tick by its due time (overlap.plan_ticks): run (pending, or
+    with `run_in_pass` run by the pass itself: succeeded, so such ticks never overlap
+    one another), wait for an earlier run of the job, or skip. A tick with jitter is due
+    after the pass (jitter.py): it is inserted pending, due then, and never run by the
+    pass; and it waits, rather than being skipped, for an earlier run that may end by
+    then."""
     due = _due(
         job.schedule,
         job.timezone,
@@ -97,19 +102,29 @@ def job_ticks(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[
     )
     advance = Advance(job.id, due.next_run_at, "active" if due.next_run_at else "completed")
     unfinished = job.unfinished or NOTHING_UNFINISHED
-    plans = plan_ticks(due.ticks, unfinished, forbid=job.overlap == "forbid" and not run_in_pass)
+    dues = [jitter.due_at(job.id, tick, job.jitter_s) for tick in due.ticks]
+    jittered = job.jitter_s > 0
+    plans = plan_ticks(
+        dues,
+        unfinished,
+        forbid=job.overlap == "forbid" and not (run_in_pass and not jittered),
+        certain=not jittered,
+    )
     ticks = []
     # The tick after each due tick: a tick runs as catch-up when that one is due too.
     following = [*due.ticks[1:], due.next_run_at]
-    for tick, plan, after in zip(due.ticks, plans, following, strict=True):
+    for tick, due_at, plan, after in zip(due.ticks, dues, plans, following, strict=True):
+        at = due_at if jittered else None
         if plan == "skip":
-            ticks.append(Tick(job.id, job.tenant, tick, "skipped", OVERLAP_SKIPPED))
+            ticks.append(Tick(job.id, job.tenant, tick, "skipped", OVERLAP_SKIPPED, due_at=at))
         elif plan == "wait":
-            ticks.append(Tick(job.id, job.tenant, tick, "waiting", waits_for=unfinished.blocker))
+            blocker = unfinished.blocker
+            ticks.append(Tick(job.id, job.tenant, tick, "waiting", waits_for=blocker, due_at=at))
         else:
-            status: Literal["succeeded", "pending"] = "succeeded" if run_in_pass else "pending"
+            in_pass = run_in_pass and due_at <= job.now
+            status: Literal["succeeded", "pending"] = "succeeded" if in_pass else "pending"
             late = after is not None and after <= job.now
-            ticks.append(Tick(job.id, job.tenant, tick, status, catch_up=late))
+            ticks.append(Tick(job.id, job.tenant, tick, status, catch_up=late, due_at=at))
     if due.missed:
         log.info(
             "ticks_missed",
@@ -152,6 +167,7 @@ async def tick_once(
     now: datetime | None = None,
     executor: LocalExecutor | None = None,
     tenants: Sequence[str] | None = None,
+    operator_alerts: bool = False,
 ) -> PassResult:
     """One scheduler pass: materialize the due ticks of up to `batch` jobs.
 
@@ -164,6 +180,7 @@ async def tick_once(
       soon as this commits, while it has free slots.
     The rest are left pending for any replica's executors. `now` overrides the
     database clock (tests); the default lets the database decide what is due.
+    `operator_alerts`: SCHEDULER_ALERT_URL is set (an overlap skip writes job.missed).
     """
     reserved = 0
     try:
@@ -176,12 +193,21 @@ async def tick_once(
             worker = None
             if executor is not None:
                 worker = executor.worker_id
-                pending = [i for i, tick in enumerate(ticks) if tick.status == "pending"]
+                # Straight to work: pending ticks due now (not those jitter puts later).
+                # Every claimed job carries the pass's clock.
+                pass_now = jobs[0].now
+                pending = [
+                    i
+                    for i, tick in enumerate(ticks)
+                    if tick.status == "pending" and (tick.due_at is None or tick.due_at <= pass_now)
+                ]
                 reserved = executor.reserve(len(pending))
                 for i in pending[:reserved]:
                     lease_s = by_id[ticks[i].job_id].timeout_s + executor.lease_margin_s
                     ticks[i] = ticks[i]._replace(status="running", lease_s=lease_s)
-            recorded = await store.runs_materialize(conn, advances, ticks, worker)
+            recorded = await store.runs_materialize(
+                conn, advances, ticks, worker, operator_alerts=operator_alerts
+            )
             ran = [run for run in recorded.others if run.status == "succeeded"]
             if ran:
                 assert worker is not None
@@ -291,8 +317,10 @@ class Scheduler:
         lanes: int = 3,
         max_sleep_s: float = 5.0,
         tenants: Sequence[str] | None = None,
+        operator_alerts: bool = False,
     ) -> None:
         self._pool = pool
+        self._operator_alerts = operator_alerts  # SCHEDULER_ALERT_URL is set
         self._tenants = tenants  # whose jobs it claims (None: everyone's)
         self._executor = executor  # this replica's: passes hand ticks straight to it
         self._batch = batch
@@ -301,16 +329,25 @@ class Scheduler:
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_jobs and at reconnects
 
     async def _sleep_s(self, jobs: int) -> float:
-        """How long to wait for the next pass after one that claimed `jobs` (not full)."""
-        due_in = await store.jobs_next_due(self._pool, self._tenants)
-        if due_in is None:
-            return self._max_sleep_s
+        """How long to wait for the next pass after one that claimed `jobs` (not full).
+        Maintenance windows that are over are ended first (windows.py)."""
+        due = await store.jobs_next_due(self._pool, self._tenants)
+        if due.window_end_in_s is not None and due.window_end_in_s <= 0:
+            await windows.resume_ended(self._pool, self._tenants)
+            return PASS_GAP_S  # the resumed jobs may be due now
         gap = BUSY_PASS_GAP_S if jobs >= BUSY_PASS_JOBS else PASS_GAP_S
-        return min(max(due_in, gap), self._max_sleep_s)
+        known = [s for s in (due.tick_in_s, due.window_end_in_s) if s is not None]
+        if not known:
+            return self._max_sleep_s
+        return min(max(min(known), gap), self._max_sleep_s)
 
     async def _pass(self) -> PassResult:
         result = await tick_once(
-            self._pool, batch=self._batch, executor=self._executor, tenants=self._tenants
+            self._pool,
+            batch=self._batch,
+            executor=self._executor,
+            tenants=self._tenants,
+            operator_alerts=self._operator_alerts,
         )
         if result.for_executors and self._executor is not None:
             self._executor.wake.set()

@@ -1,4 +1,5 @@
-"""One replica's background work: scheduler, executors, LISTEN wake-ups and maintenance.
+"""One replica's background work: scheduler, executors, LISTEN wake-ups, maintenance
+and the alert sender.
 
 One TaskGroup owns every loop. Stopping sets one event: the loops stop claiming,
 then the executor drains its in-flight runs for the grace period and hands back
@@ -17,6 +18,7 @@ from scheduler_svc import store
 from scheduler_svc.config import Settings
 from scheduler_svc.engine import maintenance
 from scheduler_svc.engine.aio import wait_any
+from scheduler_svc.engine.alerts import AlertSender
 from scheduler_svc.engine.executor import Executor
 from scheduler_svc.engine.scheduler import Scheduler
 from scheduler_svc.store import db
@@ -30,9 +32,16 @@ LISTEN_PING_S = 15.0
 
 
 class Worker:
-    """Scheduler and executors of one replica, woken by the database's notifications."""
+    """Scheduler and executors of one replica, woken by the database's notifications;
+    and its alert sender, if given one."""
 
-    def __init__(self, settings: Settings, pool: Pool, deliverer: Deliverer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        deliverer: Deliverer,
+        alerts: AlertSender | None = None,
+    ) -> None:
         assert settings.database_url is not None
         self._settings = settings
         self._pool = pool
@@ -43,8 +52,16 @@ class Worker:
             concurrency=settings.concurrency,
             lease_margin_s=settings.lease_margin_s,
             tenants=settings.tenants,
+            # Jobs without alert settings are alerted at SCHEDULER_ALERT_URL, if set.
+            operator_alerts=settings.alert_url is not None,
         )
-        self.scheduler = Scheduler(pool, executor=self.executor, tenants=settings.tenants)
+        self.scheduler = Scheduler(
+            pool,
+            executor=self.executor,
+            tenants=settings.tenants,
+            operator_alerts=settings.alert_url is not None,
+        )
+        self.alerts = alerts
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -60,6 +77,8 @@ class Worker:
             group.create_task(self.scheduler.run(self._stop), name="scheduler")
             group.create_task(self.executor.run(self._stop), name="executor")
             group.create_task(self._listen(), name="listener")
+            if self.alerts is not None:
+                group.create_task(self.alerts.run(self._stop), name="alerts")
             group.create_task(
                 maintenance.run(self._pool, self._settings.run_retention_days, self._stop),
                 name="maintenance",
@@ -83,6 +102,11 @@ class Worker:
         await self.executor.drain(self._settings.shutdown_grace_s)
         log.info("worker_stopped", worker=self.executor.worker_id)
 
+    def _cancelled(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        """NOTIFY scheduler_cancel: its payload is the id of the run cancelled."""
+        if isinstance(payload, str) and payload.isdigit():
+            self.executor.cancel(int(payload))
+
     async def _listen(self) -> None:
         """Keep a LISTEN connection open and turn notifications into wake-ups."""
         assert self._settings.database_url is not None
@@ -100,9 +124,11 @@ class Worker:
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener("scheduler_jobs", lambda *_: self.scheduler.wake.set())
                 await conn.add_listener("scheduler_runs", lambda *_: self.executor.wake.set())
+                await conn.add_listener("scheduler_cancel", self._cancelled)
                 # Whatever changed while nobody listened is picked up now.
                 self.scheduler.wake.set()
                 self.executor.wake.set()
+                await self.executor.cancels.recheck()
                 retry_s = 0.1
                 while not self._stop.is_set() and not lost.is_set():
                     await wait_any(LISTEN_PING_S, self._stop, lost)

@@ -45,18 +45,20 @@ NOTHING_UNFINISHED = Unfinished(pending_since=None, blocker=None, waiting=False)
 
 
 def plan_ticks(
-    ticks: Iterable[datetime], unfinished: Unfinished, *, forbid: bool
+    ticks: Iterable[datetime], unfinished: Unfinished, *, forbid: bool, certain: bool = True
 ) -> list[TickPlan]:
-    """For a job's due ticks, in order: run now, wait for an earlier run, or skip.
+    """For a job's due ticks (their due times), in order: run, wait for an earlier run,
+    or skip.
 
     A tick at or after `pending_since` overlaps for certain: a pending run has no
-    attempt under way that could have ended unseen. Otherwise a tick waits while
-    anything of the job is pending, running or waiting, and behind an earlier tick of
-    the same pass when overlap is forbidden."""
+    attempt under way that could have ended unseen; unless not `certain`: ticks due
+    after the pass (jitter), by when that run may have run and ended. Otherwise a tick
+    waits while anything of the job is pending, running or waiting, and behind an
+    earlier tick of the same pass when overlap is forbidden."""
     plans: list[TickPlan] = []
     free = unfinished.blocker is None and not unfinished.waiting
     for tick in ticks:
-        if unfinished.pending_since is not None and unfinished.pending_since <= tick:
+        if certain and unfinished.pending_since is not None and unfinished.pending_since <= tick:
             plans.append("skip")
         elif free:
             plans.append("run")
@@ -79,6 +81,7 @@ class RunSpan(msgspec.Struct, frozen=True, kw_only=True):
     waiting: bool
     catch_up: bool = False
     misfire_grace_s: int = 60
+    due_at: datetime | None = None  # its tick plus its job's jitter; None: the tick
 
     @property
     def claimable(self) -> bool:
@@ -87,9 +90,9 @@ class RunSpan(msgspec.Struct, frozen=True, kw_only=True):
 
     def overlaps(self, run: RunSpan, now: datetime) -> bool:
         """Whether this ended run makes the waiting `run` an overlap: it was pending or
-        running at that run's tick, and was on time, or was catch-up while the tick has
-        been waiting longer than its misfire grace."""
-        tick = run.scheduled_for
+        running at that run's due time (its tick, without jitter), and was on time, or was
+        catch-up while the tick has been waiting longer than its misfire grace."""
+        tick = run.due_at or run.scheduled_for
         if self.ready_at is None or self.finished_at is None:
             return False
         if not self.ready_at <= tick < self.finished_at:

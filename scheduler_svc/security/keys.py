@@ -1,8 +1,10 @@
-"""`scheduler-svc keys create|list|revoke`: API keys, shown once at creation, stored as hashes."""
+"""`scheduler-svc keys create|list|revoke`: API keys, shown once at creation, stored as
+hashes; and `keys secret`: a tenant's webhook signing secret (SPEC §5), made or rotated."""
 
 from __future__ import annotations
 
 import argparse
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +15,7 @@ from scheduler_svc.models import ApiKeyRow
 from scheduler_svc.redact import KEY_PREFIX
 from scheduler_svc.security import auth, principals
 from scheduler_svc.store.db import Pool
+from scheduler_svc.store.secrets import SECRETS_CACHE_S
 
 log = structlog.get_logger("scheduler_svc.security.keys")
 
@@ -35,12 +38,23 @@ def add_commands(commands: Any) -> None:
     actions.add_parser("list", help="list keys: prefix, tenant, scopes, dates; never the key")
     revoke = actions.add_parser("revoke", help="revoke a key, named by its prefix")
     revoke.add_argument("prefix", help="the key's prefix, e.g. sch_k3x9p2am")
+    secret = actions.add_parser(
+        "secret",
+        help="make or rotate a tenant's webhook signing secret; it is printed on the last line",
+    )
+    secret.add_argument("--tenant", required=True, help="the tenant whose deliveries it signs")
+    secret.add_argument(
+        "--retire-previous",
+        action="store_true",
+        help="stop signing with the secret the last rotation replaced",
+    )
 
 
 def check(args: argparse.Namespace) -> None:
     """Refuse bad arguments before any database is touched."""
-    if args.keys_command == "create":
+    if args.keys_command in ("create", "secret"):
         _tenant(args.tenant)
+    if args.keys_command == "create":
         _scopes(args.scopes)
     elif args.keys_command == "revoke" and not KEY_PREFIX.match(args.prefix):
         raise KeysError(f"{args.prefix!r} is not a key prefix; they look like sch_k3x9p2am")
@@ -52,6 +66,8 @@ async def run(pool: Pool, args: argparse.Namespace) -> list[str]:
         return await _create(pool, _tenant(args.tenant), _scopes(args.scopes))
     if args.keys_command == "list":
         return _table(await store.api_keys_list(pool))
+    if args.keys_command == "secret":
+        return await _secret(pool, _tenant(args.tenant), args.retire_previous)
     return await _revoke(pool, args.prefix)
 
 
@@ -85,6 +101,31 @@ async def _create(pool: Pool, tenant: str, scopes: list[str]) -> list[str]:
                 key,
             ]
     raise KeysError("could not draw an unused key prefix; try again")
+
+
+async def _secret(pool: Pool, tenant: str, retire_previous: bool) -> list[str]:
+    # Every replica reads a tenant's secrets again within SECRETS_CACHE_S.
+    within = f"within {SECRETS_CACHE_S:g} s on every replica"
+    if retire_previous:
+        retired = await store.tenant_secret_retire(pool, tenant)
+        if retired is None:
+            raise KeysError(f"tenant {tenant} has no signing secret of its own")
+        log.info("tenant_secret_retired", tenant=tenant, had_previous=retired)
+        if not retired:
+            return [f"tenant {tenant} has no previous signing secret: nothing to retire"]
+        return [f"retired the previous signing secret of tenant {tenant} ({within})"]
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    rotated = await store.tenant_secret_rotate(pool, tenant, secret)
+    log.info("tenant_secret_rotated" if rotated else "tenant_secret_created", tenant=tenant)
+    if rotated:
+        done = (
+            f"rotated the signing secret of tenant {tenant} ({within}): deliveries carry a "
+            "signature by this one and by the previous one until "
+            f"`scheduler-svc keys secret --tenant {tenant} --retire-previous`."
+        )
+    else:
+        done = f"created a signing secret for tenant {tenant} ({within})."
+    return [done, "Store it now: it is shown only this once.", secret]
 
 
 async def _revoke(pool: Pool, prefix: str) -> list[str]:

@@ -3,15 +3,32 @@ pool (`db`), the schema and its migrations (`migrate`: schema.sql, migrations/) 
 embedded PostgreSQL (`embedded`).
 
 `sql` loads queries.sql and holds the statements about the database itself; `jobs`,
-`runs` and `keys` hold those on each table, one function per named block; `replica`
+`runs`, `keys`, `alerts`, `secrets` (with the cache of tenants' signing secrets) and
+`audit` (with the run search) hold those on each table, one function per named block; `replica`
 holds the two on WAL positions and decides which pool serves a history read. The package
 re-exports them, so callers write `store.jobs_claim_due(...)`. Values travel only as
 $n parameters. May import `config`, `errors`, `models` and `schedule` (the overlap
 types of waiting runs); it knows nothing of HTTP, the engine or targets.
 """
 
+from scheduler_svc.store.alerts import (
+    Missed,
+    alert_record,
+    alerts_check_missed,
+    alerts_claim,
+    alerts_list,
+    alerts_release,
+)
+from scheduler_svc.store.audit import (
+    audit_insert,
+    audit_insert_many,
+    audit_list,
+    audit_list_job,
+    runs_search,
+)
 from scheduler_svc.store.jobs import (
     Advance,
+    NextDue,
     Recorded,
     Tick,
     job_delete,
@@ -23,10 +40,14 @@ from scheduler_svc.store.jobs import (
     job_lock,
     job_lock_by_key,
     job_update,
+    jobs_bulk_match,
     jobs_claim_due,
+    jobs_get_many,
     jobs_list,
     jobs_list_keyed,
     jobs_next_due,
+    jobs_window_ended,
+    jobs_window_resume,
     runs_materialize,
 )
 from scheduler_svc.store.keys import (
@@ -43,8 +64,10 @@ from scheduler_svc.store.runs import (
     history_partition_drop,
     history_partitions_create,
     history_partitions_detach,
+    run_cancel,
     run_get,
     run_trigger,
+    runs_cancelled,
     runs_due_backlog,
     runs_exchange,
     runs_list,
@@ -55,12 +78,19 @@ from scheduler_svc.store.runs import (
     runs_waiting_lock,
     runs_waiting_settle,
 )
+from scheduler_svc.store.secrets import (
+    TenantSecrets,
+    tenant_secret_get,
+    tenant_secret_retire,
+    tenant_secret_rotate,
+)
 from scheduler_svc.store.sql import (
     QUERIES,
     Conn,
     Connection,
     db_now,
     load_queries,
+    older_releases_connected,
     ping,
     schema_exists,
     schema_lock,
@@ -78,14 +108,26 @@ __all__ = [
     "Conn",
     "Connection",
     "Exchange",
+    "Missed",
+    "NextDue",
     "Recorded",
+    "TenantSecrets",
     "Tick",
+    "alert_record",
+    "alerts_check_missed",
+    "alerts_claim",
+    "alerts_list",
+    "alerts_release",
     "api_key_get",
     "api_key_insert",
     "api_key_revoke",
     "api_key_touch",
     "api_keys_exist",
     "api_keys_list",
+    "audit_insert",
+    "audit_insert_many",
+    "audit_list",
+    "audit_list_job",
     "db_now",
     "history_partition_drop",
     "history_partitions_create",
@@ -99,21 +141,29 @@ __all__ = [
     "job_lock",
     "job_lock_by_key",
     "job_update",
+    "jobs_bulk_match",
     "jobs_claim_due",
+    "jobs_get_many",
     "jobs_list",
     "jobs_list_keyed",
     "jobs_next_due",
+    "jobs_window_ended",
+    "jobs_window_resume",
     "load_queries",
+    "older_releases_connected",
     "ping",
     "replica_position",
+    "run_cancel",
     "run_get",
     "run_trigger",
+    "runs_cancelled",
     "runs_due_backlog",
     "runs_exchange",
     "runs_list",
     "runs_materialize",
     "runs_prune",
     "runs_release",
+    "runs_search",
     "runs_skip_pending",
     "runs_waiting_get",
     "runs_waiting_lock",
@@ -126,5 +176,8 @@ __all__ = [
     "schema_migrations_get",
     "schema_unlock",
     "schema_version_get",
+    "tenant_secret_get",
+    "tenant_secret_retire",
+    "tenant_secret_rotate",
     "wal_position",
 ]

@@ -100,10 +100,19 @@ class FairPool(asyncpg.Pool):
             self._turns.release()
 
 
+# The schema version this release's sessions announce (application_name); migrate.py's
+# SCHEMA_VERSION, which this module cannot import (migrate imports it).
+SESSION_SCHEMA_VERSION = 7
+
+
 def application_name(worker_id: str | None = None) -> str:
-    """The application_name of a replica's sessions, `scheduler-svc:<worker id>`, by which
-    pg_stat_activity tells replicas apart (PostgreSQL keeps its first 63 bytes)."""
-    return f"scheduler-svc:{worker_id}" if worker_id else "scheduler-svc"
+    """The application_name of a replica's sessions, `scheduler-svc@<schema version>:<worker
+    id>`, by which pg_stat_activity tells replicas apart (PostgreSQL keeps its first 63
+    bytes). The version comes first so that it survives that cut: a feature whose rows the
+    release before it cannot read waits until no session of that release is left (releases
+    before schema 7 named theirs `scheduler-svc:<worker id>`; store.older_releases_connected)."""
+    name = f"scheduler-svc@{SESSION_SCHEMA_VERSION}"
+    return f"{name}:{worker_id}" if worker_id else name
 
 
 async def create_pool(

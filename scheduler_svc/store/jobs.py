@@ -50,6 +50,11 @@ def _spec_values(spec: JobSpec) -> tuple[Any, ...]:
     )
 
 
+def _control_values(spec: JobSpec) -> tuple[Any, ...]:
+    """The operator controls of a job (schema 7), after the other fields in both statements."""
+    return (spec.tags, spec.jitter_s, spec.alerts, spec.paused_until)
+
+
 async def job_insert(
     conn: Conn,
     tenant: str,
@@ -61,7 +66,14 @@ async def job_insert(
     request_hash: str | None = None,
 ) -> JobRow | None:
     """Insert a job; None when this tenant already used `idempotency_key` or the job's key."""
-    args = (*_spec_values(spec), status, next_run_at, idempotency_key, request_hash)
+    args = (
+        *_spec_values(spec),
+        status,
+        next_run_at,
+        idempotency_key,
+        request_hash,
+        *_control_values(spec),
+    )
     try:
         keyed = spec.key is not None
         if keyed and not isinstance(conn, asyncpg.Pool) and conn.is_in_transaction():
@@ -120,9 +132,11 @@ async def jobs_list(
     limit: int,
     key: str | None = None,
     managed_by: str | None = None,
+    tags: Sequence[str] = (),
 ) -> list[JobRow]:
     """Up to `limit` jobs of `tenant` with ids below `before_id`, newest first; with `key`
-    or `managed_by`, only those that have it (jobs_list_keyed)."""
+    or `managed_by`, only those that have it (jobs_list_keyed); with `tags`, only those
+    having all of them."""
     if key is not None or managed_by is not None:
         return await jobs_list_keyed(
             conn,
@@ -133,8 +147,14 @@ async def jobs_list(
             limit=limit,
             key=key,
             managed_by=managed_by,
+            tags=tags,
         )
-    records = await conn.fetch(QUERIES["jobs_list"], tenant, before_id, status, name, limit)
+    if tags:
+        records = await conn.fetch(
+            QUERIES["jobs_list_tagged"], tenant, before_id, status, name, limit, list(tags)
+        )
+    else:
+        records = await conn.fetch(QUERIES["jobs_list"], tenant, before_id, status, name, limit)
     return [msgspec.convert(dict(r), JobRow) for r in records]
 
 
@@ -148,11 +168,20 @@ async def jobs_list_keyed(
     limit: int,
     key: str | None,
     managed_by: str | None,
+    tags: Sequence[str] = (),
 ) -> list[JobRow]:
     """As jobs_list, of the jobs of `tenant` with `key` and `managed_by` (None: any; at
     least one is given)."""
     records = await conn.fetch(
-        QUERIES["jobs_list_keyed"], tenant, before_id, status, name, key, managed_by, limit
+        QUERIES["jobs_list_keyed"],
+        tenant,
+        before_id,
+        status,
+        name,
+        key,
+        managed_by,
+        limit,
+        list(tags) or None,
     )
     return [msgspec.convert(dict(r), JobRow) for r in records]
 
@@ -170,7 +199,13 @@ async def job_update(
     KeyConflict if another job of `tenant` has the key."""
     try:
         record = await conn.fetchrow(
-            QUERIES["job_update"], tenant, job_id, *_spec_values(spec), status, next_run_at
+            QUERIES["job_update"],
+            tenant,
+            job_id,
+            *_spec_values(spec),
+            status,
+            next_run_at,
+            *_control_values(spec),
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != KEY_INDEX:
@@ -221,6 +256,7 @@ class Tick(NamedTuple):
     lease_s: float | None = None
     waits_for: int | None = None
     catch_up: bool = False  # run after its job's next tick had come due (overlap.py)
+    due_at: datetime | None = None  # the tick plus its job's jitter; None: the tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +269,17 @@ class Recorded:
 
 
 async def runs_materialize(
-    conn: Connection, advances: list[Advance], ticks: list[Tick], worker: str | None
+    conn: Connection,
+    advances: list[Advance],
+    ticks: list[Tick],
+    worker: str | None,
+    *,
+    operator_alerts: bool = False,
 ) -> Recorded:
     """Advance claimed jobs and insert their ticks' runs (a tick seen before is dropped).
 
-    Succeeded and running ticks are recorded as `worker`'s."""
+    Succeeded and running ticks are recorded as `worker`'s. A tick skipped as an overlap
+    writes its job.missed alert (`operator_alerts`: SCHEDULER_ALERT_URL is set)."""
     record = await conn.fetchrow(
         QUERIES["runs_materialize"],
         [a.job_id for a in advances],
@@ -253,12 +295,75 @@ async def runs_materialize(
         [t.lease_s for t in ticks],
         [t.waits_for for t in ticks],
         [t.catch_up for t in ticks],
+        [t.due_at for t in ticks],
+        operator_alerts,
     )
     assert record is not None
     return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]), record[2])
 
 
-async def jobs_next_due(conn: Conn, tenants: Sequence[str] | None = None) -> float | None:
-    """Seconds until the earliest next tick of an active job (negative if overdue)."""
-    seconds: float | None = await conn.fetchval(QUERIES["jobs_next_due"], tenants)
-    return seconds
+class NextDue(NamedTuple):
+    """Seconds until the earliest next tick of an active job and until the earliest end
+    of a maintenance window (negative when past; None when there is none)."""
+
+    tick_in_s: float | None
+    window_end_in_s: float | None
+
+
+async def jobs_next_due(conn: Conn, tenants: Sequence[str] | None = None) -> NextDue:
+    """When the scheduler has work next: a tick, or a window that ends."""
+    record = await conn.fetchrow(QUERIES["jobs_next_due"], tenants)
+    assert record is not None
+    return NextDue(record[0], record[1])
+
+
+async def jobs_window_ended(
+    conn: Connection, tenants: Sequence[str] | None, limit: int
+) -> list[JobRow]:
+    """Up to `limit` paused jobs whose window is over, locked (SKIP LOCKED) until the
+    caller's transaction ends."""
+    records = await conn.fetch(QUERIES["jobs_window_ended"], tenants, limit)
+    return [msgspec.convert(dict(r), JobRow) for r in records]
+
+
+async def jobs_bulk_match(
+    conn: Conn,
+    tenant: str,
+    *,
+    ids: Sequence[int] | None,
+    tags: Sequence[str] | None,
+    name: str | None,
+    status: str | None,
+    every: bool,
+) -> list[int]:
+    """The ids of the jobs of `tenant` a bulk filter matches, locked until the caller's
+    transaction ends (outside one, for the statement only: a dry run); none when the
+    filter names no criterion and not `every`."""
+    records = await conn.fetch(
+        QUERIES["jobs_bulk_match"],
+        tenant,
+        None if ids is None else list(ids),
+        None if tags is None else list(tags),
+        name,
+        status,
+        every,
+    )
+    return [r["id"] for r in records]
+
+
+async def jobs_get_many(conn: Conn, tenant: str, ids: Sequence[int]) -> list[JobRow]:
+    """Jobs of `tenant` by id, in id order (those that exist)."""
+    records = await conn.fetch(QUERIES["jobs_get_many"], tenant, list(ids))
+    return [msgspec.convert(dict(r), JobRow) for r in records]
+
+
+async def jobs_window_resume(
+    conn: Connection,
+    job_ids: list[int],
+    next_run_at: list[datetime | None],
+    statuses: list[JobStatus],
+) -> list[int]:
+    """Resume jobs whose window is over (locked by jobs_window_ended) with these next
+    ticks and statuses; the ids resumed."""
+    records = await conn.fetch(QUERIES["jobs_window_resume"], job_ids, next_run_at, statuses)
+    return [r["id"] for r in records]

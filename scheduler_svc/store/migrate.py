@@ -174,3 +174,109 @@ async def _record(conn: Connection, migration: Migration, duration_ms: float) ->
     await sql.schema_migration_record(
         conn, migration.version, migration.name, migration.checksum, duration_ms
     )
+
+
+# Partitioned indexes made ON ONLY their table (migration 0007's job_runs_search) are
+# invalid until every partition has an index attached: complete_indexes builds those.
+# Arbitrary, fixed: the session advisory lock under which one session at a time does.
+INDEX_LOCK_KEY = 0x5C4ED03E
+# Attaching an index locks the partitioned index for a moment; wait no longer than this
+# behind a long transaction (the next pass tries again).
+ATTACH_LOCK_TIMEOUT = "10s"
+_NAME_BYTES = 63  # NAMEDATALEN - 1
+
+
+@dataclass(frozen=True, slots=True)
+class IncompleteIndex:
+    """A partition that a partitioned index not yet valid has no index of."""
+
+    index: str
+    schema: str
+    partition: str
+    columns: str  # the index's column names joined by "_" ("expr" for an expression)
+    definition: str  # from USING on: "btree (tenant, status, id DESC)"
+    unique: bool
+    loose: dict[str, bool]  # the partition's indexes of no partitioned index: valid?
+
+
+async def indexes_incomplete(conn: Connection) -> list[IncompleteIndex]:
+    """Each partition that each invalid partitioned index of this schema lacks an index of."""
+    return [
+        IncompleteIndex(
+            index=r["index_name"],
+            schema=r["schema"],
+            partition=r["partition"],
+            columns=r["columns"],
+            definition=r["definition"],
+            unique=r["is_unique"],
+            loose={**dict.fromkeys(r["valid"], True), **dict.fromkeys(r["invalid"], False)},
+        )
+        for r in await conn.fetch(sql.QUERIES["indexes_incomplete"])
+    ]
+
+
+async def indexes_lock(conn: Connection, key: int) -> bool:
+    """Take the index builders' session lock unless another session holds it."""
+    taken: bool = await conn.fetchval(sql.QUERIES["indexes_lock"], key)
+    return taken
+
+
+async def indexes_unlock(conn: Connection, key: int) -> None:
+    """Release the index builders' session lock."""
+    await conn.fetchval(sql.QUERIES["indexes_unlock"], key)
+
+
+def partition_index_name(partition: str, columns: str) -> str:
+    """The name PostgreSQL gives the index it makes on `partition` for a partitioned index
+    on `columns` (ChooseRelationName: `<partition>_<columns>_idx`, the longer of the two
+    parts cut first until it fits in 63 bytes, as makeObjectName does; names of ours are
+    ASCII)."""
+    room = _NAME_BYTES - len("_idx") - 1
+    keep_table, keep_columns = len(partition), len(columns)
+    while keep_table + keep_columns > room:
+        if keep_table > keep_columns:
+            keep_table -= 1
+        else:
+            keep_columns -= 1
+    return f"{partition[:keep_table]}_{columns[:keep_columns]}_idx"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def complete_indexes(conn: Connection) -> list[str]:
+    """Make every partitioned index of the schema valid: for each partition it lacks an
+    index of, CREATE INDEX CONCURRENTLY the one PostgreSQL would have made through the
+    parent (a leftover of an interrupted build is dropped and built again) and attach it,
+    one at a time while writes go on; the names built. Outside any transaction (a
+    CONCURRENTLY build cannot run in one), under a session advisory lock: while another
+    session holds it, nothing (that session builds them)."""
+    if conn.is_in_transaction():
+        raise RuntimeError("complete_indexes must run outside a transaction")
+    if not await indexes_lock(conn, INDEX_LOCK_KEY):
+        return []
+    built: list[str] = []
+    try:
+        for todo in await indexes_incomplete(conn):
+            child = partition_index_name(todo.partition, todo.columns)
+            valid = todo.loose.get(child)
+            schema = _ident(todo.schema)
+            if valid is False:  # a CONCURRENTLY build that stopped half way
+                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema}.{_ident(child)}")
+            if not valid:
+                unique = "UNIQUE " if todo.unique else ""
+                await conn.execute(
+                    f"CREATE {unique}INDEX CONCURRENTLY {_ident(child)} "
+                    f"ON {schema}.{_ident(todo.partition)} USING {todo.definition}"
+                )
+                built.append(child)
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{ATTACH_LOCK_TIMEOUT}'")
+                await conn.execute(
+                    f"ALTER INDEX {schema}.{_ident(todo.index)} "
+                    f"ATTACH PARTITION {schema}.{_ident(child)}"
+                )
+    finally:
+        await indexes_unlock(conn, INDEX_LOCK_KEY)
+    return built

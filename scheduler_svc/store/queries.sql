@@ -61,12 +61,15 @@ WITH job AS (
     INSERT INTO jobs (tenant, name, attributes, schedule, timezone, target,
                       max_attempts, backoff_s, backoff_max_s, timeout_s,
                       misfire_policy, misfire_grace_s, overlap,
-                      status, next_run_at, idempotency_key, request_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16, $17, $18, $19)
+                      status, next_run_at, idempotency_key, request_hash,
+                      tags, jitter_s, alerts, paused_until)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16, $17, $18, $19,
+            $20, $21, $22, $23)
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, tenant, name, attributes, schedule, timezone, target, max_attempts,
               backoff_s, backoff_max_s, timeout_s, misfire_policy, misfire_grace_s,
-              overlap, status, next_run_at, created_at, updated_at, version
+              overlap, status, next_run_at, created_at, updated_at, version,
+              tags, jitter_s, paused_until, alerts
 ), keyed AS (
     INSERT INTO job_keys (job_id, tenant, key, managed_by)
     SELECT id, tenant, $14, $15 FROM job
@@ -78,15 +81,15 @@ FROM job;
 
 -- job_get --
 -- One job of this tenant.
-SELECT * FROM jobs_api WHERE tenant = $1 AND id = $2;
+SELECT * FROM jobs_api_v7 WHERE tenant = $1 AND id = $2;
 
 -- job_get_by_key --
 -- The job of this tenant with this key (by job_keys_key: the view joins on the tenant).
-SELECT * FROM jobs_api WHERE tenant = $1 AND key = $2;
+SELECT * FROM jobs_api_v7 WHERE tenant = $1 AND key = $2;
 
 -- job_get_by_idempotency_key --
 -- The job this tenant created with this Idempotency-Key, with the hash of that request.
-SELECT * FROM jobs_api WHERE tenant = $1 AND idempotency_key = $2;
+SELECT * FROM jobs_api_v7 WHERE tenant = $1 AND idempotency_key = $2;
 
 -- job_lock --
 -- Lock one job of this tenant until the end of the caller's transaction (a PATCH reads,
@@ -105,7 +108,7 @@ SELECT id FROM jobs WHERE tenant = $1 AND id = $2 FOR UPDATE;
 SELECT j.id, j.tenant, j.name, j.attributes, j.schedule, j.timezone, j.target,
        j.max_attempts, j.backoff_s, j.backoff_max_s, j.timeout_s, j.misfire_policy,
        j.misfire_grace_s, j.overlap, j.status, j.next_run_at, j.created_at, j.updated_at,
-       j.version, k.key, k.managed_by,
+       j.version, j.tags, j.jitter_s, j.paused_until, j.alerts, k.key, k.managed_by,
        last_run.started_at AS last_run_at, last_run.status AS last_run_status
 FROM job_keys k
 JOIN jobs j ON j.id = k.job_id AND j.tenant = k.tenant
@@ -120,13 +123,29 @@ FOR UPDATE OF j, k;
 -- jobs_list --
 -- A page of this tenant's jobs, newest first, by keyset: ids below the cursor.
 -- NULL filters match everything.
-SELECT * FROM jobs_api
+SELECT * FROM jobs_api_v7
 WHERE tenant = $1
   AND ($2::bigint IS NULL OR id < $2)
   AND ($3::text IS NULL OR status = $3)
   AND ($4::text IS NULL OR name = $4)
 ORDER BY id DESC
 LIMIT $5;
+
+-- jobs_list_tagged --
+-- The same page, of the jobs having every tag of $6: found by jobs_tags (GIN) first, the
+-- page cut before the view's last runs are read.
+WITH page AS (
+    SELECT id FROM jobs
+    WHERE tenant = $1 AND tags @> $6::text[]
+      AND ($2::bigint IS NULL OR id < $2)
+      AND ($3::text IS NULL OR status = $3)
+      AND ($4::text IS NULL OR name = $4)
+    ORDER BY id DESC
+    LIMIT $5
+)
+SELECT a.* FROM page JOIN jobs_api_v7 a ON a.id = page.id
+WHERE a.tenant = $1
+ORDER BY a.id DESC;
 
 -- jobs_list_keyed --
 -- The same page, of the jobs with key $5 or owner $6 (NULL: any), or both: found in
@@ -145,10 +164,11 @@ WITH keyed AS (
     WHERE j.tenant = $1
       AND ($3::text IS NULL OR j.status = $3)
       AND ($4::text IS NULL OR j.name = $4)
+      AND ($8::text[] IS NULL OR j.tags @> $8::text[])
     ORDER BY j.id DESC
     LIMIT $7
 )
-SELECT a.* FROM page JOIN jobs_api a ON a.id = page.id
+SELECT a.* FROM page JOIN jobs_api_v7 a ON a.id = page.id
 WHERE a.tenant = $1
 ORDER BY a.id DESC;
 
@@ -163,11 +183,13 @@ WITH updated AS (
         max_attempts = $8, backoff_s = $9, backoff_max_s = $10, timeout_s = $11,
         misfire_policy = $12, misfire_grace_s = $13, overlap = $14,
         status = $17, next_run_at = $18,
+        tags = $19, jitter_s = $20, alerts = $21, paused_until = $22,
         updated_at = now(), version = version + 1
     WHERE tenant = $1 AND id = $2
     RETURNING id, tenant, name, attributes, schedule, timezone, target, max_attempts,
               backoff_s, backoff_max_s, timeout_s, misfire_policy, misfire_grace_s,
-              overlap, status, next_run_at, created_at, updated_at, version
+              overlap, status, next_run_at, created_at, updated_at, version,
+              tags, jitter_s, paused_until, alerts
 ), keyed AS (
     INSERT INTO job_keys (job_id, tenant, key, managed_by)
     SELECT id, tenant, $15, $16 FROM updated
@@ -232,6 +254,7 @@ FROM (
     SELECT due.id, due.tenant, due.name, due.attributes, due.target, due.timeout_s,
            due.max_attempts, due.backoff_s, due.backoff_max_s, due.schedule, due.timezone,
            due.next_run_at, due.misfire_policy, due.misfire_grace_s, due.overlap, due.now,
+           due.jitter_s,
            CASE WHEN due.busy THEN (
                SELECT json_build_object(
                    'pending_since', min(r.ready_at) FILTER (
@@ -245,7 +268,7 @@ FROM (
     FROM (
         SELECT j.id, j.tenant, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
                j.backoff_s, j.backoff_max_s, j.schedule, j.timezone, j.next_run_at,
-               j.misfire_policy, j.misfire_grace_s, j.overlap,
+               j.misfire_policy, j.misfire_grace_s, j.overlap, j.jitter_s,
                j.overlap = 'forbid' AND EXISTS (
                    SELECT FROM job_runs r
                    WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
@@ -273,7 +296,8 @@ FROM (
 -- $9, before it commits), or running: leased to worker $9's executor for $11 seconds
 -- (timeout plus margin), which starts it once this commits. Returns how many runs
 -- were inserted and, as JSON, those neither pending nor waiting (a dropped tick must
--- not be run, nor reported).
+-- not be run, nor reported). $14: each tick's due time (jitter; NULL: the tick). A tick
+-- skipped as an overlap writes its job.missed alert ($15: SCHEDULER_ALERT_URL is set).
 WITH this_transaction AS (
     -- The scheduler's own transaction. A handshake with schema.sql's scheduler_notify()
     -- trigger function, through two transaction-local settings it reads: with
@@ -297,24 +321,43 @@ WITH this_transaction AS (
 ), inserted AS (
     INSERT INTO job_runs (id, job_id, tenant, scheduled_for, trigger, status, error,
                           next_attempt_at, attempt, worker, started_at, finished_at,
-                          duration_ms, lease_expires_at, ready_at, waits_for, catch_up)
+                          duration_ms, lease_expires_at, ready_at, waits_for, catch_up, due_at)
     SELECT run_id(t.scheduled_for), t.job_id, t.tenant, t.scheduled_for, 'schedule',
            CASE WHEN t.status = 'waiting' THEN 'pending' ELSE t.status END, t.error,
-           CASE WHEN t.status <> 'waiting' THEN t.scheduled_for END,
+           -- A jittered tick's first attempt is due at its due time, not at the tick.
+           CASE WHEN t.status <> 'waiting' THEN coalesce(t.due_at, t.scheduled_for) END,
            CASE WHEN t.status IN ('succeeded', 'running') THEN 1 ELSE 0 END,
            CASE WHEN t.status IN ('succeeded', 'running') THEN $9 END,
            CASE WHEN t.status IN ('succeeded', 'running') THEN clock_timestamp() END,
            CASE WHEN t.status IN ('succeeded', 'skipped') THEN clock_timestamp() END,
            CASE WHEN t.status = 'succeeded' THEN 0 END,
            clock_timestamp() + make_interval(secs => t.lease_s),
-           CASE WHEN t.status <> 'waiting' THEN clock_timestamp() END,
-           t.waits_for, t.catch_up
+           -- Claimable from its due time (greatest() passes over a NULL).
+           CASE WHEN t.status <> 'waiting' THEN greatest(clock_timestamp(), t.due_at) END,
+           t.waits_for, t.catch_up, t.due_at
     FROM unnest($4::bigint[], $5::text[], $6::timestamptz[], $7::text[], $8::text[],
-                $11::float8[], $12::bigint[], $13::boolean[])
-             AS t(job_id, tenant, scheduled_for, status, error, lease_s, waits_for, catch_up),
+                $11::float8[], $12::bigint[], $13::boolean[], $14::timestamptz[])
+             AS t(job_id, tenant, scheduled_for, status, error, lease_s, waits_for, catch_up,
+                  due_at),
          this_transaction
     ON CONFLICT (job_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
-    RETURNING id, job_id, scheduled_for, status, started_at, next_attempt_at IS NULL AS waiting
+    RETURNING id, job_id, scheduled_for, status, started_at, next_attempt_at IS NULL AS waiting,
+              error, due_at
+), missed AS (
+    -- A tick skipped as an overlap will have no succeeded run: its job.missed alert is
+    -- written now, in this transaction, and sent when the tick is missed_after_s late.
+    INSERT INTO alerts (id, tenant, job_id, job_name, run_id, event, scheduled_for, url, body,
+                        next_attempt_at)
+    SELECT history_id('alerts_id_seq', i.scheduled_for), j.tenant, i.job_id, j.name, i.id,
+           'job.missed', i.scheduled_for, j.alerts ->> 'url',
+           json_build_object('event', 'job.missed', 'job_id', i.job_id, 'job_name', j.name,
+                             'run_id', i.id, 'scheduled_for', i.scheduled_for,
+                             'error', i.error),
+           coalesce(i.due_at, i.scheduled_for) + alert_missed_after(j.alerts, j.timeout_s)
+    FROM inserted i
+    JOIN jobs j ON j.id = i.job_id
+    WHERE i.status = 'skipped' AND alert_wanted(j.alerts, 'missed', $15)
+    ON CONFLICT (job_id, scheduled_for, event) DO NOTHING
 )
 SELECT count(*),
        coalesce(json_agg(json_build_object('id', id, 'job_id', job_id,
@@ -330,11 +373,53 @@ FROM inserted;
 -- than min(): with statistics that believe no job is active (jobs created paused,
 -- then started, before the next ANALYZE) the planner aggregated over every entry
 -- of jobs_due, a thousand buffers a pass; this reads the index from its start.
+-- And the seconds until the earliest end of a maintenance window (jobs_paused_until),
+-- NULL when no window is open: the scheduler resumes those jobs then (jobs_window_ended).
 SELECT (SELECT extract(epoch FROM next_run_at - now())::float8
         FROM jobs
         WHERE status = 'active' AND ($1::text[] IS NULL OR tenant = ANY($1::text[]))
         ORDER BY next_run_at
+        LIMIT 1),
+       (SELECT extract(epoch FROM paused_until - now())::float8
+        FROM jobs
+        WHERE paused_until IS NOT NULL AND status = 'paused'
+          AND ($1::text[] IS NULL OR tenant = ANY($1::text[]))
+        ORDER BY paused_until
         LIMIT 1);
+
+-- jobs_window_ended --
+-- Paused jobs whose maintenance window is over, locked for the caller's transaction
+-- (SKIP LOCKED: every replica may try, exactly one resumes each), as the API shows them.
+-- Up to $2 of them.
+WITH ended AS (
+    SELECT id FROM jobs
+    WHERE paused_until <= now() AND status = 'paused'
+      AND ($1::text[] IS NULL OR tenant = ANY($1::text[]))
+    ORDER BY paused_until
+    LIMIT $2
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+SELECT a.* FROM ended JOIN jobs_api_v7 a ON a.id = ended.id
+ORDER BY a.id;
+
+-- jobs_bulk_match --
+-- The ids of this tenant's jobs a bulk call's filter matches (every criterion given holds;
+-- at least one is, or $6 `all`), locked in id order (so that two bulk calls cannot
+-- deadlock) for the caller's transaction; a dry run locks them for the statement only.
+SELECT id FROM jobs
+WHERE tenant = $1
+  AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+  AND ($3::text[] IS NULL OR tags @> $3::text[])
+  AND ($4::text IS NULL OR name = $4)
+  AND ($5::text IS NULL OR status = $5)
+  AND ($2::bigint[] IS NOT NULL OR $3::text[] IS NOT NULL OR $4::text IS NOT NULL
+       OR $5::text IS NOT NULL OR $6)
+ORDER BY id
+FOR NO KEY UPDATE;
+
+-- jobs_get_many --
+-- Jobs of this tenant by id, as the API shows them, in id order.
+SELECT * FROM jobs_api_v7 WHERE tenant = $1 AND id = ANY($2::bigint[]) ORDER BY id;
 
 -- runs_due_backlog --
 -- Due ticks not yet started, for the scheduler_due_backlog gauge: pending runs whose
@@ -363,6 +448,8 @@ SELECT (SELECT count(*) FROM job_runs
 -- waiting runs have no earlier run left to wait for (a scheduler pass added them while
 -- this or another statement recorded the end they waited for, which neither could see).
 -- Only runs of the tenants $12 are leased or looked at (NULL: every tenant's).
+-- A failed run, and the first succeeded run of a job after a failed one, write their
+-- alert in this statement (the outbox; $13: whether SCHEDULER_ALERT_URL is set).
 --
 -- Leases are looked at only when $10 (the executor asks about once a second, and
 -- when a lease it knows of runs out): every finished run leaves a dead entry in
@@ -393,7 +480,36 @@ WITH outcome AS (
       AND r.scheduled_for >= run_ids_day_start($2::bigint[])
       AND r.scheduled_for < run_ids_day_end($2::bigint[])
       AND r.worker = $1 AND r.lease_expires_at IS NOT NULL
-    RETURNING r.id, r.job_id, o.status
+    RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, o.status, o.error
+), failing AS (
+    -- The jobs whose run just failed, remembered so that their next success is a
+    -- recovery; a success forgets its job (and is job.recovered if it was there).
+    INSERT INTO jobs_failing (job_id)
+    SELECT DISTINCT job_id FROM finished WHERE status = 'failed'
+    ON CONFLICT (job_id) DO NOTHING
+), recovered AS (
+    DELETE FROM jobs_failing f
+    USING finished s
+    WHERE f.job_id = s.job_id AND s.status = 'succeeded'
+    RETURNING s.id
+), alerted AS (
+    -- The outbox (SPEC §8): run.failed and job.recovered alerts, in the transaction of the
+    -- outcome, for the jobs that want them ($13: SCHEDULER_ALERT_URL is set); any
+    -- replica's alert sender delivers them (engine/alerts.py).
+    INSERT INTO alerts (id, tenant, job_id, job_name, run_id, event, scheduled_for, url, body)
+    SELECT history_id('alerts_id_seq', f.scheduled_for), f.tenant, f.job_id, j.name, f.id,
+           e.event, f.scheduled_for, j.alerts ->> 'url',
+           json_build_object('event', e.event, 'job_id', f.job_id, 'job_name', j.name,
+                             'run_id', f.id, 'scheduled_for', f.scheduled_for,
+                             'error', CASE WHEN e.event = 'run.failed' THEN f.error END)
+    FROM (SELECT id, 'run.failed' AS event FROM finished WHERE status = 'failed'
+          UNION ALL
+          SELECT id, 'job.recovered' FROM recovered) e
+    JOIN finished f ON f.id = e.id
+    JOIN jobs j ON j.id = f.job_id
+    WHERE alert_wanted(j.alerts, CASE e.event WHEN 'run.failed' THEN 'failed'
+                                              ELSE 'recovered' END, $13)
+    ON CONFLICT (job_id, scheduled_for, event) DO NOTHING
 ), due AS (
     SELECT id, NULL::text AS lost_worker FROM job_runs
     WHERE status = 'pending' AND next_attempt_at <= now()
@@ -425,7 +541,7 @@ WITH outcome AS (
       AND r.scheduled_for < run_ids_day_end(ARRAY(SELECT id FROM candidates))
     RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.attempt, r.started_at,
               c.lost_worker, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
-              j.backoff_s, j.backoff_max_s
+              j.backoff_s, j.backoff_max_s, r.due_at
 )
 SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
        (SELECT coalesce(json_agg(claimed), '[]')::text FROM claimed) AS claimed,
@@ -476,7 +592,7 @@ SELECT coalesce(json_agg(r), '[]')::text, now()
 FROM (
     SELECT r.id, r.job_id, r.status, r.scheduled_for, r.ready_at, r.finished_at,
            r.waits_for, r.next_attempt_at IS NULL AS waiting, r.catch_up,
-           j.misfire_grace_s
+           coalesce(r.due_at, r.scheduled_for) AS due_at, j.misfire_grace_s
     FROM job_runs r
     JOIN jobs j ON j.id = r.job_id
     WHERE (r.job_id = ANY($1::bigint[]) AND r.status IN ('pending', 'running'))
@@ -488,8 +604,11 @@ FROM (
 
 -- runs_waiting_settle --
 -- Decide waiting runs (overlap.settle_waiting), under runs_waiting_lock: each is
--- skipped (an earlier run was pending or running at its tick; the reason is $4),
--- released (claimable now: its wait is over; catch-up, $5), or waits on, for run $3. Wakes the executors when one was released.
+-- skipped (an earlier run was pending or running at its due time; the reason is $4),
+-- released (claimable from now or from its due time, if later: its wait is over;
+-- catch-up, $5), or waits on, for run $3. Wakes the executors when one was released. A
+-- skipped one writes its job.missed alert, as runs_materialize does ($6: whether
+-- SCHEDULER_ALERT_URL is set).
 WITH decided AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $5::boolean[])
         AS d(id, action, waits_for, catch_up)
@@ -498,15 +617,27 @@ WITH decided AS (
     SET status = CASE WHEN d.action = 'skip' THEN 'skipped' ELSE 'pending' END,
         error = CASE WHEN d.action = 'skip' THEN $4 END,
         finished_at = CASE WHEN d.action = 'skip' THEN now() END,
-        next_attempt_at = CASE WHEN d.action = 'release' THEN now() END,
-        ready_at = CASE WHEN d.action = 'release' THEN now() END,
+        next_attempt_at = CASE WHEN d.action = 'release' THEN greatest(now(), r.due_at) END,
+        ready_at = CASE WHEN d.action = 'release' THEN greatest(now(), r.due_at) END,
         waits_for = d.waits_for,
         catch_up = d.catch_up
     FROM decided d
     WHERE r.id = d.id AND r.status = 'pending' AND r.next_attempt_at IS NULL
       AND r.scheduled_for >= run_ids_day_start($1::bigint[])
       AND r.scheduled_for < run_ids_day_end($1::bigint[])
-    RETURNING d.action
+    RETURNING d.action, r.id, r.job_id, r.scheduled_for, r.due_at
+), missed AS (
+    INSERT INTO alerts (id, tenant, job_id, job_name, run_id, event, scheduled_for, url, body,
+                        next_attempt_at)
+    SELECT history_id('alerts_id_seq', s.scheduled_for), j.tenant, s.job_id, j.name, s.id,
+           'job.missed', s.scheduled_for, j.alerts ->> 'url',
+           json_build_object('event', 'job.missed', 'job_id', s.job_id, 'job_name', j.name,
+                             'run_id', s.id, 'scheduled_for', s.scheduled_for, 'error', $4),
+           coalesce(s.due_at, s.scheduled_for) + alert_missed_after(j.alerts, j.timeout_s)
+    FROM settled s
+    JOIN jobs j ON j.id = s.job_id
+    WHERE s.action = 'skip' AND alert_wanted(j.alerts, 'missed', $6)
+    ON CONFLICT (job_id, scheduled_for, event) DO NOTHING
 )
 SELECT count(*) FILTER (WHERE action = 'release'),
        (SELECT pg_notify('scheduler_runs', '')
@@ -587,7 +718,7 @@ WITH lock AS (
       AND r.scheduled_for < date_trunc('day', now() - make_interval(days => $1), 'UTC')
       -- job_runs_before_v5 has a BRIN index on created_at, no index on the tick.
       AND r.created_at < date_trunc('day', now() - make_interval(days => $1), 'UTC')
-      AND r.status IN ('succeeded', 'failed', 'skipped')
+      AND r.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
     LIMIT $2
 ), deleted AS (
     DELETE FROM job_runs r
@@ -686,3 +817,363 @@ SELECT pg_is_in_recovery() AS in_recovery,
        pg_last_wal_replay_lsn()::text AS replay_lsn,
        extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
            AS replay_age_s;
+
+-- Operator controls (lead): maintenance windows, bulk pause/resume.
+
+-- jobs_window_resume --
+-- Resume jobs whose maintenance window is over (locked by jobs_window_ended), each with
+-- its next tick from now ($2; NULL and $3 'completed' when its schedule has none left),
+-- as POST /jobs/{id}/resume would: the ticks inside the window are not run.
+UPDATE jobs j
+SET status = r.status, next_run_at = r.next_run_at, paused_until = NULL,
+    updated_at = now(), version = j.version + 1
+FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS r(id, next_run_at, status)
+WHERE j.id = r.id AND j.paused_until <= now() AND j.status = 'paused'
+RETURNING j.id;
+
+-- ===== Alerts and tenant signing secrets (SPEC §8 alerts, §5): store/alerts.py, store/secrets.py =====
+
+-- alerts_check_missed --
+-- The missed-tick check (job.missed), by one replica at a time: whoever gets the
+-- advisory lock ($2, $3: the key and the replica's tenant shard) for this transaction;
+-- nothing without it. One alert per tick of a job alerted on `missed` ($1: whether
+-- SCHEDULER_ALERT_URL is set, see alert_wanted) that has no succeeded run
+-- alert_missed_after(...) after its due time ($5: now, NULL for the database clock) because
+--   late_runs: its run is still pending (not started, retrying, or waiting for an earlier
+--              run of its job: next_attempt_at NULL) or running. Only unfinished runs are
+--              read (job_runs_active), never the history;
+--   late_jobs: it has no run at all yet: its job's next tick is that late (the scheduler
+--              is not keeping up). Only overdue active jobs are read (jobs_due); the tick's
+--              due time is taken as late as its jitter allows.
+-- Ticks alerted already (by this check, or by the executors and the scheduler pass, which
+-- write overlap skips and outcomes) are passed over by alerts_once; a race ends on the
+-- same index (ON CONFLICT DO NOTHING). Only tenants $4 (NULL: all). Returns whether the
+-- lock was held, and the alerts made as JSON.
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($2::int, $3::int) AS held
+), late_runs AS (
+    SELECT r.job_id, r.tenant, j.name, j.alerts, r.id AS run_id, r.scheduled_for,
+           alert_missed_after(j.alerts, j.timeout_s) AS after,
+           CASE WHEN r.status = 'running' THEN format('attempt %s is still running', r.attempt)
+                WHEN r.next_attempt_at IS NULL
+                    THEN 'it is waiting for an earlier run of the job to end'
+                WHEN r.attempt = 0 THEN 'it has not started'
+                ELSE format('attempt %s failed and it waits to retry: %s', r.attempt,
+                            coalesce(r.error, 'no error recorded'))
+           END AS why
+    FROM lock, job_runs r
+    JOIN jobs j ON j.id = r.job_id
+    WHERE lock.held AND r.status IN ('pending', 'running') AND r.trigger = 'schedule'
+      AND ($4::text[] IS NULL OR r.tenant = ANY($4::text[]))
+      AND alert_wanted(j.alerts, 'missed', $1)
+      AND coalesce(r.due_at, r.scheduled_for) + alert_missed_after(j.alerts, j.timeout_s)
+          <= coalesce($5::timestamptz, now())
+), late_jobs AS (
+    SELECT j.id AS job_id, j.tenant, j.name, j.alerts, NULL::bigint AS run_id,
+           j.next_run_at AS scheduled_for, alert_missed_after(j.alerts, j.timeout_s) AS after,
+           'no run has been made for it yet' AS why
+    FROM lock, jobs j
+    WHERE lock.held AND j.status = 'active' AND j.next_run_at <= coalesce($5::timestamptz, now())
+      AND ($4::text[] IS NULL OR j.tenant = ANY($4::text[]))
+      AND alert_wanted(j.alerts, 'missed', $1)
+      AND j.next_run_at + make_interval(secs => j.jitter_s)
+          + alert_missed_after(j.alerts, j.timeout_s) <= coalesce($5::timestamptz, now())
+), late AS (
+    SELECT * FROM late_runs UNION ALL SELECT * FROM late_jobs
+), made AS (
+    INSERT INTO alerts (id, tenant, job_id, job_name, run_id, event, scheduled_for, url, body)
+    SELECT history_id('alerts_id_seq', l.scheduled_for), l.tenant, l.job_id, l.name,
+           l.run_id, 'job.missed', l.scheduled_for, l.alerts ->> 'url',
+           jsonb_build_object(
+               'event', 'job.missed', 'job_id', l.job_id, 'job_name', l.name,
+               'run_id', l.run_id, 'scheduled_for', l.scheduled_for,
+               'error', format('no succeeded run %s s after its due time: %s',
+                               trim_scale(extract(epoch FROM l.after)), l.why))
+    FROM late l
+    -- OFFSET 0 keeps this a probe of alerts_once per late tick (in the partition of its
+    -- day): as a join, the planner may read every job.missed alert kept.
+    WHERE NOT EXISTS (
+        SELECT FROM alerts a
+        WHERE a.job_id = l.job_id AND a.scheduled_for = l.scheduled_for
+          AND a.event = 'job.missed'
+        OFFSET 0
+    )
+    ON CONFLICT DO NOTHING
+    RETURNING id, job_id, run_id, scheduled_for
+)
+SELECT (SELECT held FROM lock) AS held,
+       coalesce(json_agg(made), '[]')::text AS made
+FROM made;
+
+-- alerts_claim --
+-- Lease up to $2 due pending alerts (SKIP LOCKED) to this sender for $1 seconds: their
+-- next attempt moves to the lease's end, so a sender that dies while delivering one is
+-- taken over then, and the attempt is counted now (a claim's attempts is its fencing
+-- token: alert_record matches it). An alert for SCHEDULER_ALERT_URL (url NULL) is
+-- claimed only by a sender that has it ($3), or, a day old, by any (to fail it). Only
+-- tenants $4 (NULL: all).
+WITH due AS (
+    SELECT id FROM alerts
+    WHERE status = 'pending' AND next_attempt_at <= now()
+      AND ($4::text[] IS NULL OR tenant = ANY($4::text[]))
+      AND (url IS NOT NULL OR $3 OR created_at < now() - interval '1 day')
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE alerts a
+SET attempts = a.attempts + 1, next_attempt_at = now() + make_interval(secs => $1)
+-- Found by id in the partitions of their days only (history ids tell their day as run
+-- ids do).
+WHERE a.id = ANY(ARRAY(SELECT id FROM due))
+  AND a.scheduled_for >= run_ids_day_start(ARRAY(SELECT id FROM due))
+  AND a.scheduled_for < run_ids_day_end(ARRAY(SELECT id FROM due))
+RETURNING a.id, a.tenant, a.job_id, a.job_name, a.run_id, a.event, a.scheduled_for, a.url,
+          a.body, a.status, a.attempts, a.next_attempt_at, a.last_error, a.created_at,
+          a.delivered_at;
+
+-- alert_record --
+-- What alert $1's attempt came to: 'delivered', 'failed', or 'pending' again after $4
+-- seconds; $5 the attempt's error. Only if the alert is still at the claim's attempt $2
+-- (else another sender took it over meanwhile, and its word stands): no row then.
+UPDATE alerts
+SET status = $3,
+    next_attempt_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4) END,
+    last_error = coalesce($5, last_error),
+    delivered_at = CASE WHEN $3 = 'delivered' THEN now() END
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+  AND scheduled_for >= run_id_day_start($1) AND scheduled_for < run_id_day_end($1)
+RETURNING id;
+
+-- alerts_release --
+-- At shutdown: give back alerts $1, leased at attempts $2 and not delivered, due now,
+-- their attempt not used up.
+UPDATE alerts a
+SET attempts = a.attempts - 1, next_attempt_at = now()
+FROM unnest($1::bigint[], $2::int[]) AS r(id, attempts)
+WHERE a.id = r.id AND a.attempts = r.attempts AND a.status = 'pending'
+  AND a.id = ANY($1::bigint[])
+  AND a.scheduled_for >= run_ids_day_start($1::bigint[])
+  AND a.scheduled_for < run_ids_day_end($1::bigint[]);
+
+-- alerts_list --
+-- Up to $4 of this tenant's alerts (of job $2, or NULL: of every job, deleted ones too),
+-- newest first, by keyset on id (below $3). The partitions of days after the cursor's
+-- are not read.
+SELECT id, tenant, job_id, job_name, run_id, event, scheduled_for, url, body, status,
+       attempts, next_attempt_at, last_error, created_at, delivered_at
+FROM alerts
+WHERE tenant = $1 AND ($2::bigint IS NULL OR job_id = $2)
+  AND ($3::bigint IS NULL OR id < $3)
+  AND scheduled_for < CASE WHEN $3::bigint IS NULL THEN 'infinity'
+                           ELSE run_id_day_end($3) END
+ORDER BY id DESC
+LIMIT $4;
+
+-- tenant_secret_get --
+-- A tenant's webhook signing secrets: the current one, and the previous one while a
+-- rotation is under way; no row: the tenant signs with SCHEDULER_WEBHOOK_SECRET.
+SELECT secret, previous FROM tenant_secrets WHERE tenant = $1;
+
+-- tenant_secret_rotate --
+-- Give a tenant the signing secret $2: its first, or a new one, when the current one
+-- becomes the previous (which drops any previous before it). `rotated`: it had one.
+INSERT INTO tenant_secrets (tenant, secret) VALUES ($1, $2)
+ON CONFLICT (tenant) DO UPDATE
+SET previous = tenant_secrets.secret, secret = excluded.secret, rotated_at = now()
+RETURNING tenant, rotated_at IS NOT NULL AS rotated;
+
+-- tenant_secret_retire --
+-- Stop signing with a tenant's previous secret. No row: the tenant has no secret;
+-- `retired`: it had a previous one.
+WITH old AS (
+    SELECT tenant, previous FROM tenant_secrets WHERE tenant = $1 FOR UPDATE
+)
+UPDATE tenant_secrets t
+SET previous = NULL
+FROM old
+WHERE t.tenant = old.tenant
+RETURNING t.tenant, old.previous IS NOT NULL AS retired;
+
+-- Run cancel (SPEC §8: POST /runs/{id}/cancel) ------------------------------------------
+
+-- run_cancel --
+-- Cancel one run of this tenant, looked for in the partition of its id's day, if it is
+-- pending or running: it ends `cancelled` now and loses its lease, so a result its
+-- executor sends later is dropped (runs_exchange records only runs still leased to it).
+-- The row decides a race with that result: whichever commits first wins. Returns the
+-- run as it is now and the status it had (`previous`); no row when it had ended already
+-- or is not this tenant's (run_get tells which). Notifies scheduler_cancel with the run's
+-- id when it was running (the replica holding it stops the attempt) or when runs of its
+-- job wait for an earlier run to end (executors then look at leases at once, which is
+-- where waiting runs left with nothing to wait for are decided).
+WITH target AS (
+    -- Locked first, so that a result or a lease committed meanwhile is seen: the status
+    -- it had then is what the audit and the notification go by.
+    SELECT id, scheduled_for, status FROM job_runs
+    WHERE tenant = $1 AND id = $2
+      AND scheduled_for >= run_id_day_start($2) AND scheduled_for < run_id_day_end($2)
+      AND status IN ('pending', 'running')
+    FOR UPDATE
+), cancelled AS (
+    UPDATE job_runs r
+    SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+        -- A stopped attempt's duration is how long it had run.
+        duration_ms = CASE WHEN t.status = 'running'
+                           THEN extract(epoch FROM now() - r.started_at)::float8 * 1000
+                           ELSE r.duration_ms END
+    FROM target t
+    WHERE r.id = t.id AND r.scheduled_for = t.scheduled_for
+      AND r.scheduled_for >= run_id_day_start($2) AND r.scheduled_for < run_id_day_end($2)
+    RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.status, r.attempt,
+              r.next_attempt_at, r.started_at, r.finished_at, r.duration_ms, r.error,
+              r.output, r.worker, r.lease_expires_at, r.created_at, r.due_at,
+              t.status AS previous
+)
+SELECT c.*,
+       (SELECT pg_notify('scheduler_cancel', c.id::text)
+        WHERE c.previous = 'running' OR EXISTS (
+            SELECT FROM job_runs w
+            WHERE w.job_id = c.job_id AND w.status = 'pending' AND w.next_attempt_at IS NULL
+        )) AS notified
+FROM cancelled c;
+
+-- runs_cancelled --
+-- Which of runs $1 are cancelled: an executor asks about runs it held whose results were
+-- not recorded, and about those it holds once its LISTEN connection is back (a NOTIFY
+-- scheduler_cancel sent while it was down is lost).
+SELECT coalesce(array_agg(id), '{}') FROM job_runs
+WHERE id = ANY($1::bigint[]) AND status = 'cancelled'
+  AND scheduled_for >= run_ids_day_start($1::bigint[])
+  AND scheduled_for < run_ids_day_end($1::bigint[]);
+
+-- Audit trail, run search and index completion (SPEC §8, §10) ------------------------
+
+-- audit_insert --
+-- One audit row, in the transaction of the change it records. Its id and `at` both come
+-- from the transaction's start (history_id(…, now())), so the id tells the day of `at`.
+INSERT INTO audit (tenant, actor, action, job_id, run_id, changes, request_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- audit_insert_many --
+-- One audit row per job of $4, with the changes $5 of the same position (a bulk call), in
+-- one statement; ids in the order given.
+INSERT INTO audit (tenant, actor, action, job_id, changes, request_id)
+SELECT $1, $2, $3, a.job_id, a.changes, $6
+FROM unnest($4::bigint[], $5::jsonb[]) WITH ORDINALITY AS a(job_id, changes, n)
+ORDER BY a.n;
+
+-- audit_list --
+-- Up to $6 audit rows of this tenant, newest first, with ids in [$2, $3) and `at` in
+-- [$4, $5) (NULL: unbounded): one window of days (store.audit.windows). An audit row's id
+-- tells the day of its `at`, the partition key, so a window reads only its days'
+-- partitions (by audit_tenant), and a page of a busy tenant one or two of them. The
+-- bounds are plain parameters, so that the plan leaves out the other partitions before
+-- it is made (a bound computed in SQL would leave them to the executor, after planning
+-- every partition, which costs more than reading the page).
+SELECT id, at, actor, action, job_id, run_id, changes, request_id FROM audit
+WHERE tenant = $1 AND id >= $2 AND id < $3
+  AND at >= coalesce($4::timestamptz, '-infinity') AND at < coalesce($5::timestamptz, 'infinity')
+ORDER BY id DESC
+LIMIT $6;
+
+-- audit_list_job --
+-- Up to $4 audit rows of job $2 of this tenant (deleted or not), newest first, below id
+-- $3. One statement over every partition, by audit_job: a job has few rows, spread over
+-- its life, so day windows would mostly read empty days one round trip at a time.
+SELECT id, at, actor, action, job_id, run_id, changes, request_id FROM audit
+WHERE job_id = $2 AND tenant = $1
+  AND id < coalesce($3::bigint, 9007199254740992)
+ORDER BY id DESC
+LIMIT $4;
+
+-- runs_search --
+-- Up to $7 runs of this tenant with a status of $4, newest first, with ids in [$2, $3)
+-- and ticks in [$5, $6) (NULL: unbounded): one window of days, as audit_list reads. Each
+-- status is read by job_runs_search (tenant, status, id DESC) up to the page size and
+-- the few rows merged: the tenant's runs of other statuses and days are never read,
+-- whatever their number. `BETWEEN` and the order by status are what only that index
+-- serves: with `status = …` the primary key's order would do too, and the planner, which
+-- cannot know how rare a status is among the newest runs, chose to read a day's runs
+-- backwards through it to find a few failures (11,114 rows read for none, measured).
+SELECT r.* FROM unnest($4::text[]) AS s(status)
+CROSS JOIN LATERAL (
+    SELECT * FROM job_runs
+    WHERE tenant = $1 AND status BETWEEN s.status AND s.status AND id >= $2 AND id < $3
+      AND scheduled_for >= coalesce($5::timestamptz, '-infinity')
+      AND scheduled_for < coalesce($6::timestamptz, 'infinity')
+    ORDER BY status, id DESC
+    LIMIT $7
+) r
+ORDER BY r.id DESC
+LIMIT $7;
+
+-- runs_search_job --
+-- The same, of job $8 only: by job_runs_job_id (job_id, id DESC), its statuses filtered,
+-- so that no more than the job's own runs are read (BETWEEN: as above, so that the
+-- primary key is not read for the order instead).
+SELECT * FROM job_runs
+WHERE job_id BETWEEN $8 AND $8 AND tenant = $1 AND status = ANY($4::text[])
+  AND id >= $2 AND id < $3
+  AND scheduled_for >= coalesce($5::timestamptz, '-infinity')
+  AND scheduled_for < coalesce($6::timestamptz, 'infinity')
+ORDER BY job_id, id DESC
+LIMIT $7;
+
+-- indexes_lock --
+-- Take the index builders' session advisory lock if no one holds it; whether it was taken.
+SELECT pg_try_advisory_lock($1);
+
+-- indexes_unlock --
+-- Let the next replica build indexes.
+SELECT pg_advisory_unlock($1);
+
+-- indexes_incomplete --
+-- The partitions that each partitioned index of this schema not yet valid has no index
+-- of (one made ON ONLY its table, as migration 0007 makes job_runs_search; it becomes
+-- valid once every partition has one attached). For each: the index, its schema, the
+-- partition, the index's column names joined by "_" ("expr" for an expression: what
+-- PostgreSQL names a partition's index by when it makes one through the parent), its
+-- definition from USING on, whether it is unique, and the names of the partition's
+-- indexes that belong to no partitioned index, valid and invalid (a build that stopped
+-- half way leaves an invalid one; one that stopped before attaching, a valid one).
+WITH parent AS (
+    SELECT i.indexrelid, i.indrelid, i.indisunique, c.relname AS index_name,
+           c.relnamespace::regnamespace::text AS schema,
+           (SELECT string_agg(coalesce(a.attname, 'expr'), '_' ORDER BY k.n)
+            FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+            LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+           ) AS columns,
+           substring(pg_get_indexdef(i.indexrelid) FROM ' USING (.*)$') AS definition
+    FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indexrelid
+    WHERE c.relkind = 'I' AND NOT i.indisvalid
+      AND c.relnamespace = current_schema()::text::regnamespace
+)
+SELECT p.index_name, p.schema, part.relname::text AS partition, p.columns, p.definition,
+       p.indisunique AS is_unique, loose.valid, loose.invalid
+FROM parent p
+JOIN pg_inherits h ON h.inhparent = p.indrelid
+JOIN pg_class part ON part.oid = h.inhrelid
+CROSS JOIN LATERAL (
+    SELECT coalesce(array_agg(ci.relname::text) FILTER (WHERE x.indisvalid), '{}') AS valid,
+           coalesce(array_agg(ci.relname::text) FILTER (WHERE NOT x.indisvalid), '{}') AS invalid
+    FROM pg_index x JOIN pg_class ci ON ci.oid = x.indexrelid
+    WHERE x.indrelid = part.oid AND NOT ci.relispartition
+) loose
+WHERE NOT EXISTS (
+    SELECT FROM pg_inherits hi JOIN pg_index ci ON ci.indexrelid = hi.inhrelid
+    WHERE hi.inhparent = p.indexrelid AND ci.indrelid = part.oid
+)
+ORDER BY p.index_name, part.relname;
+
+-- older_releases_connected --
+-- Whether a replica of a release before schema 7 has a session on this database: those
+-- named theirs `scheduler-svc:<worker id>` (this release: `scheduler-svc@7:…`,
+-- db.application_name). Such a release cannot read a run whose status it does not know
+-- (`cancelled`): cancelling waits until the roll is over.
+SELECT EXISTS (
+    SELECT FROM pg_stat_activity
+    WHERE datname = current_database()
+      AND (application_name = 'scheduler-svc' OR application_name LIKE 'scheduler-svc:%')
+);

@@ -1,5 +1,5 @@
-"""Queries on runs: the executors' exchange, waiting runs, release, trigger, reads,
-prune, the runs a pause skips, and the due backlog."""
+"""Queries on runs: the executors' exchange, waiting runs, release, trigger, cancel,
+reads, prune, the runs a pause skips, and the due backlog."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from scheduler_svc.models import (
     ClaimedRun,
     RunResult,
     RunRow,
+    RunStatus,
 )
 from scheduler_svc.schedule.overlap import RunSpan, Settlement
 from scheduler_svc.store.sql import QUERIES, Conn, Connection
@@ -44,10 +45,12 @@ async def runs_exchange(
     *,
     leases: bool = True,
     tenants: Sequence[str] | None = None,
+    operator_alerts: bool = False,
 ) -> Exchange:
     """Record `results` of runs leased to `worker` and lease up to `claim` more runs of
     `tenants` (None: of all): pending ones due now and, if `leases`, running ones whose
-    lease ran out."""
+    lease ran out. Failures and recoveries write their alerts (`operator_alerts`:
+    SCHEDULER_ALERT_URL is set, so jobs without alert settings are alerted there)."""
     now = time.monotonic()
     record = await conn.fetchrow(
         QUERIES["runs_exchange"],
@@ -63,6 +66,7 @@ async def runs_exchange(
         leases,
         [max(0.0, now - r.ended_at) for r in results],
         tenants,
+        operator_alerts,
     )
     assert record is not None
     recorded = set(record["finished"])
@@ -96,8 +100,11 @@ async def runs_waiting_get(
     return msgspec.json.decode(record[0], type=list[RunSpan]), record[1]
 
 
-async def runs_waiting_settle(conn: Connection, settlements: list[Settlement], reason: str) -> int:
-    """Write what became of waiting runs (skipped with `reason`); how many were released."""
+async def runs_waiting_settle(
+    conn: Connection, settlements: list[Settlement], reason: str, *, operator_alerts: bool = False
+) -> int:
+    """Write what became of waiting runs (skipped with `reason`, each with its job.missed
+    alert); how many were released."""
     released: int = await conn.fetchval(
         QUERIES["runs_waiting_settle"],
         [s.id for s in settlements],
@@ -105,6 +112,7 @@ async def runs_waiting_settle(conn: Connection, settlements: list[Settlement], r
         [s.waits_for for s in settlements],
         reason,
         [s.catch_up for s in settlements],
+        operator_alerts,
     )
     return released
 
@@ -126,6 +134,23 @@ async def run_trigger(conn: Conn, tenant: str, job_id: int) -> RunRow | None:
 async def run_get(conn: Conn, tenant: str, run_id: int) -> RunRow | None:
     """One run of `tenant`, or None."""
     return _run(await conn.fetchrow(QUERIES["run_get"], tenant, run_id))
+
+
+async def run_cancel(conn: Conn, tenant: str, run_id: int) -> tuple[RunRow, RunStatus] | None:
+    """Cancel a pending or running run of `tenant`: the run, now cancelled, and the status
+    it had. None if it had ended already or does not exist (run_get tells which)."""
+    record = await conn.fetchrow(QUERIES["run_cancel"], tenant, run_id)
+    if record is None:
+        return None
+    row = dict(record)
+    previous: RunStatus = row.pop("previous")
+    del row["notified"]
+    return msgspec.convert(row, RunRow), previous
+
+
+async def runs_cancelled(conn: Conn, run_ids: list[int]) -> set[int]:
+    """Those of `run_ids` that are cancelled."""
+    return set(await conn.fetchval(QUERIES["runs_cancelled"], run_ids))
 
 
 # The windows runs_list reads a page from, newest first, in days before the cursor's day:

@@ -80,3 +80,9 @@ async def db_now(conn: Conn) -> datetime:
 async def ping(conn: Conn) -> None:
     """Fail unless the connection answers."""
     await conn.fetchval(QUERIES["ping"])
+
+
+async def older_releases_connected(conn: Conn) -> bool:
+    """Whether a replica of a release before schema 7 is connected (queries.sql says why)."""
+    connected: bool = await conn.fetchval(QUERIES["older_releases_connected"])
+    return connected

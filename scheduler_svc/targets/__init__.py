@@ -8,8 +8,9 @@
 - `http`: the small aiohttp client webhook calls go out through;
 - `netguard`: which addresses a webhook may reach, at creation and at call time.
 
-May import `config`, `errors`, `logs`, `models` and `redact`; only the engine, the API
-(URL and handler-name checks), `app` and `cli` import it.
+May import `config`, `errors`, `logs`, `models`, `redact` and `tracing` (the webhook's
+traceparent); only the engine, the API (URL and handler-name checks), `app` and `cli`
+import it.
 """
 
 from scheduler_svc.targets.delivery import RUN_IN_PASS, Delivery, Outcome, log_line

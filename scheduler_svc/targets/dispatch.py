@@ -8,7 +8,7 @@ from scheduler_svc.targets.delivery import Delivery, Outcome, log_line, one_line
 from scheduler_svc.targets.handlers import Handler, call_handler, registered_handlers
 from scheduler_svc.targets.http import WebhookClient
 from scheduler_svc.targets.netguard import Resolver
-from scheduler_svc.targets.webhook import Webhook
+from scheduler_svc.targets.webhook import SigningSecrets, Webhook
 
 
 class Deliverer:
@@ -17,6 +17,7 @@ class Deliverer:
     `deliver` turns every target-side failure into an Outcome; only bugs and
     cancellation escape it. The caller enforces the attempt's overall timeout.
     `handlers` are those a run may call by name (default: `registered_handlers()`).
+    Webhooks are signed with `secrets` (their run's tenant's), or else `webhook_secret`.
     """
 
     def __init__(
@@ -27,9 +28,14 @@ class Deliverer:
         allow_private: bool = False,
         handlers: Mapping[str, Handler] | None = None,
         resolver: Resolver | None = None,
+        secrets: SigningSecrets | None = None,
     ) -> None:
         self._webhook = Webhook(
-            http, secret=webhook_secret or None, allow_private=allow_private, resolver=resolver
+            http,
+            secret=webhook_secret or None,
+            allow_private=allow_private,
+            resolver=resolver,
+            secrets=secrets,
         )
         self._handlers = dict(registered_handlers() if handlers is None else handlers)
 

@@ -9,7 +9,7 @@ import hmac
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 import yarl
 
+from scheduler_svc import tracing
 from scheduler_svc.redact import scrub
 from scheduler_svc.targets.delivery import Delivery, Outcome, one_line
 from scheduler_svc.targets.http import CallFailed, Reply, WebhookClient
@@ -55,9 +56,15 @@ _FRAMING_HEADERS = frozenset(
 )
 _METHODS_WITHOUT_ENVELOPE = frozenset({"GET", "DELETE"})
 
+# The signing secrets of a tenant's deliveries (store.TenantSecrets): empty to send
+# unsigned, None when they cannot be known now (the attempt is then retried).
+SigningSecrets = Callable[[str], Awaitable[tuple[str, ...] | None]]
+SECRETS_UNAVAILABLE = "the tenant's signing secrets could not be read (database unavailable)"
+
 
 class Webhook:
-    """Calls the webhook of an http target, signed with `secret` when there is one."""
+    """Calls the webhook of an http target, signed with the secrets of its run's tenant
+    (`secrets`), or else with `secret` when there is one."""
 
     def __init__(
         self,
@@ -66,11 +73,15 @@ class Webhook:
         secret: str | None,
         allow_private: bool,
         resolver: Resolver | None,
+        secrets: SigningSecrets | None = None,
     ) -> None:
         self._http = http
         self._secret = secret
+        self._secrets = secrets
         self._allow_private = allow_private
         self._resolver = resolver
+        # With traces on, the attempt's span goes along as traceparent: decided here, once.
+        self._headers = tracing.with_traceparent(self._request_headers)
 
     async def call(self, d: Delivery) -> Outcome:
         """Make one attempt's call; every failure is an Outcome."""
@@ -78,6 +89,83 @@ class Webhook:
         url = target.get("url")
         if not isinstance(url, str):
             return Outcome(ok=False, error="http target has no url", retryable=False)
+        endpoint = await self._vetted(url)
+        if isinstance(endpoint, Outcome):
+            return endpoint
+        host, port = endpoint.host, endpoint.port
+
+        method = str(target.get("method") or "POST").upper()
+        body, content_type = _request_body(d, method)
+        user_headers: dict[str, str] = target.get("headers") or {}
+        if not all(name.isascii() and value.isascii() for name, value in user_headers.items()):
+            return Outcome(
+                ok=False,
+                error="a target header value is not ASCII, so cannot be sent",
+                retryable=False,
+            )
+        signing = await self._signing(d.tenant)
+        if signing is None:
+            return Outcome(ok=False, error=SECRETS_UNAVAILABLE)
+        headers = self._headers(d, user_headers, body, content_type, signing)
+        try:
+            reply = await self._http.call(
+                method, endpoint.url, headers, body, timeout_s=d.timeout_s, limit=OUTPUT_LIMIT
+            )
+        except RefusedAddress as exc:
+            return Outcome(ok=False, error=one_line(f"refused: {exc}"), retryable=False)
+        except CallFailed as exc:
+            error = _scrub(_call_problem(exc, host, port), user_headers, signing)
+            return Outcome(ok=False, error=error, retryable=exc.retryable)
+        # Without final=True a multi-byte character cut at the limit is dropped, not garbled.
+        head = codecs.getincrementaldecoder("utf-8")("replace").decode(reply.head)
+        output = {"status_code": reply.status, "body": _scrub(head, user_headers, signing)}
+        return _classify(reply, output, host, d.backoff_max_s)
+
+    async def send(
+        self,
+        url: str,
+        body: bytes,
+        headers: Sequence[tuple[str, str]],
+        *,
+        tenant: str,
+        timeout_s: float,
+        retry_after_cap_s: float,
+    ) -> Outcome:
+        """POST the JSON `body` to `url` with `headers`, signed with `tenant`'s secrets,
+        under the rules of a webhook call (the address guard, what a reply comes to,
+        Retry-After up to `retry_after_cap_s`); every failure is an Outcome. Alerts go
+        out through this."""
+        endpoint = await self._vetted(url)
+        if isinstance(endpoint, Outcome):
+            return endpoint
+        signing = await self._signing(tenant)
+        if signing is None:
+            return Outcome(ok=False, error=SECRETS_UNAVAILABLE)
+        sent = [
+            ("Accept", "*/*"),
+            ("Accept-Encoding", "identity"),
+            ("Content-Type", "application/json"),
+            ("User-Agent", USER_AGENT),
+            *headers,
+        ]
+        if signing:
+            sent.append(("X-Scheduler-Signature", sign_all(signing, body)))
+        try:
+            reply = await self._http.call(
+                "POST", endpoint.url, sent, body, timeout_s=timeout_s, limit=OUTPUT_LIMIT
+            )
+        except RefusedAddress as exc:
+            return Outcome(ok=False, error=one_line(f"refused: {exc}"), retryable=False)
+        except CallFailed as exc:
+            error = _scrub(_call_problem(exc, endpoint.host, endpoint.port), {}, signing)
+            return Outcome(ok=False, error=error, retryable=exc.retryable)
+        head = codecs.getincrementaldecoder("utf-8")("replace").decode(reply.head)
+        output = {"status_code": reply.status, "body": _scrub(head, {}, signing)}
+        return _classify(reply, output, endpoint.host, retry_after_cap_s)
+
+    async def _vetted(self, url: str) -> _Endpoint | Outcome:
+        """The endpoint `url` calls, its host vetted unless private addresses are
+        allowed; or the attempt's failure."""
         endpoint = _endpoint(url, self._allow_private)
         if isinstance(endpoint, str):
             return Outcome(ok=False, error=endpoint, retryable=False)
@@ -89,33 +177,21 @@ class Webhook:
                 return Outcome(ok=False, error=one_line(f"refused: {exc}"), retryable=False)
             except OSError as exc:
                 return Outcome(ok=False, error=one_line(f"DNS lookup failed for {host}: {exc}"))
+        return endpoint
 
-        method = str(target.get("method") or "POST").upper()
-        body, content_type = _request_body(d, method)
-        user_headers: dict[str, str] = target.get("headers") or {}
-        if not all(name.isascii() and value.isascii() for name, value in user_headers.items()):
-            return Outcome(
-                ok=False,
-                error="a target header value is not ASCII, so cannot be sent",
-                retryable=False,
-            )
-        headers = self._request_headers(d, user_headers, body, content_type)
-        try:
-            reply = await self._http.call(
-                method, endpoint.url, headers, body, timeout_s=d.timeout_s, limit=OUTPUT_LIMIT
-            )
-        except RefusedAddress as exc:
-            return Outcome(ok=False, error=one_line(f"refused: {exc}"), retryable=False)
-        except CallFailed as exc:
-            error = scrub(_call_problem(exc, host, port), user_headers, self._secret)
-            return Outcome(ok=False, error=error, retryable=exc.retryable)
-        # Without final=True a multi-byte character cut at the limit is dropped, not garbled.
-        head = codecs.getincrementaldecoder("utf-8")("replace").decode(reply.head)
-        output = {"status_code": reply.status, "body": scrub(head, user_headers, self._secret)}
-        return _classify(reply, output, host, d.backoff_max_s)
+    async def _signing(self, tenant: str) -> tuple[str, ...] | None:
+        """The secrets to sign the tenant's call with (empty: unsigned); None if unknown now."""
+        if self._secrets is not None:
+            return await self._secrets(tenant)
+        return (self._secret,) if self._secret else ()
 
     def _request_headers(
-        self, d: Delivery, user: Mapping[str, str], body: bytes | None, content_type: str | None
+        self,
+        d: Delivery,
+        user: Mapping[str, str],
+        body: bytes | None,
+        content_type: str | None,
+        signing: Sequence[str],
     ) -> list[tuple[str, str]]:
         headers = [
             (name, value)
@@ -135,8 +211,8 @@ class Webhook:
             ("X-Scheduler-Run-Id", str(d.run_id)),
             ("X-Scheduler-Attempt", str(d.attempt)),
         ]
-        if self._secret is not None:
-            headers.append(("X-Scheduler-Signature", sign(self._secret, body or b"")))
+        if signing:
+            headers.append(("X-Scheduler-Signature", sign_all(signing, body or b"")))
         return headers
 
 
@@ -166,6 +242,24 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     t = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
+
+
+def sign_all(secrets: Sequence[str], body: bytes, timestamp: int | None = None) -> str:
+    """The X-Scheduler-Signature value signed with each of `secrets` (during a rotation,
+    the new and the previous): t=<unix seconds>,v1=<hex>,v1=<hex>…, one v1 per secret, so
+    a receiver that knows either verifies it."""
+    t = int(time.time()) if timestamp is None else timestamp
+    signed = f"{t}.".encode() + body
+    macs = (hmac.new(s.encode(), signed, hashlib.sha256).hexdigest() for s in secrets)
+    return f"t={t}," + ",".join(f"v1={mac}" for mac in macs)
+
+
+def _scrub(text: str, headers: Mapping[str, str], signing: Sequence[str]) -> str:
+    """`text` with every signing secret and credential-like header value masked."""
+    text = scrub(text, headers, signing[0] if signing else None)
+    for secret in signing[1:]:
+        text = scrub(text, {}, secret)
+    return text
 
 
 def envelope(d: Delivery) -> dict[str, Any]:

@@ -1,15 +1,13 @@
-"""Wire types: one msgspec Struct per direction, plus the frozen row the store returns."""
+"""Jobs on the wire: the fields clients send, the row the store returns, the view the API
+shows, targets, and API keys' rows."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
-
-from scheduler_svc.schedule.overlap import Unfinished
 
 MisfirePolicy = Literal["run_once", "skip", "run_all"]
 Overlap = Literal["forbid", "allow"]
@@ -34,6 +32,13 @@ HandlerName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"
 JobKey = Annotated[str, Meta(pattern=KEY_PATTERN, description="Unique per tenant.")]
 ManagedBy = Annotated[str, Meta(min_length=1, max_length=200, description="The owning tool.")]
+Tag = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,62}$")]
+Tags = Annotated[list[Tag], Meta(max_length=20, description="Labels to find jobs by.")]
+JitterSeconds = Annotated[
+    float, Meta(ge=0, le=3600, description="Each tick's run is due up to this much later.")
+]
+AlertEvent = Literal["failed", "recovered", "missed"]
+ALERT_EVENTS: tuple[AlertEvent, ...] = ("failed", "recovered", "missed")
 
 
 class LogTarget(Struct, tag_field="type", tag="log", forbid_unknown_fields=True):
@@ -58,6 +63,17 @@ class HandlerTarget(Struct, tag_field="type", tag="handler", forbid_unknown_fiel
 Target = LogTarget | HttpTarget | HandlerTarget
 
 
+class AlertSettings(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Where and on what a job is alerted (SPEC §8); without `url`, at SCHEDULER_ALERT_URL."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    on: Annotated[list[AlertEvent], Meta(max_length=3)] = msgspec.field(
+        default_factory=lambda: list(ALERT_EVENTS)
+    )
+    # Default: 60 s more than the job's timeout_s.
+    missed_after_s: Annotated[float, Meta(ge=1, le=7 * 86400)] | None = None
+
+
 class JobFields(Struct, forbid_unknown_fields=True, kw_only=True):
     """A job's fields as clients send them. `interval` is the old service's name for
     `schedule`."""
@@ -77,6 +93,9 @@ class JobFields(Struct, forbid_unknown_fields=True, kw_only=True):
     misfire_policy: MisfirePolicy = "run_once"
     misfire_grace_s: GraceSeconds = 60
     overlap: Overlap = "forbid"
+    tags: Tags = []
+    jitter_s: JitterSeconds = 0.0
+    alerts: AlertSettings | None = None
 
 
 class JobCreate(JobFields, forbid_unknown_fields=True, kw_only=True):
@@ -116,6 +135,9 @@ class JobPatch(Struct, forbid_unknown_fields=True, kw_only=True):
     misfire_policy: MisfirePolicy | UnsetType = UNSET
     misfire_grace_s: GraceSeconds | UnsetType = UNSET
     overlap: Overlap | UnsetType = UNSET
+    tags: Tags | UnsetType = UNSET
+    jitter_s: JitterSeconds | UnsetType = UNSET
+    alerts: AlertSettings | UnsetType | None = UNSET
     paused: bool | UnsetType = UNSET
 
 
@@ -145,6 +167,10 @@ class JobRow(Struct, frozen=True, kw_only=True):
     version: int
     key: str | None = None
     managed_by: str | None = None
+    tags: list[str] = []
+    jitter_s: float = 0.0
+    paused_until: datetime | None = None
+    alerts: dict[str, Any] | None = None
 
 
 class JobOut(Struct, kw_only=True):
@@ -166,7 +192,11 @@ class JobOut(Struct, kw_only=True):
     misfire_policy: MisfirePolicy
     misfire_grace_s: int
     overlap: Overlap
+    tags: list[str]
+    jitter_s: float
+    alerts: AlertSettings | None
     status: JobStatus
+    paused_until: datetime | None
     next_run_at: datetime | None
     last_run_at: datetime | None
     last_run_status: str | None
@@ -235,121 +265,10 @@ class JobSpec(Struct, frozen=True, kw_only=True):
     paused: bool
     key: str | None = None
     managed_by: str | None = None
-
-
-RunStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
-RunTrigger = Literal["schedule", "manual"]
-
-
-class RunRow(Struct, frozen=True, kw_only=True):
-    """A row of `job_runs` as the store returns it."""
-
-    id: int
-    job_id: int
-    tenant: str
-    scheduled_for: datetime
-    trigger: RunTrigger
-    status: RunStatus
-    attempt: int
-    next_attempt_at: datetime | None  # None while it waits for an earlier run of its job
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_ms: float | None
-    error: str | None
-    output: Any
-    worker: str | None
-    lease_expires_at: datetime | None
-    created_at: datetime
-    due_at: datetime | None = None  # None: the tick (no jitter, or a run from before it)
-
-
-class RunOut(Struct, kw_only=True):
-    """A run as the API shows it. `next_attempt_at` is set only while the run waits."""
-
-    id: int
-    job_id: int
-    scheduled_for: datetime
-    # When the run was due: the tick plus its job's jitter (the tick without jitter).
-    due_at: datetime
-    trigger: RunTrigger
-    status: RunStatus
-    attempt: int
-    next_attempt_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_ms: float | None
-    error: str | None
-    output: Any
-    worker: str | None
-
-
-class Execution(Struct, frozen=True, kw_only=True):
-    """What carrying out a job's tick takes from the job: its target and how to retry it."""
-
-    name: str
-    attributes: dict[str, Any]
-    target: dict[str, Any]
-    timeout_s: int
-    max_attempts: int
-    backoff_s: float
-    backoff_max_s: float
-
-
-class DueJob(Execution, frozen=True, kw_only=True):
-    """A job the scheduler claimed for this pass."""
-
-    id: int
-    tenant: str
-    schedule: str
-    timezone: str
-    next_run_at: datetime
-    misfire_policy: MisfirePolicy
-    misfire_grace_s: int
-    overlap: Overlap
-    # What its unfinished runs say about its ticks; None when it has none (or overlap
-    # is allowed), as for most jobs.
-    unfinished: Unfinished | None = None
-    now: datetime
-
-
-class InsertedRun(Struct, frozen=True):
-    """A run a scheduler pass inserted other than pending: succeeded (a log target the
-    pass ran itself), skipped (overlap), or running (leased to this replica's
-    executor). `started_at` is set for the first and the last."""
-
-    id: int
-    job_id: int
-    scheduled_for: datetime
-    status: Literal["succeeded", "skipped", "running"]
-    started_at: datetime | None
-
-
-class ClaimedRun(Execution, frozen=True, kw_only=True):
-    """A run leased to this worker, with what executing it needs from its job."""
-
-    id: int
-    job_id: int
-    tenant: str
-    scheduled_for: datetime
-    trigger: RunTrigger
-    attempt: int
-    started_at: datetime
-    lost_worker: str | None  # set when this attempt takes over an expired lease
-    due_at: datetime | None = None  # when it was due, if not at its tick (jitter)
-
-
-class RunResult(Struct, frozen=True, kw_only=True):
-    """What an attempt came to, as runs_exchange records it."""
-
-    run_id: int
-    status: Literal["succeeded", "failed", "pending"]
-    delay_s: float | None  # for "pending": seconds until the next attempt
-    error: str | None
-    output: Any
-    duration_ms: float
-    # time.monotonic() when the attempt ended, which is when its result is made: the
-    # run's finished_at is derived from it however late the result reaches the database.
-    ended_at: float = msgspec.field(default_factory=time.monotonic)
+    tags: list[str] = []
+    jitter_s: float = 0.0
+    alerts: dict[str, Any] | None = None  # AlertSettings as stored
+    paused_until: datetime | None = None  # the end of a maintenance window
 
 
 class ApiKeyRow(Struct, frozen=True, kw_only=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -11,6 +12,7 @@ from scheduler_svc import store
 from scheduler_svc.config import RateLimit
 from scheduler_svc.errors import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES, SchedulerError, problem_of
 from scheduler_svc.security import principals
+from scheduler_svc.store import db
 from tests.helpers import running_app
 from tests.principals import bearer, make_key
 
@@ -296,7 +298,11 @@ async def test_private_webhooks_are_allowed_when_configured(make_settings: Any, 
 
 
 async def test_every_problem_type_keeps_one_title(
-    client: httpx.AsyncClient, pool: Any, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient,
+    pool: Any,
+    make_settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
 ) -> None:
     # RFC 9457: a problem type keeps its title. Drive every type the API answers with,
     # each by every path that builds one (domain errors, Litestar's own exceptions, the
@@ -324,6 +330,16 @@ async def test_every_problem_type_keeps_one_title(
         (421, await client.get("/jobs", headers={"Host": "evil.example"})),
         (403, await client.post("/jobs", json=GOOD, headers={"Origin": "http://evil.example"})),
     ]
+    # A replica of a release before run cancel, by the name its sessions have.
+    other = (await client.post(f"/jobs/{job['id']}/trigger")).json()
+    older = await asyncpg.connect(
+        db.connect_options(database_url)[0],
+        server_settings={"application_name": "scheduler-svc:old-release"},
+    )
+    try:
+        answers.append((409, await client.post(f"/runs/{other['id']}/cancel")))
+    finally:
+        await older.close()
 
     async def fail(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")

@@ -76,7 +76,7 @@ async def test_a_default_pool_is_durable_and_named_after_the_service(
 ) -> None:
     settings = await session_settings(database_url)
     assert (settings["application_name"], settings["synchronous_commit"]) == (
-        "scheduler-svc",
+        "scheduler-svc@7",
         "on",
     )
     assert db.application_name("api-1") == "scheduler-svc@7:api-1"

@@ -14,7 +14,8 @@ import msgspec
 import pytest
 
 from scheduler_svc import store
-from scheduler_svc.api import jobs
+from scheduler_svc.api import jobs, writes
+from scheduler_svc.audit import AuditContext
 from scheduler_svc.errors import InvalidRequest
 from scheduler_svc.models import JobCreate, JobPatch, JobSpec
 from tests.factories import DEFAULTS, make_job
@@ -108,11 +109,17 @@ def test_plan_starts_from_now_and_never_from_missed_ticks(
     assert jobs.schedule_state(spec, NOW) == planned
 
 
+# Who the changes these tests make are audited as.
+ACTOR = AuditContext("test", None)
+
+
 async def test_a_change_of_zone_alone_replans_the_job(pool: Any, clean: None) -> None:
-    job, _ = await jobs.create(pool, "default", create_body(schedule="0 9 * * *"), RULES, None)
+    body = create_body(schedule="0 9 * * *")
+    job, _ = await writes.create(pool, "default", body, RULES, None, ACTOR)
     assert job.next_run_at is not None and job.next_run_at.hour == 9
 
-    moved = await jobs.update(pool, "default", job.id, JobPatch(timezone="Asia/Tokyo"), RULES, None)
+    patch = JobPatch(timezone="Asia/Tokyo")
+    moved = await writes.update(pool, "default", job.id, patch, RULES, None, ACTOR)
 
     assert moved.next_run_at is not None
     assert (moved.next_run_at.hour, moved.next_run_at.minute) == (0, 0)  # 09:00 in Tokyo
@@ -146,11 +153,11 @@ def test_a_request_hash_ignores_the_order_of_keys_inside_attributes() -> None:
 
 async def test_a_key_whose_job_was_deleted_creates_a_new_job(conn: Any) -> None:
     body = create_body(schedule="@daily")
-    first, replayed = await jobs.create(conn, "default", body, RULES, "key-1")
+    first, replayed = await writes.create(conn, "default", body, RULES, "key-1", ACTOR)
     assert not replayed
     assert await store.job_delete(conn, "default", first.id)
 
-    again, replayed = await jobs.create(conn, "default", body, RULES, "key-1")
+    again, replayed = await writes.create(conn, "default", body, RULES, "key-1", ACTOR)
 
     assert not replayed
     assert again.id != first.id

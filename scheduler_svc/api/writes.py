@@ -25,7 +25,7 @@ from scheduler_svc.store.db import Pool
 
 
 async def create(
-    pool: Pool,
+    pool: Pool | Connection,
     tenant: str,
     body: JobCreate,
     rules: Rules,
@@ -117,12 +117,16 @@ async def lock(conn: Connection, tenant: str, job: JobRef) -> JobRow | None:
     return await store.job_lock_by_key(conn, tenant, job)
 
 
-async def transaction(pool: Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
+async def transaction(pool: Pool | Connection, work: Callable[[Connection], Awaitable[T]]) -> T:
     """`work` in a transaction, run once more if a migration changed the row type of a
     statement asyncpg had prepared: inside a transaction it cannot prepare it again, so it
     drops its caches and raises. This release's statements name the columns of jobs they
     return, so an expand of jobs does not do that (migrations/0006_job_keys.sql says why
-    it matters); this is the net under that rule."""
+    it matters); this is the net under that rule. On a connection (a caller's own
+    transaction), a savepoint of it."""
+    if not isinstance(pool, asyncpg.Pool):
+        async with pool.transaction():
+            return await work(pool)
     try:
         async with pool.acquire() as conn, conn.transaction():
             return await work(conn)

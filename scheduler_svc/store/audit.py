@@ -164,14 +164,55 @@ async def runs_search(
     limit: int,
 ) -> list[RunRow]:
     """Up to `limit` runs of `tenant` (of `job_id`, with `status`, if given) whose tick is
-    in [since, until), with ids below `before_id`, newest first."""
+    in [since, until), with ids below `before_id`, newest first (of one job: runs_search_job)."""
+    if job_id is not None:
+        return await runs_search_job(
+            conn,
+            tenant,
+            job_id,
+            status=status,
+            since=since,
+            until=until,
+            before_id=before_id,
+            limit=limit,
+        )
+    return await _search(conn, "runs_search", (), tenant, status, since, until, before_id, limit)
+
+
+async def runs_search_job(
+    conn: Conn,
+    tenant: str,
+    job_id: int,
+    *,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_id: int | None = None,
+    limit: int,
+) -> list[RunRow]:
+    """As runs_search, of one job's runs (read by job_runs_job_id)."""
+    return await _search(
+        conn, "runs_search_job", (job_id,), tenant, status, since, until, before_id, limit
+    )
+
+
+async def _search(
+    conn: Conn,
+    query: str,
+    extra: tuple[int, ...],
+    tenant: str,
+    status: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    before_id: int | None,
+    limit: int,
+) -> list[RunRow]:
+    """Window after window of days, newest first, until the page is full."""
     statuses = [status] if status is not None else list(RUN_STATUSES)
-    query = QUERIES["runs_search" if job_id is None else "runs_search_job"]
-    extra = () if job_id is None else (job_id,)
     records: list[asyncpg.Record] = []
     for w in windows(before_id, since, until):
         records += await conn.fetch(
-            query,
+            QUERIES[query],
             tenant,
             w.id_from,
             w.id_below,

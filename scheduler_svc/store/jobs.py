@@ -150,11 +150,27 @@ async def jobs_list(
             tags=tags,
         )
     if tags:
-        records = await conn.fetch(
-            QUERIES["jobs_list_tagged"], tenant, before_id, status, name, limit, list(tags)
+        return await jobs_list_tagged(
+            conn, tenant, before_id=before_id, status=status, name=name, limit=limit, tags=tags
         )
-    else:
-        records = await conn.fetch(QUERIES["jobs_list"], tenant, before_id, status, name, limit)
+    records = await conn.fetch(QUERIES["jobs_list"], tenant, before_id, status, name, limit)
+    return [msgspec.convert(dict(r), JobRow) for r in records]
+
+
+async def jobs_list_tagged(
+    conn: Conn,
+    tenant: str,
+    *,
+    before_id: int | None,
+    status: str | None,
+    name: str | None,
+    limit: int,
+    tags: Sequence[str],
+) -> list[JobRow]:
+    """As jobs_list, of the jobs of `tenant` having every one of `tags` (by jobs_tags)."""
+    records = await conn.fetch(
+        QUERIES["jobs_list_tagged"], tenant, before_id, status, name, limit, list(tags)
+    )
     return [msgspec.convert(dict(r), JobRow) for r in records]
 
 

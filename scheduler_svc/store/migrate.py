@@ -186,46 +186,6 @@ ATTACH_LOCK_TIMEOUT = "10s"
 _NAME_BYTES = 63  # NAMEDATALEN - 1
 
 
-@dataclass(frozen=True, slots=True)
-class IncompleteIndex:
-    """A partition that a partitioned index not yet valid has no index of."""
-
-    index: str
-    schema: str
-    partition: str
-    columns: str  # the index's column names joined by "_" ("expr" for an expression)
-    definition: str  # from USING on: "btree (tenant, status, id DESC)"
-    unique: bool
-    loose: dict[str, bool]  # the partition's indexes of no partitioned index: valid?
-
-
-async def indexes_incomplete(conn: Connection) -> list[IncompleteIndex]:
-    """Each partition that each invalid partitioned index of this schema lacks an index of."""
-    return [
-        IncompleteIndex(
-            index=r["index_name"],
-            schema=r["schema"],
-            partition=r["partition"],
-            columns=r["columns"],
-            definition=r["definition"],
-            unique=r["is_unique"],
-            loose={**dict.fromkeys(r["valid"], True), **dict.fromkeys(r["invalid"], False)},
-        )
-        for r in await conn.fetch(sql.QUERIES["indexes_incomplete"])
-    ]
-
-
-async def indexes_lock(conn: Connection, key: int) -> bool:
-    """Take the index builders' session lock unless another session holds it."""
-    taken: bool = await conn.fetchval(sql.QUERIES["indexes_lock"], key)
-    return taken
-
-
-async def indexes_unlock(conn: Connection, key: int) -> None:
-    """Release the index builders' session lock."""
-    await conn.fetchval(sql.QUERIES["indexes_unlock"], key)
-
-
 def partition_index_name(partition: str, columns: str) -> str:
     """The name PostgreSQL gives the index it makes on `partition` for a partitioned index
     on `columns` (ChooseRelationName: `<partition>_<columns>_idx`, the longer of the two
@@ -254,11 +214,11 @@ async def complete_indexes(conn: Connection) -> list[str]:
     session holds it, nothing (that session builds them)."""
     if conn.is_in_transaction():
         raise RuntimeError("complete_indexes must run outside a transaction")
-    if not await indexes_lock(conn, INDEX_LOCK_KEY):
+    if not await sql.indexes_lock(conn, INDEX_LOCK_KEY):
         return []
     built: list[str] = []
     try:
-        for todo in await indexes_incomplete(conn):
+        for todo in await sql.indexes_incomplete(conn):
             child = partition_index_name(todo.partition, todo.columns)
             valid = todo.loose.get(child)
             schema = _ident(todo.schema)
@@ -278,5 +238,5 @@ async def complete_indexes(conn: Connection) -> list[str]:
                     f"ATTACH PARTITION {schema}.{_ident(child)}"
                 )
     finally:
-        await indexes_unlock(conn, INDEX_LOCK_KEY)
+        await sql.indexes_unlock(conn, INDEX_LOCK_KEY)
     return built

@@ -4,6 +4,7 @@ that are about the database itself (schema and migrations, clock, ping)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, TypeAlias
@@ -86,3 +87,43 @@ async def older_releases_connected(conn: Conn) -> bool:
     """Whether a replica of a release before schema 7 is connected (queries.sql says why)."""
     connected: bool = await conn.fetchval(QUERIES["older_releases_connected"])
     return connected
+
+
+@dataclass(frozen=True, slots=True)
+class IncompleteIndex:
+    """A partition that a partitioned index not yet valid has no index of."""
+
+    index: str
+    schema: str
+    partition: str
+    columns: str  # the index's column names joined by "_" ("expr" for an expression)
+    definition: str  # from USING on: "btree (tenant, status, id DESC)"
+    unique: bool
+    loose: dict[str, bool]  # the partition's indexes of no partitioned index: valid?
+
+
+async def indexes_incomplete(conn: Connection) -> list[IncompleteIndex]:
+    """Each partition that each invalid partitioned index of this schema lacks an index of."""
+    return [
+        IncompleteIndex(
+            index=r["index_name"],
+            schema=r["schema"],
+            partition=r["partition"],
+            columns=r["columns"],
+            definition=r["definition"],
+            unique=r["is_unique"],
+            loose={**dict.fromkeys(r["valid"], True), **dict.fromkeys(r["invalid"], False)},
+        )
+        for r in await conn.fetch(QUERIES["indexes_incomplete"])
+    ]
+
+
+async def indexes_lock(conn: Connection, key: int) -> bool:
+    """Take the index builders' session lock unless another session holds it."""
+    taken: bool = await conn.fetchval(QUERIES["indexes_lock"], key)
+    return taken
+
+
+async def indexes_unlock(conn: Connection, key: int) -> None:
+    """Release the index builders' session lock."""
+    await conn.fetchval(QUERIES["indexes_unlock"], key)

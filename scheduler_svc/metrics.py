@@ -192,7 +192,8 @@ def finished_in_pass(runs: list[InsertedRun]) -> None:
     for run in runs:
         if run.status == "succeeded" and run.started_at is not None:
             RUN_DURATION.observe(0.0)
-            FIRE_LAG.observe(max((run.started_at - run.scheduled_for).total_seconds(), 0.0))
+            due = run.due_at or run.scheduled_for
+            FIRE_LAG.observe(max((run.started_at - due).total_seconds(), 0.0))
 
 
 def skipped(count: int) -> None:

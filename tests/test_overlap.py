@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from scheduler_svc.schedule.overlap import (
@@ -209,3 +210,32 @@ def test_a_released_run_is_catch_up_so_a_fresh_tick_during_it_waits_its_turn() -
         span(7, 30.1, waits_for=6),
     ]
     assert settle(spans, [6], now=30.3) == [Settlement(7, "release", None, catch_up=True)]
+
+
+# --- jitter: overlap is judged at a tick's due time (SPEC §8) -------------------------
+
+
+def test_a_jittered_tick_waits_for_a_pending_run_that_may_end_before_it_is_due() -> None:
+    # Its due time comes after the pass: the pending run may run and end by then.
+    pending_since_one = Unfinished(at(1), 7, False)
+    assert plan_ticks(TICKS, pending_since_one, forbid=True, certain=False) == ["wait"] * 3
+
+
+def test_a_jittered_tick_is_judged_at_its_due_time_not_its_tick() -> None:
+    # Run 1 was running from 0 to 1.4; the tick at 1 is due at 1.5 (jitter): no overlap.
+    due_after = RunSpan(
+        id=2,
+        job_id=1,
+        status="pending",
+        scheduled_for=at(1),
+        due_at=at(1.5),
+        ready_at=None,
+        finished_at=None,
+        waits_for=1,
+        waiting=True,
+    )
+    ended = span(1, 0, "succeeded", ready=0, ended=1.4)
+    assert settle([ended, due_after], [1]) == [Settlement(2, "release", None, catch_up=True)]
+    # Due at 1.3 instead: run 1 was still running then, so it is skipped.
+    due_during = msgspec.structs.replace(due_after, due_at=at(1.3))
+    assert settle([ended, due_during], [1]) == [Settlement(2, "skip", None)]

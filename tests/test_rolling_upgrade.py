@@ -480,7 +480,8 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                     " FROM job_runs WHERE status = 'running' AND lease_expires_at < now()"
                 )
                 rows = await pool.fetch(
-                    "SELECT id, job_id, scheduled_for, trigger, status, worker, created_at,"
+                    "SELECT id, job_id, scheduled_for, trigger, status, worker, created_at, error,"
+                    " attempt, started_at, finished_at,"
                     " tableoid::regclass::text AS partition FROM job_runs ORDER BY id"
                 )
                 # Across every run, not only those up to the cutoff.
@@ -620,7 +621,26 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
     assert not extra, f"runs off the schedule, by job: {sample(extra)}"
     assert not twice, f"ticks run twice, by job: {sample(twice)}"
     assert runs_and_ticks[0] == runs_and_ticks[1], f"runs, distinct ticks: {runs_and_ticks}"
-    assert not not_succeeded, f"runs up to the cutoff not succeeded: {dict(not_succeeded)}"
+    bad = [r for r in in_window if r["status"] != "succeeded"]
+    around = [
+        (
+            r["scheduled_for"].time(),
+            r["status"],
+            r["attempt"],
+            r["worker"],
+            r["error"],
+            r["started_at"] and r["started_at"].time(),
+            r["finished_at"] and r["finished_at"].time(),
+        )
+        for r in rows
+        if bad
+        and r["job_id"] == bad[0]["job_id"]
+        and abs((r["scheduled_for"] - bad[0]["scheduled_for"]).total_seconds()) <= 4
+    ]
+    assert not not_succeeded, (
+        f"runs up to the cutoff not succeeded: {dict(not_succeeded)}; the job of the first,"
+        f" {bad[0]['job_id'] if bad else None}, around it: {around}"
+    )
     assert not stuck, f"runs still running past their lease: {[dict(r) for r in stuck]}"
     assert not wrong_day, (
         f"run ids whose day is not their tick's (id, id day, tick day): {wrong_day}"

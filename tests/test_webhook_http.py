@@ -97,6 +97,39 @@ async def test_a_body_read_to_its_end_keeps_the_connection_and_a_cut_one_closes_
     assert after != cut, "a connection whose body was cut is not"
 
 
+async def test_a_pooled_connection_the_server_closed_is_replaced_and_the_call_sent_again(
+    http: WebhookClient,
+) -> None:
+    # Each connection answers one request and keeps itself open; a second request on it
+    # meets a hang-up, as one does when the server closes an idle connection just as the
+    # client reuses it.
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            for answered in (True, False):
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                await reader.readexactly(2)  # the body, b"{}"
+                if not answered:
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, LOOPBACK, 0)
+    url = f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}/hook"
+    try:
+        first = await call(http, url)
+        second = await call(http, url)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert (first, second) == ((200, None, b"ok"), (200, None, b"ok"))
+    # The second call went out twice: on the pooled connection, then on a new one.
+    assert len(heads) == 3, heads
+
+
 async def test_redirects_are_returned_not_followed(
     http: WebhookClient, receiver: WebhookReceiver
 ) -> None:

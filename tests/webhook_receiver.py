@@ -186,7 +186,18 @@ async def serve_receiver(
     """A WebhookReceiver served on a free loopback port (https with a certificate and key)."""
     receiver = WebhookReceiver()
     tls = {"ssl_certfile": certfile, "ssl_keyfile": keyfile}
-    options = {"lifespan": "off", "ws": "none", "timeout_graceful_shutdown": 5, **tls}
+    # Idle connections are kept a minute (uvicorn's default is 5 s): a replica that calls
+    # every few seconds would otherwise meet, now and then, a connection closed just as it
+    # reuses it. This release's client sends such a call again (test_webhook_http.py), but
+    # the previous release's, run beside it in test_rolling_upgrade.py, retries it after
+    # its backoff, and an overlap-forbidding job then skips the ticks meanwhile.
+    options = {
+        "lifespan": "off",
+        "ws": "none",
+        "timeout_graceful_shutdown": 5,
+        "timeout_keep_alive": 60,
+        **tls,
+    }
     async with serving(receiver, "the webhook receiver", **options) as port:
         receiver.port = port
         receiver.scheme = "https" if certfile else "http"

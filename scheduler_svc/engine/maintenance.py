@@ -68,7 +68,16 @@ async def maintain_once(pool: Pool, retention_days: int) -> Pass:
 
 
 async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: float = 300) -> None:
-    """Maintain at start and every `every_s` seconds until `stop`."""
+    """Maintain at start and every `every_s` seconds until `stop`; at start, warn if the
+    server does not vacuum by itself."""
+    try:
+        if not await store.autovacuum_on(pool):
+            log.warning(
+                "autovacuum_off",
+                hint="turn autovacuum on: jobs and job_runs bloat without it and ticks start late",
+            )
+    except DATABASE_ERRORS as exc:
+        log.warning("maintenance_database_error", error=str(exc))
     while not stop.is_set():
         try:
             done = await maintain_once(pool, retention_days)

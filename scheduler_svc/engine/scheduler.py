@@ -295,6 +295,7 @@ def _claimed(job: DueJob, run: InsertedRun) -> ClaimedRun:
         attempt=1,
         started_at=run.started_at,
         lost_worker=None,
+        due_at=run.due_at,
         name=job.name,
         attributes=job.attributes,
         target=job.target,

@@ -99,6 +99,7 @@ class InsertedRun(Struct, frozen=True):
     scheduled_for: datetime
     status: Literal["succeeded", "skipped", "running"]
     started_at: datetime | None
+    due_at: datetime | None = None  # its tick plus its job's jitter; None: the tick
 
 
 class ClaimedRun(Execution, frozen=True, kw_only=True):

@@ -362,7 +362,8 @@ WITH this_transaction AS (
 SELECT count(*),
        coalesce(json_agg(json_build_object('id', id, 'job_id', job_id,
                                            'scheduled_for', scheduled_for,
-                                           'status', status, 'started_at', started_at))
+                                           'status', status, 'started_at', started_at,
+                                           'due_at', due_at))
                 FILTER (WHERE status <> 'pending'), '[]')::text,
        count(*) FILTER (WHERE status = 'pending' AND NOT waiting)
 FROM inserted;
@@ -1177,3 +1178,9 @@ SELECT EXISTS (
     WHERE datname = current_database()
       AND (application_name = 'scheduler-svc' OR application_name LIKE 'scheduler-svc:%')
 );
+
+-- autovacuum_on --
+-- Whether the server vacuums by itself. jobs (a row rewritten every tick) and the day
+-- partitions of job_runs (rows that change state within seconds) bloat without it, and
+-- claims and exchanges slow down with the dead entries they walk: the worker warns.
+SELECT current_setting('autovacuum') = 'on';

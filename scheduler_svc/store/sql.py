@@ -83,6 +83,12 @@ async def ping(conn: Conn) -> None:
     await conn.fetchval(QUERIES["ping"])
 
 
+async def autovacuum_on(conn: Conn) -> bool:
+    """Whether the server runs autovacuum (queries.sql says why it matters)."""
+    on: bool = await conn.fetchval(QUERIES["autovacuum_on"])
+    return on
+
+
 async def older_releases_connected(conn: Conn) -> bool:
     """Whether a replica of a release before schema 7 is connected (queries.sql says why)."""
     connected: bool = await conn.fetchval(QUERIES["older_releases_connected"])

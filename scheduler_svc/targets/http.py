@@ -70,6 +70,15 @@ class Reply:
     head: bytes  # the body's first bytes, up to the call's limit
 
 
+# A request whose connection closed before any answer is sent again, once, at once, on a
+# new connection. A pooled connection the server closed for idleness just as it was reused
+# fails that way: uvicorn and Node close idle connections after 5 s, so a job firing
+# about that often would lose calls to it (RFC 9112 §9.3.1). aiohttp does this itself,
+# for idempotent methods only; every delivery carries an Idempotency-Key, so a POST may be
+# sent again too (at least once, as after any failed attempt).
+_SENT_AGAIN_ON = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 @lru_cache(maxsize=256)
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     # The same few timeouts serve every call; one object each, not one per call.
@@ -119,20 +128,35 @@ class WebhookClient:
             if problem is not None:
                 raise RefusedAddress(f"{url.raw_host} {problem}")
         with _as_call_failed():
-            response = await self._open_session().request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=_timeout(timeout_s),
-            )
+            try:
+                response = await self._send(method, url, headers, body, timeout_s)
+            except _SENT_AGAIN_ON as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    raise  # no connection was made: nothing to send again on a new one
+                response = await self._send(method, url, headers, body, timeout_s)
         try:
             head = await _read_head(response, limit)
         finally:
             # A body read to its end gives the connection back for reuse; otherwise it closes.
             response.release()
         return Reply(response.status, response.headers.get("Retry-After"), head)
+
+    async def _send(
+        self,
+        method: str,
+        url: yarl.URL,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeout_s: float,
+    ) -> aiohttp.ClientResponse:
+        return await self._open_session().request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=_timeout(timeout_s),
+        )
 
     async def aclose(self) -> None:
         """Close every pooled connection."""

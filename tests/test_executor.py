@@ -13,7 +13,8 @@ import pytest
 import structlog
 
 from scheduler_svc import store
-from scheduler_svc.engine.executor import Executor, result_of, retry_delay_s
+from scheduler_svc.engine.attempts import result_of, retry_delay_s
+from scheduler_svc.engine.executor import Executor
 from scheduler_svc.engine.scheduler import tick_once
 from scheduler_svc.logs import merge_context
 from scheduler_svc.models import ClaimedRun, RunResult, RunRow
@@ -555,3 +556,58 @@ async def test_a_waiting_run_whose_wait_ended_unseen_is_found_by_the_lease_check
     assert blind.stranded_jobs == []
     ran = await run_until_final(pool, executor(pool, http), stranded)
     assert ran.status == "succeeded"
+
+
+async def test_a_result_the_database_forgot_is_recorded_again_not_run_again(
+    pool: Any, http: WebhookClient
+) -> None:
+    calls: list[int] = []
+
+    async def count(ctx: HandlerContext) -> dict[str, int]:
+        calls.append(ctx.run_id)
+        return {"call": len(calls)}
+
+    _, run = await due_run(pool, target={"type": "handler", "name": "count"}, timeout_s=1)
+    ex = executor(pool, http, handlers={"count": count}, lease_margin_s=0)
+    [claimed] = await ex.claim_once(1)
+    ex.adopt([claimed], 0)
+    assert await _record_when_done(ex) == {run.id}
+    recorded = await store.run_get(pool, "default", run.id)
+    assert recorded is not None and recorded.finished_at is not None
+    assert recorded.status == "succeeded"
+    # The database crashes and comes back without that commit (the worker's pool does
+    # not wait for the flush): the run is running again, its lease run out.
+    await pool.execute(
+        "UPDATE job_runs SET status = 'running', finished_at = NULL, output = NULL,"
+        " lease_expires_at = now() - interval '1 s' WHERE id = $1",
+        run.id,
+    )
+    ex.recorded.database_lost()
+    deadline = asyncio.get_running_loop().time() + 10
+    taken: list[ClaimedRun] = []
+    while not taken:
+        assert asyncio.get_running_loop().time() < deadline, "the lease was never taken over"
+        taken = await ex.claim_once(1)
+        if not taken:
+            await asyncio.sleep(0.05)
+    assert (taken[0].id, taken[0].lost_worker) == (run.id, "w1")
+    ex.adopt(taken, 0)
+    await ex.exchange_once(0)
+    again = await store.run_get(pool, "default", run.id)
+    assert again is not None and again.finished_at is not None and again.started_at is not None
+    assert calls == [run.id], "the target was called again"
+    assert (again.status, again.output) == ("succeeded", {"call": 1})
+    # Its end is the attempt's, not the takeover's: overlap judges later ticks by it.
+    assert abs((again.finished_at - recorded.finished_at).total_seconds()) < 0.5
+    assert again.started_at <= again.finished_at
+
+
+async def _record_when_done(ex: Executor) -> set[int]:
+    """Record the executor's results once its attempts are done; the run ids recorded."""
+    deadline = asyncio.get_running_loop().time() + 5
+    recorded: set[int] = set()
+    while not recorded:
+        assert asyncio.get_running_loop().time() < deadline, "the attempt never ended"
+        await asyncio.sleep(0.01)
+        recorded = (await ex.exchange_once(0)).recorded
+    return recorded

@@ -9,20 +9,20 @@ I/O. Each run then executes in its own task under the job's timeout.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 import structlog
 
 from scheduler_svc import logs, metrics, store, tracing
 from scheduler_svc.engine.aio import wait_any
+from scheduler_svc.engine.attempts import delivery_of, result_of
 from scheduler_svc.engine.cancels import Cancels
+from scheduler_svc.engine.recorded import RecentResults
 from scheduler_svc.models import ClaimedRun, RunResult
 from scheduler_svc.schedule import overlap
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
-from scheduler_svc.targets import Deliverer, Delivery, Outcome
+from scheduler_svc.targets import Deliverer, Outcome
 
 _LOGGER = "scheduler_svc.engine.executor"
 log = structlog.get_logger(_LOGGER)
@@ -37,58 +37,6 @@ RECORD_GAP_S = 0.02
 # lease it knows of runs out). Leases last the job's timeout plus a margin of
 # seconds, so this delays no takeover by more than it.
 LEASE_CHECK_S = 1.0
-
-
-def retry_delay_s(attempt: int, backoff_s: float, backoff_max_s: float) -> float:
-    """Seconds before the next attempt: min(max, base · 2^(attempt-1)), ±20 % jitter."""
-    base: float = min(backoff_max_s, backoff_s * 2.0 ** min(attempt - 1, 62))
-    return base * random.uniform(0.8, 1.2)
-
-
-def result_of(run: ClaimedRun, outcome: Outcome, duration_ms: float) -> RunResult:
-    """Decide a run's next state from one attempt's outcome and its job's retry policy."""
-    if outcome.ok:
-        return RunResult(
-            run_id=run.id,
-            status="succeeded",
-            delay_s=None,
-            error=None,
-            output=outcome.output,
-            duration_ms=duration_ms,
-        )
-    status: Literal["failed", "pending"]
-    delay_s: float | None
-    if not outcome.retryable or run.attempt >= run.max_attempts:
-        status, delay_s = "failed", None
-    elif outcome.retry_after_s is not None:
-        status, delay_s = "pending", min(outcome.retry_after_s, run.backoff_max_s)
-    else:
-        status, delay_s = "pending", retry_delay_s(run.attempt, run.backoff_s, run.backoff_max_s)
-    return RunResult(
-        run_id=run.id,
-        status=status,
-        delay_s=delay_s,
-        error=outcome.error,
-        output=outcome.output,
-        duration_ms=duration_ms,
-    )
-
-
-def delivery_of(run: ClaimedRun) -> Delivery:
-    """What the target of a claimed run needs."""
-    return Delivery(
-        run_id=run.id,
-        job_id=run.job_id,
-        job_name=run.name,
-        tenant=run.tenant,
-        scheduled_for=run.scheduled_for,
-        trigger=run.trigger,
-        attempt=run.attempt,
-        attributes=run.attributes,
-        target=run.target,
-        timeout_s=float(run.timeout_s),
-        backoff_max_s=run.backoff_max_s,
-    )
 
 
 class Executor:
@@ -122,6 +70,8 @@ class Executor:
         self._reserved = 0  # slots held for runs a scheduler pass is leasing to us
         self._results: list[RunResult] = []
         self._attempts: dict[int, ClaimedRun] = {}  # the runs of those results, for the log
+        # Results recorded just before the database went away (recorded.py).
+        self.recorded = RecentResults(lease_margin_s)
         self._attempt_done = asyncio.Event()  # a slot free
         # Set RECORD_GAP_S after the first result no exchange has taken yet.
         self._record_due = asyncio.Event()
@@ -171,6 +121,7 @@ class Executor:
             self._lease_end_at = None if end_in is None else now + end_in
         metrics.leased(exchange.leased, claim)
         attempts = [(result, self._attempts.pop(result.run_id, None)) for result in batch]
+        self.recorded.remember(attempts, exchange.recorded)
         lost = [(result, run) for result, run in attempts if result.run_id not in exchange.recorded]
         if lost:  # the run was cancelled, or another replica took it over
             await self.cancels.unrecorded(lost)
@@ -294,8 +245,33 @@ class Executor:
         self._lease_check_at = 0.0
         self.wake.set()
 
+    def _collect(self, result: RunResult, run: ClaimedRun) -> None:
+        """Hold a result for the next exchange."""
+        self._results.append(result)
+        self._attempts[run.id] = run
+        if self._record_timer is None:
+            # Finished attempts are recorded together, not each on its own round
+            # trip: at thousands of runs a second those trips were most of the
+            # database's work. The slot is free already; only the record waits.
+            self._record_timer = asyncio.get_running_loop().call_later(
+                RECORD_GAP_S, self._record_due.set
+            )
+
     def _start(self, run: ClaimedRun) -> None:
         if self.cancels.stopped(run):  # cancelled between its lease and now
+            return
+        result = self.recorded.forgotten(run, self.worker_id)
+        if result is not None:
+            log.info(
+                "result_recorded_again",
+                job_id=run.job_id,
+                run_id=run.id,
+                tick=run.scheduled_for.isoformat(),
+                attempt=run.attempt,
+                worker=self.worker_id,
+                status=result.status,
+            )
+            self._collect(result, run)
             return
 
         async def execute_and_collect() -> None:
@@ -306,15 +282,7 @@ class Executor:
                     raise  # stopping (drain), not a cancel
                 return  # nothing to record: the run is final already
             # Only now look up the list: exchange_once replaces it while we await.
-            self._results.append(result)
-            self._attempts[run.id] = run
-            if self._record_timer is None:
-                # Finished attempts are recorded together, not each on its own round
-                # trip: at thousands of runs a second those trips were most of the
-                # database's work. The slot is free already; only the record waits.
-                self._record_timer = asyncio.get_running_loop().call_later(
-                    RECORD_GAP_S, self._record_due.set
-                )
+            self._collect(result, run)
 
         task = asyncio.create_task(execute_and_collect(), name=f"run-{run.id}")
         self._inflight[run.id] = task

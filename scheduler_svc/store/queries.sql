@@ -469,6 +469,10 @@ WITH outcome AS (
                                ELSE r.next_attempt_at END,
         finished_at = CASE WHEN o.status = 'pending' THEN NULL
                            ELSE now() - make_interval(secs => o.ended_ago_s) END,
+        -- When the attempt really started, if before the lease: a result recorded again
+        -- after the database forgot it, under a lease taken since (engine/recorded.py).
+        started_at = least(r.started_at,
+                           now() - make_interval(secs => o.ended_ago_s + o.duration_ms / 1000)),
         error = o.error, output = o.output, duration_ms = o.duration_ms,
         lease_expires_at = NULL
     FROM outcome o

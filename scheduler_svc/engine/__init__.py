@@ -1,6 +1,6 @@
 """The engine of one replica: the scheduler (due ticks → runs, `scheduler`), the
 executors (runs → targets → results, `executor`; one attempt's outcome, `attempts`; runs
-cancelled under them, `cancels`; results a database crash forgot, `recorded`),
+cancelled under them, `cancels`),
 maintenance (retention, `maintenance`), the alert sender (the missed-tick check and
 the alerts outbox, `alerts`), maintenance windows that end (`windows`) and the worker
 that owns their loops and LISTEN connection (`worker`).

@@ -18,7 +18,6 @@ from scheduler_svc import logs, metrics, store, tracing
 from scheduler_svc.engine.aio import wait_any
 from scheduler_svc.engine.attempts import delivery_of, result_of
 from scheduler_svc.engine.cancels import Cancels
-from scheduler_svc.engine.recorded import RecentResults
 from scheduler_svc.models import ClaimedRun, RunResult
 from scheduler_svc.schedule import overlap
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
@@ -70,8 +69,6 @@ class Executor:
         self._reserved = 0  # slots held for runs a scheduler pass is leasing to us
         self._results: list[RunResult] = []
         self._attempts: dict[int, ClaimedRun] = {}  # the runs of those results, for the log
-        # Results recorded just before the database went away (recorded.py).
-        self.recorded = RecentResults(lease_margin_s)
         self._attempt_done = asyncio.Event()  # a slot free
         # Set RECORD_GAP_S after the first result no exchange has taken yet.
         self._record_due = asyncio.Event()
@@ -121,7 +118,6 @@ class Executor:
             self._lease_end_at = None if end_in is None else now + end_in
         metrics.leased(exchange.leased, claim)
         attempts = [(result, self._attempts.pop(result.run_id, None)) for result in batch]
-        self.recorded.remember(attempts, exchange.recorded)
         lost = [(result, run) for result, run in attempts if result.run_id not in exchange.recorded]
         if lost:  # the run was cancelled, or another replica took it over
             await self.cancels.unrecorded(lost)
@@ -259,19 +255,6 @@ class Executor:
 
     def _start(self, run: ClaimedRun) -> None:
         if self.cancels.stopped(run):  # cancelled between its lease and now
-            return
-        result = self.recorded.forgotten(run, self.worker_id)
-        if result is not None:
-            log.info(
-                "result_recorded_again",
-                job_id=run.job_id,
-                run_id=run.id,
-                tick=run.scheduled_for.isoformat(),
-                attempt=run.attempt,
-                worker=self.worker_id,
-                status=result.status,
-            )
-            self._collect(result, run)
             return
 
         async def execute_and_collect() -> None:

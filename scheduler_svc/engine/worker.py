@@ -137,10 +137,8 @@ class Worker:
                             await store.ping(conn)
                 if lost.is_set():
                     log.warning("listen_connection_lost")
-                    self.executor.recorded.database_lost()
             except DATABASE_ERRORS as exc:
                 log.warning("listen_database_error", error=str(exc), retry_in_s=retry_s)
-                self.executor.recorded.database_lost()
                 await wait_any(retry_s, self._stop)
                 retry_s = min(retry_s * 2, 5.0)
             finally:

@@ -122,10 +122,11 @@ async def create_pool(
     are named after `worker_id` (application_name).
 
     `durable=False` commits without waiting for the WAL flush: the worker's pool. A
-    lease or a result lost to a database crash only repeats an attempt (under the
-    same idempotency key), which at-least-once delivery allows, and it saves an fsync
-    per batch. The scheduler's transactions ask for a durable commit themselves
-    (runs_materialize), and the API's pool stays durable: a 201 means the job is on disk.
+    lease lost to a database crash only repeats an attempt (under the same idempotency
+    key), which at-least-once delivery allows, and it saves an fsync per claim. The
+    scheduler's transactions and the exchanges that record results ask for a durable
+    commit themselves (runs_materialize, runs_exchange: a lost result would make
+    overlap skip ticks), and the API's pool stays durable: a 201 means the job is on disk.
     """
     url, server_settings = connect_options(dsn)
     # JIT off: a statement over every partition of job_runs has plan costs past the JIT

@@ -456,11 +456,19 @@ SELECT (SELECT count(*) FROM job_runs
 -- when a lease it knows of runs out): every finished run leaves a dead entry in
 -- job_runs_leased until vacuum, and at thousands of runs a second, walking past them
 -- on every exchange was most of what the exchange cost.
-WITH outcome AS (
-    SELECT *
+WITH durable AS (
+    -- A statement that records results commits durably, though the worker's pool does
+    -- not (a lease lost in a crash only repeats an attempt): a result lost in one would
+    -- leave its run running until the lease ran out, and overlap would judge the ticks
+    -- that came due meanwhile by the attempt run again, skipping them. Its one row is
+    -- there only when there are results, so `outcome` below evaluates it then.
+    SELECT set_config('synchronous_commit', 'on', true) WHERE cardinality($2::bigint[]) > 0
+), outcome AS (
+    SELECT o.*
     FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::text[], $6::jsonb[],
                 $7::float8[], $11::float8[])
-             AS o(id, status, delay_s, error, output, duration_ms, ended_ago_s)
+             AS o(id, status, delay_s, error, output, duration_ms, ended_ago_s),
+         durable
 ), finished AS (
     UPDATE job_runs r
     SET status = o.status,
@@ -469,10 +477,6 @@ WITH outcome AS (
                                ELSE r.next_attempt_at END,
         finished_at = CASE WHEN o.status = 'pending' THEN NULL
                            ELSE now() - make_interval(secs => o.ended_ago_s) END,
-        -- When the attempt really started, if before the lease: a result recorded again
-        -- after the database forgot it, under a lease taken since (engine/recorded.py).
-        started_at = least(r.started_at,
-                           now() - make_interval(secs => o.ended_ago_s + o.duration_ms / 1000)),
         error = o.error, output = o.output, duration_ms = o.duration_ms,
         lease_expires_at = NULL
     FROM outcome o

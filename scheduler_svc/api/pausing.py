@@ -8,6 +8,7 @@ as a resume here would.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -37,21 +38,21 @@ async def _set_paused(
     paused: bool,
     until: datetime | None,
     rules: Rules,
-    ctx: audit.AuditContext,
-) -> JobRow:
-    """Pause (until `until`, if given) or resume one locked job, and audit it; the job
-    unchanged, and no audit row, when there is nothing to do."""
+) -> tuple[JobRow, dict[str, list[Any]]]:
+    """Pause (until `until`, if given) or resume one locked job; the job and what changed
+    (nothing, and the job as it was, when there is nothing to do). The caller audits."""
     is_paused = row.status == "paused"
     if paused == is_paused and (not paused or until is None or until == row.paused_until):
-        return row
+        return row, {}
     spec = jobs.spec_from_patch(row, JobPatch(paused=paused), rules)
     if paused:
         spec = msgspec.structs.replace(spec, paused_until=until)
     updated = await writes.write(conn, tenant, row, spec)
-    action: audit.AuditAction = "job.pause" if paused else "job.resume"
-    changes = audit.job_changes(row, updated)
-    await audit.record(conn, tenant, ctx, action, job_id=row.id, changes=changes)
-    return updated
+    return updated, audit.job_changes(row, updated)
+
+
+def _action(paused: bool) -> audit.AuditAction:
+    return "job.pause" if paused else "job.resume"
 
 
 async def pause_one(
@@ -70,7 +71,10 @@ async def pause_one(
         row = await writes.lock(conn, tenant, job)
         if row is None:
             raise writes.not_found(job)
-        return await _set_paused(conn, tenant, row, paused, until, rules, ctx)
+        updated, changes = await _set_paused(conn, tenant, row, paused, until, rules)
+        if changes:
+            await audit.record(conn, tenant, ctx, _action(paused), job_id=row.id, changes=changes)
+        return updated
 
     return await writes.transaction(pool, work)
 
@@ -109,9 +113,21 @@ async def bulk(
         if body.dry_run:
             return BulkResult(matched=len(ids), changed=0)
         changed = 0
+        audited: dict[int, dict[str, list[Any]]] = {}
         for row in await store.jobs_get_many(conn, tenant, ids):
-            updated = await _set_paused(conn, tenant, row, paused, body.until, rules, ctx)
+            updated, changes = await _set_paused(conn, tenant, row, paused, body.until, rules)
             changed += updated.status != row.status
+            if changes:
+                audited[row.id] = changes
+        # One row per job that changed, in one statement.
+        await audit.record_many(
+            conn,
+            tenant,
+            ctx,
+            _action(paused),
+            job_ids=list(audited),
+            changes=list(audited.values()),
+        )
         return BulkResult(matched=len(ids), changed=changed)
 
     return await writes.transaction(pool, work)

@@ -634,4 +634,75 @@ EXCEPTION
 END
 $$;
 
-INSERT INTO schema_version (version) VALUES (7);
+-- The console's session cookies are signed with this key, kept here so that every
+-- replica verifies every other's cookies (console/access.py). One row, made by the first
+-- replica that needs it; deleting it signs everyone out.
+CREATE TABLE IF NOT EXISTS console_keys (
+    name       text PRIMARY KEY,
+    secret     bytea NOT NULL CONSTRAINT console_keys_secret_check CHECK (length(secret) >= 32),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- What the console's overview charts (engine/rollup.py): per tenant, minute and
+-- replica, the runs that ended by outcome and a histogram of first attempts' fire lag.
+-- Each replica adds its own counts every few seconds, so no two replicas write one row
+-- and the overview reads at most (minutes × replicas) rows instead of the runs.
+-- Maintenance deletes the rows older than a day.
+CREATE TABLE IF NOT EXISTS run_minutes (
+    tenant    text NOT NULL,
+    minute    timestamptz NOT NULL,
+    worker    text NOT NULL,
+    succeeded integer NOT NULL DEFAULT 0,
+    failed    integer NOT NULL DEFAULT 0,
+    skipped   integer NOT NULL DEFAULT 0,
+    cancelled integer NOT NULL DEFAULT 0,
+    -- attempts that failed and are to be tried again
+    retried   integer NOT NULL DEFAULT 0,
+    -- counts of first attempts' fire lag by bucket, models/stats.py's LAG_BUCKETS_MS
+    lag_counts integer[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (tenant, minute, worker)
+);
+
+-- The console's jobs list filters by name, as GET /jobs and the bulk calls do.
+CREATE INDEX IF NOT EXISTS jobs_tenant_name ON jobs (tenant, name);
+
+-- Live consoles (console/live.py): a statement that inserts or changes runs, or changes
+-- jobs, notifies scheduler_console once per tenant it touched, with the jobs (at most
+-- 50; null: more) so that a stream refreshes only the pages they show. One notification
+-- per statement and tenant, whatever the rows, and PostgreSQL folds identical ones in a
+-- transaction; the replicas that serve consoles batch them again before any page reads.
+CREATE OR REPLACE FUNCTION console_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'jobs' THEN
+        PERFORM pg_notify('scheduler_console', json_build_object(
+                    't', tenant,
+                    'j', CASE WHEN count(*) <= 50 THEN array_agg(id ORDER BY id) END)::text)
+        FROM changed GROUP BY tenant;
+    ELSE
+        PERFORM pg_notify('scheduler_console', json_build_object(
+                    't', tenant,
+                    'j', CASE WHEN count(DISTINCT job_id) <= 50
+                              THEN array_agg(DISTINCT job_id ORDER BY job_id) END)::text)
+        FROM changed GROUP BY tenant;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER job_runs_console_inserted
+    AFTER INSERT ON job_runs REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
+CREATE OR REPLACE TRIGGER job_runs_console_updated
+    AFTER UPDATE ON job_runs REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
+CREATE OR REPLACE TRIGGER jobs_console_inserted
+    AFTER INSERT ON jobs REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
+CREATE OR REPLACE TRIGGER jobs_console_updated
+    AFTER UPDATE ON jobs REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
+CREATE OR REPLACE TRIGGER jobs_console_deleted
+    AFTER DELETE ON jobs REFERENCING OLD TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
+
+INSERT INTO schema_version (version) VALUES (8);

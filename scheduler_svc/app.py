@@ -4,34 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from http import HTTPStatus
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
-    ProblemDetailsException,
     ProblemDetailsPlugin,
 )
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from scheduler_svc import logs, metrics, store, tracing
-from scheduler_svc.api import jobs
+from scheduler_svc import console, logs, metrics, store, tracing
+from scheduler_svc.api import jobs, problems
 from scheduler_svc.api.alerts import list_alerts
 from scheduler_svc.api.audit import list_audit, list_job_audit, provide_audit, search_runs
 from scheduler_svc.api.bodies import JsonRequest
@@ -41,9 +36,11 @@ from scheduler_svc.api.reads import ReadYourWrites, provide_reads
 from scheduler_svc.api.routes import JobsController, PoolDep, TenantDep, get_run, preview_schedule
 from scheduler_svc.api.runs import cancel_run
 from scheduler_svc.config import Settings
+from scheduler_svc.console.access import SessionKeys
+from scheduler_svc.console.live import LiveHub
 from scheduler_svc.engine.alerts import AlertSender
+from scheduler_svc.engine.rollup import RunStats
 from scheduler_svc.engine.worker import Worker
-from scheduler_svc.errors import FieldError, InvalidRequest, SchedulerError, problem_of
 from scheduler_svc.models import Status
 from scheduler_svc.security import auth, crosssite, middleware
 from scheduler_svc.security.ratelimit import rate_limit_middleware
@@ -56,87 +53,6 @@ from scheduler_svc.targets.http import WebhookClient, webhook_client
 log = structlog.get_logger("scheduler_svc.app")
 
 SWAGGER_ASSETS = "/api/assets"
-
-
-def _problem(
-    status: int,
-    detail: str,
-    *,
-    slug: str | None = None,
-    errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-    extra: dict[str, object] | None = None,
-) -> ProblemDetailsException:
-    """A problem document of the type, and so the title, that errors.PROBLEM_TYPES gives
-    `status` (or names `slug`), with `extra` members: every problem the API answers with
-    is built here."""
-    type_, title = problem_of(status, slug)
-    members = {**(extra or {}), **({"errors": errors} if errors is not None else {})}
-    return ProblemDetailsException(
-        type_=type_,
-        title=title,
-        status_code=status,
-        detail=detail,
-        headers=headers,
-        extra=members or None,
-    )
-
-
-def _from_http(exc: HTTPException) -> ProblemDetailsException:
-    if exc.status_code == 500:  # Litestar's own 500 (e.g. a dependency failed): keep the cause
-        log.error("internal_error", exc_info=exc)
-    phrase = HTTPStatus(exc.status_code).phrase
-    detail = exc.detail if exc.detail and exc.detail != phrase else phrase
-    if exc.status_code == 400:  # a body that is not JSON (fields are ValidationException's)
-        errors = [{"field": "body", "message": detail}]
-        return _problem(400, f"body: {detail}", errors=errors, headers=exc.headers)
-    return _problem(exc.status_code, detail, headers=exc.headers)
-
-
-_MISSING_PARAMETER = re.compile(r"Missing required \w+ parameter '([^']+)'")
-
-
-def _from_validation(exc: ValidationException) -> ProblemDetailsException:
-    """Litestar's own request validation, with each bad field named in `errors`."""
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    errors: list[dict[str, str]] = []
-    for item in extra:
-        if not isinstance(item, dict):
-            continue
-        key = str(item.get("key") or "")
-        error = FieldError.from_msgspec(str(item.get("message", "")), "" if key == "data" else key)
-        source = getattr(item.get("source"), "value", item.get("source"))
-        errors.append({"field": error.field, "message": error.message, "source": str(source)})
-    if not errors:  # no field named: a missing parameter, or a body that is not JSON
-        missing = _MISSING_PARAMETER.match(exc.detail)
-        field = missing.group(1) if missing else "body"
-        errors = [{"field": field, "message": exc.detail}]
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return _problem(400, detail, errors=errors)
-
-
-def _from_domain(exc: SchedulerError) -> ProblemDetailsException:
-    errors = None
-    if isinstance(exc, InvalidRequest):
-        errors = [{"field": e.field, "message": e.message} for e in exc.errors]
-    return _problem(
-        exc.status_code, exc.detail, slug=exc.problem_type, errors=errors, extra=exc.extensions()
-    )
-
-
-def _from_unstorable(exc: asyncpg.DataError) -> ProblemDetailsException:
-    """Text the database cannot store (a NUL character) that validation let through: the
-    request is at fault, not the server."""
-    log.warning("unstorable_text", error=type(exc).__name__)
-    message = "contains text the database cannot store, such as the NUL character (\\u0000)"
-    return _problem(400, f"body: {message}", errors=[{"field": "body", "message": message}])
-
-
-def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Last resort: a bug, not bad input. Logged with its cause, answered as a problem."""
-    log.exception("unhandled_error", path=request.url.path)
-    detail = "The server failed to handle this request; it has been logged."
-    return _problem(500, detail).to_response(request)
 
 
 @get("/", operation_id="root", tags=["health"], summary="Liveness (the old service's check)")
@@ -234,6 +150,17 @@ def create_app(
             await reads.start()
             stack.push_async_callback(reads.close)
             app.state.reads = reads
+            # The console's counts of runs, this process's worker's and cancels alike:
+            # flushed a last time after the worker has stopped (the stack unwinds first).
+            app.state.run_stats = run_stats = RunStats(app.state.pool, settings.worker_id)
+            run_stats.start()
+            stack.push_async_callback(run_stats.stop)
+            # The console's live updates: its LISTEN connection opens with the first stream.
+            app.state.console_hub = None
+            if settings.role != "worker" and settings.database_url is not None:
+                hub = LiveHub(settings.database_url, worker_id=settings.worker_id)
+                stack.push_async_callback(hub.close)
+                app.state.console_hub = hub
             if settings.role != "api":
                 client = http
                 if client is None:
@@ -264,7 +191,7 @@ def create_app(
                     tenants=settings.tenants,
                     lease_margin_s=settings.lease_margin_s,
                 )
-                worker = Worker(settings, worker_pool, deliverer, alerts=alerts)
+                worker = Worker(settings, worker_pool, deliverer, alerts=alerts, stats=run_stats)
                 worker.start().add_done_callback(partial(_stop_process_if_failed, app))
                 stack.push_async_callback(worker.stop)
                 # The CLI stops it at the signal, before the HTTP connections drain.
@@ -295,6 +222,7 @@ def create_app(
     serves_reads = settings.database_read_url is not None and settings.role != "worker"
 
     favicon = f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>"
+    authenticator = auth.Authenticator(settings)
     routes: list[ControllerRouterHandler] = [root, healthz, readyz, metrics.MetricsController]
     if settings.role != "worker":  # a worker serves nothing but its health and metrics
         routes += [
@@ -307,6 +235,7 @@ def create_app(
             cancel_run,
             preview_schedule,
             list_alerts,
+            console.router(),
             create_static_files_router(
                 path=SWAGGER_ASSETS,
                 directories=[_swagger_assets()],
@@ -330,7 +259,7 @@ def create_app(
         # a read replica, innermost, stamp writes with their WAL position.
         middleware=[
             metrics.HTTP.middleware,
-            DefineMiddleware(middleware.AuthMiddleware, authenticator=auth.Authenticator(settings)),
+            DefineMiddleware(middleware.AuthMiddleware, authenticator=authenticator),
             rate_limit_middleware(settings.rate_limit),
             middleware.ScopeGuard,
             DefineMiddleware(crosssite.CrossSiteGuard, allowed_hosts=settings.allowed_hosts),
@@ -344,24 +273,21 @@ def create_app(
             ProblemDetailsPlugin(
                 ProblemDetailsConfig(
                     enable_for_all_http_exceptions=True,
-                    exception_to_problem_detail_map={
-                        HTTPException: _from_http,
-                        ValidationException: _from_validation,
-                        SchedulerError: _from_domain,
-                        asyncpg.CharacterNotInRepertoireError: _from_unstorable,
-                        asyncpg.UntranslatableCharacterError: _from_unstorable,
-                    },
+                    exception_to_problem_detail_map=problems.PROBLEM_DETAIL_MAP,
                 )
             ),
         ],
-        exception_handlers={Exception: _internal_error},
+        exception_handlers={Exception: problems.internal_error},
+        # The console's pages (console/templates).
+        template_config=console.template_config(),
         request_max_body_size=settings.max_body_bytes,
         # JSON bodies are checked for depth before Litestar decodes them (bodies.py).
         request_class=JsonRequest,
         openapi_config=OpenAPIConfig(
             title="scheduler-svc",
             version=version("scheduler-svc"),
-            description="Cron, interval and one-off jobs on PostgreSQL, run once per tick.",
+            description="Cron, interval and one-off jobs on PostgreSQL, run once per tick. "
+            "The operator console is at [/ui](/ui).",
             path="/api",
             render_plugins=[
                 SwaggerRenderPlugin(
@@ -380,4 +306,8 @@ def create_app(
     # Around Litestar's own exception handling, not in the route's middleware: every
     # request gets its line and its id, 404s and failures of the middleware included.
     app.asgi_handler = logs.request_logging(app.asgi_handler)
+    # What the console's guard and sign-in need (console/access.py).
+    app.state.authenticator = authenticator
+    app.state.console_keys = SessionKeys()
+    app.state.allowed_hosts = settings.allowed_hosts
     return app

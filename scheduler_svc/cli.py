@@ -176,6 +176,15 @@ async def _prepare(pool: Pool) -> tuple[int, bool]:
     return await _apply_schema(pool), await store.api_keys_exist(pool)
 
 
+def _base_url(settings: Settings) -> str:
+    host = settings.host
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    if host in ("0.0.0.0", "[::]"):  # noqa: S104 - naming, not binding: any address serves
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.port}"
+
+
 def serve(settings: Settings) -> None:
     """Apply the schema, then serve HTTP until SIGTERM/SIGINT."""
     settings, embedded = _with_database(settings)
@@ -191,6 +200,8 @@ def serve(settings: Settings) -> None:
             role=settings.role,
             worker=settings.worker_id,
             schema_version=schema_version,
+            # Where a person looks first: the console (a worker serves none).
+            console=None if settings.role == "worker" else f"{_base_url(settings)}/ui",
         )
         # Imported here: the other commands do without the web stack's start-up cost.
         from scheduler_svc import server

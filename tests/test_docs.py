@@ -29,15 +29,17 @@ async def test_swagger_ui_loads_only_local_assets(client: httpx.AsyncClient) -> 
 
 
 def app_operations(app: Litestar) -> set[tuple[str, str]]:
-    """Every (method, path) the app routes, but the API docs' own pages and the methods
-    every route answers by itself (OPTIONS, HEAD)."""
+    """Every (method, path) the app routes, but the API docs' own pages, the console's
+    (HTML, docs/console.md) and the methods every route answers by itself (OPTIONS,
+    HEAD)."""
     docs = app.openapi_config.path if app.openapi_config else "/api"
     return {
         (method, route.path_format)
         for route in app.routes
         if isinstance(route, HTTPRoute)
         and route.path_format != docs
-        and not route.path_format.startswith(f"{docs}/")
+        and not route.path_format.startswith((f"{docs}/", "/ui/"))
+        and route.path_format != "/ui"
         for handler in route.route_handlers
         for method in handler.http_methods
         if method not in {"OPTIONS", "HEAD"}

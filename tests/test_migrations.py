@@ -274,6 +274,8 @@ async def test_status_and_dry_run_say_what_migrating_would_do_and_change_nothing
         "pending",
         "0007_operator_controls",
         "pending",
+        "0008_console",
+        "pending",
     ]
     dry = run_cli(tmp_path, "migrate", "--dry-run", env=cli_env(empty_url))
     assert dry.returncode == 0, dry.stderr
@@ -301,6 +303,7 @@ async def test_status_and_dry_run_say_what_migrating_would_do_and_change_nothing
         ["0005_partitioned_runs", "applied"],
         ["0006_job_keys", "applied"],
         ["0007_operator_controls", "applied"],
+        ["0008_console", "applied"],
     ]
     assert (
         run_cli(tmp_path, "migrate", "--dry-run", env=cli_env(empty_url)).stdout.strip()

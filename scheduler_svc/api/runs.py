@@ -8,10 +8,10 @@ and stops it (engine/cancels.py).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
-from litestar import post
+from litestar import Request, post
 from litestar.params import PathParameter
 
 from scheduler_svc import audit as trail
@@ -23,6 +23,7 @@ from scheduler_svc.api.views import run_out
 from scheduler_svc.errors import NotFound, RunFinal, UpgradeInProgress
 from scheduler_svc.models import RunOut, RunRow, RunStatus
 from scheduler_svc.store import Connection
+from scheduler_svc.store.db import Pool
 
 log = structlog.get_logger("scheduler_svc.api.runs")
 
@@ -44,8 +45,29 @@ RunId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The run's 
     status_code=200,
     responses=problem_responses(409),
 )
-async def cancel_run(run_id: RunId, pool: PoolDep, tenant: TenantDep, audit: AuditDep) -> RunOut:
+async def cancel_run(
+    request: Request[Any, Any, Any],
+    run_id: RunId,
+    pool: PoolDep,
+    tenant: TenantDep,
+    audit: AuditDep,
+) -> RunOut:
     """Cancel a run that is pending or running; the run, now cancelled."""
+    row = await cancel(pool, tenant, run_id, audit)
+    count_cancelled(request, tenant)
+    return run_out(row)
+
+
+def count_cancelled(request: Request[Any, Any, Any], tenant: str) -> None:
+    """Count a cancel in the console's counts of runs (engine/rollup.py, kept by app.py's
+    lifespan as app.state.run_stats)."""
+    run_stats = getattr(request.app.state, "run_stats", None)
+    if run_stats is not None:
+        run_stats.cancelled(tenant)
+
+
+async def cancel(pool: Pool, tenant: str, run_id: int, audit: trail.AuditContext) -> RunRow:
+    """Cancel a run that is pending or running (the API's and the console's); the run."""
     # A replica of the release before cancel reads runs into a type without `cancelled`:
     # it would answer 500 for this run until retention drops it. One look at
     # pg_stat_activity while the roll may be going on, rather than that.
@@ -80,4 +102,4 @@ async def cancel_run(run_id: RunId, pool: PoolDep, tenant: TenantDep, audit: Aud
         worker=row.worker,
         previous_status=previous,
     )
-    return run_out(row)
+    return row

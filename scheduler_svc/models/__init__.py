@@ -1,6 +1,7 @@
 """Wire types: one msgspec Struct per direction, plus the frozen row the store returns;
 by concern: jobs (and targets, API keys), runs (and what scheduler and executors pass
-each other), operator controls (bulk calls, alerts, audit). Import them from here."""
+each other), operator controls (bulk calls, alerts, audit), the per-minute rollup of runs
+(stats). Import them from here."""
 
 from scheduler_svc.models.controls import (
     AlertKind,
@@ -67,10 +68,12 @@ from scheduler_svc.models.runs import (
     RunStatus,
     RunTrigger,
 )
+from scheduler_svc.models.stats import LAG_BUCKETS_MS, MinuteStats, lag_bucket, lag_quantile
 
 __all__ = [
     "ALERT_EVENTS",
     "KEY_PATTERN",
+    "LAG_BUCKETS_MS",
     "AlertEvent",
     "AlertKind",
     "AlertOut",
@@ -109,6 +112,7 @@ __all__ = [
     "LogTarget",
     "ManagedBy",
     "MaxAttempts",
+    "MinuteStats",
     "MisfirePolicy",
     "Name",
     "Overlap",
@@ -126,6 +130,8 @@ __all__ = [
     "Target",
     "TimeoutSeconds",
     "TimezoneName",
+    "lag_bucket",
+    "lag_quantile",
     "target_from_json",
     "target_to_json",
 ]

@@ -33,7 +33,7 @@ from scheduler_svc.errors import (
     UnsupportedMediaType,
 )
 from scheduler_svc.security.auth import is_loopback
-from scheduler_svc.security.middleware import answer_in_route, is_exempt
+from scheduler_svc.security.middleware import answer_in_route, is_console, is_exempt
 from scheduler_svc.security.principals import Principal
 
 # Methods whose request may carry a body.
@@ -93,7 +93,7 @@ class CrossSiteGuard:
         self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP and not is_exempt(scope):
+        if scope["type"] == ScopeType.HTTP and not is_exempt(scope) and not is_console(scope):
             refusal = self._refusal(scope)
             if refusal is not None:
                 await answer_in_route(scope, receive, send, refusal)

@@ -27,6 +27,17 @@ EXEMPT_PATHS = r"^/(?:healthz|readyz|metrics)?$|^/api(?:/|$)"
 _EXEMPT = re.compile(EXEMPT_PATHS)
 
 
+# The console guards itself (console/access.py): it signs people in with a cookie,
+# answers HTML pages rather than problem documents, and takes urlencoded forms, each
+# with a CSRF token. The principal of an Authorization header still applies there.
+_CONSOLE = re.compile(r"^/ui(?:/|$)")
+
+
+def is_console(scope: Scope) -> bool:
+    """Whether a request is the console's, which ConsoleGuard checks instead."""
+    return _CONSOLE.match(scope["path"]) is not None
+
+
 def is_exempt(scope: Scope) -> bool:
     """Whether a request needs no principal: an exempt path, or a CORS-style OPTIONS."""
     return scope.get("method") == "OPTIONS" or _EXEMPT.match(scope["path"]) is not None
@@ -86,7 +97,7 @@ class ScopeGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP and not is_exempt(scope):
+        if scope["type"] == ScopeType.HTTP and not is_exempt(scope) and not is_console(scope):
             refusal = _refusal(scope)
             if refusal is not None:
                 await answer_in_route(scope, receive, send, refusal)

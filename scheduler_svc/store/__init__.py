@@ -3,12 +3,13 @@ pool (`db`), the schema and its migrations (`migrate`: schema.sql, migrations/) 
 embedded PostgreSQL (`embedded`).
 
 `sql` loads queries.sql and holds the statements about the database itself; `jobs`,
-`runs`, `keys`, `alerts`, `secrets` (with the cache of tenants' signing secrets) and
-`audit` (with the run search) hold those on each table, one function per named block; `replica`
-holds the two on WAL positions and decides which pool serves a history read. The package
-re-exports them, so callers write `store.jobs_claim_due(...)`. Values travel only as
-$n parameters. May import `config`, `errors`, `models` and `schedule` (the overlap
-types of waiting runs); it knows nothing of HTTP, the engine or targets.
+`runs`, `keys`, `alerts`, `secrets` (with the cache of tenants' signing secrets), `audit`
+(with the run search) and `stats` (the console's rollup of runs per minute) hold those
+on each table, one function per named block; `replica` holds the two on WAL positions
+and decides which pool serves a history read. The package re-exports them, so callers
+write `store.jobs_claim_due(...)`. Values travel only as $n parameters. May import
+`config`, `errors`, `models` and `schedule` (the overlap types of waiting runs); it knows
+nothing of HTTP, the engine or targets.
 """
 
 from scheduler_svc.store.alerts import (
@@ -26,6 +27,16 @@ from scheduler_svc.store.audit import (
     audit_list_job,
     runs_search,
     runs_search_job,
+)
+from scheduler_svc.store.console import (
+    console_backlog,
+    console_failures,
+    console_jobs_page,
+    console_key_get,
+    console_next_fires,
+    console_recent_runs,
+    console_replicas,
+    console_running,
 )
 from scheduler_svc.store.jobs import (
     Advance,
@@ -107,6 +118,7 @@ from scheduler_svc.store.sql import (
     schema_unlock,
     schema_version_get,
 )
+from scheduler_svc.store.stats import run_minutes_add, run_minutes_prune, run_minutes_read
 
 __all__ = [
     "QUERIES",
@@ -135,6 +147,14 @@ __all__ = [
     "audit_list",
     "audit_list_job",
     "autovacuum_on",
+    "console_backlog",
+    "console_failures",
+    "console_jobs_page",
+    "console_key_get",
+    "console_next_fires",
+    "console_recent_runs",
+    "console_replicas",
+    "console_running",
     "db_now",
     "history_partition_drop",
     "history_partitions_create",
@@ -166,6 +186,9 @@ __all__ = [
     "replica_position",
     "run_cancel",
     "run_get",
+    "run_minutes_add",
+    "run_minutes_prune",
+    "run_minutes_read",
     "run_trigger",
     "runs_cancelled",
     "runs_due_backlog",

@@ -599,7 +599,7 @@ FOR NO KEY UPDATE;
 -- the waiting ones wait for; each with its job's misfire grace. And the database clock.
 SELECT coalesce(json_agg(r), '[]')::text, now()
 FROM (
-    SELECT r.id, r.job_id, r.status, r.scheduled_for, r.ready_at, r.finished_at,
+    SELECT r.id, r.job_id, r.tenant, r.status, r.scheduled_for, r.ready_at, r.finished_at,
            r.waits_for, r.next_attempt_at IS NULL AS waiting, r.catch_up,
            coalesce(r.due_at, r.scheduled_for) AS due_at, j.misfire_grace_s
     FROM job_runs r
@@ -1192,3 +1192,174 @@ SELECT EXISTS (
 -- partitions of job_runs (rows that change state within seconds) bloat without it, and
 -- claims and exchanges slow down with the dead entries they walk: the worker warns.
 SELECT current_setting('autovacuum') = 'on';
+
+-- console_jobs_page --
+-- A page of this tenant's jobs for the console, newest first, by keyset on id (below
+-- $2): of status $3, named $4 (by jobs_tenant_name) and with every tag of $5 (by
+-- jobs_tags): the filters of GET /jobs and of the bulk calls, so that "pause matching"
+-- pauses what the page lists. NULL filters match everything. No last run here: the page
+-- reads its jobs' recent runs with console_recent_runs.
+SELECT id, name, schedule, timezone, status, next_run_at, paused_until, tags,
+       coalesce(target->>'type', 'log') AS target_type
+FROM jobs
+WHERE tenant = $1
+  AND ($2::bigint IS NULL OR id < $2)
+  AND ($3::text IS NULL OR status = $3)
+  AND ($4::text IS NULL OR name = $4)
+  AND ($5::text[] IS NULL OR tags @> $5)
+ORDER BY id DESC
+LIMIT $6;
+
+-- console_recent_runs --
+-- The latest $3 runs of each job of $2 (this tenant's), oldest first: one index probe
+-- of job_runs_job_id per job and partition, however long the jobs' histories.
+SELECT j.id AS job_id,
+       coalesce(array_agg(r.status ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL), '{}')
+           AS statuses,
+       coalesce(array_agg(r.id ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL), '{}') AS run_ids
+FROM unnest($2::bigint[]) AS j(id)
+LEFT JOIN LATERAL (
+    SELECT id, status FROM job_runs
+    WHERE job_id = j.id AND tenant = $1
+    ORDER BY id DESC
+    LIMIT $3
+) r ON true
+GROUP BY j.id;
+
+-- console_failures --
+-- This tenant's failed runs that ended since $2, grouped by the start of their error:
+-- read newest first by job_runs_search (tenant, status, id DESC) from the ids and ticks
+-- of day $3 on, at most $4 of them, so that a storm of failures costs a bounded read.
+-- A run ticked before day $3 that failed since $2 (a long retry) is not counted.
+SELECT left(coalesce(error, ''), 200) AS error, count(*)::int AS count,
+       max(finished_at) AS last_at, max(id) AS last_run_id,
+       count(DISTINCT job_id)::int AS jobs
+FROM (
+    SELECT error, finished_at, id, job_id FROM job_runs
+    WHERE tenant = $1 AND status = 'failed'
+      AND id >= $3::bigint << 37
+      AND scheduled_for >= timestamptz '2000-01-01 00:00:00+00' + make_interval(days => $3::int)
+    ORDER BY id DESC
+    LIMIT $4
+) recent
+WHERE finished_at >= $2
+GROUP BY 1
+ORDER BY count DESC, last_at DESC
+LIMIT 10;
+
+-- console_running --
+-- Up to $2 runs of this tenant under way, longest running first, by job_runs_leased
+-- (only running runs hold a lease).
+SELECT r.id, r.job_id, j.name AS job_name, r.started_at, r.worker, r.lease_expires_at
+FROM job_runs r JOIN jobs j ON j.id = r.job_id
+WHERE r.lease_expires_at IS NOT NULL AND r.tenant = $1
+ORDER BY r.started_at NULLS LAST, r.id
+LIMIT $2;
+
+-- console_backlog --
+-- Due ticks not yet started, as runs_due_backlog counts them, for tenant $1 (NULL: every
+-- tenant), counted up to $2 each: the overview says "more than" past that rather than
+-- count a large backlog on every render.
+SELECT (SELECT count(*) FROM (
+            SELECT FROM job_runs
+            WHERE status = 'pending' AND (next_attempt_at <= now() OR next_attempt_at IS NULL)
+              AND ($1::text IS NULL OR tenant = $1)
+            LIMIT $2) p)
+     + (SELECT count(*) FROM (
+            SELECT FROM jobs
+            WHERE status = 'active' AND next_run_at <= now()
+              AND ($1::text IS NULL OR tenant = $1)
+            LIMIT $2) j);
+
+-- console_next_fires --
+-- This tenant's $2 next ticks, by jobs_due.
+SELECT id AS job_id, name, next_run_at, timezone FROM jobs
+WHERE status = 'active' AND next_run_at IS NOT NULL AND tenant = $1
+ORDER BY next_run_at
+LIMIT $2;
+
+-- console_replicas --
+-- Replicas connected to this database now, by the application_name their pools give
+-- their sessions (db.application_name): `scheduler-svc@<schema>:<worker>`, or before
+-- schema 7 `scheduler-svc:<worker>`.
+SELECT substring(application_name FROM ':(.*)$') AS worker,
+       substring(application_name FROM '^scheduler-svc@([0-9]+):')::int AS schema_version,
+       count(*)::int AS sessions,
+       min(backend_start) AS connected_since,
+       min(host(client_addr)) AS client
+FROM pg_stat_activity
+WHERE datname = current_database() AND application_name ~ '^scheduler-svc(@[0-9]+)?:'
+GROUP BY 1, 2
+ORDER BY 1;
+
+-- console_key_get --
+-- The key that signs the console's session cookies, made by the first replica that asks
+-- ($1: random bytes it offers); every replica then reads the same one.
+WITH made AS (
+    INSERT INTO console_keys (name, secret) VALUES ('session', $1)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING secret
+)
+SELECT secret FROM made
+UNION ALL
+SELECT secret FROM console_keys WHERE name = 'session'
+LIMIT 1;
+
+-- run_minutes_add --
+-- Add one replica's counts ($1: its worker id) to the console's rollup: a row per
+-- tenant and minute of $2..$8, with its lag histogram the $10 counts at its place in $9
+-- (a flat array: unnest would flatten an array of arrays). The replica's row of that
+-- minute, written by an earlier flush, is added to, its histogram bucket by bucket; no
+-- other replica writes it, so flushes never wait for each other.
+INSERT INTO run_minutes AS m
+    (tenant, minute, worker, succeeded, failed, skipped, cancelled, retried, lag_counts)
+SELECT d.tenant, d.minute, $1, d.succeeded, d.failed, d.skipped, d.cancelled, d.retried,
+       ($9::integer[])[(d.n - 1) * $10 + 1 : d.n * $10]
+FROM unnest($2::text[], $3::timestamptz[], $4::integer[], $5::integer[], $6::integer[],
+            $7::integer[], $8::integer[])
+     WITH ORDINALITY AS d(tenant, minute, succeeded, failed, skipped, cancelled, retried, n)
+ON CONFLICT (tenant, minute, worker) DO UPDATE SET
+    succeeded = m.succeeded + excluded.succeeded,
+    failed = m.failed + excluded.failed,
+    skipped = m.skipped + excluded.skipped,
+    cancelled = m.cancelled + excluded.cancelled,
+    retried = m.retried + excluded.retried,
+    -- Element by element; the shorter array (a row of a release with fewer buckets)
+    -- counts as zeros past its end.
+    lag_counts = ARRAY(
+        SELECT coalesce(l.old, 0) + coalesce(l.new, 0)
+        FROM unnest(m.lag_counts, excluded.lag_counts) WITH ORDINALITY AS l(old, new, i)
+        ORDER BY l.i);
+
+-- run_minutes_read --
+-- Tenant $1's rollup from minute $2 on, one row per minute summed over the replicas
+-- that counted it, histograms bucket by bucket; oldest first. Reads at most
+-- (minutes × replicas) rows by the primary key.
+WITH counted AS (
+    SELECT minute, succeeded, failed, skipped, cancelled, retried, lag_counts
+    FROM run_minutes
+    WHERE tenant = $1 AND minute >= $2
+), lags AS (
+    SELECT c.minute, l.i, sum(l.count) AS count
+    FROM counted c, unnest(c.lag_counts) WITH ORDINALITY AS l(count, i)
+    GROUP BY c.minute, l.i
+)
+SELECT c.minute, sum(c.succeeded) AS succeeded, sum(c.failed) AS failed,
+       sum(c.skipped) AS skipped, sum(c.cancelled) AS cancelled, sum(c.retried) AS retried,
+       ARRAY(SELECT l.count FROM lags l WHERE l.minute = c.minute ORDER BY l.i) AS lag_counts
+FROM counted c
+GROUP BY c.minute
+ORDER BY c.minute;
+
+-- run_minutes_prune --
+-- Delete the rollup's rows of minutes more than $1 hours ago, if this replica holds the
+-- maintenance lock $2 for this transaction (else nothing); how many went. The overview
+-- reads the last hour; the rest is kept a while for a look back.
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($2) AS held
+), deleted AS (
+    DELETE FROM run_minutes
+    WHERE minute < now() - make_interval(hours => $1) AND (SELECT held FROM lock)
+    RETURNING 1
+)
+SELECT count(*) FROM deleted;

@@ -3,7 +3,7 @@
     python -m bench [scenario ...] [--quick] [--out PATH]
 
 Scenarios, run in this order (default: all): pipeline, firelag, peers, api (when
-bench/api.py exists), scale, memory, apply. Each is a module of this package with
+bench/api.py exists), scale, memory, apply, console. Each is a module of this package with
 `async def run(quick: bool) -> list[Result]`. The JSON goes to
 bench/results/<UTC timestamp>.json unless --out says otherwise, and is written again
 after each scenario, so an interrupted run keeps what it measured.
@@ -30,7 +30,7 @@ import asyncpg
 
 from bench.common import SERVER_URL, Result
 
-SCENARIOS = ["pipeline", "firelag", "peers", "api", "scale", "memory", "apply"]
+SCENARIOS = ["pipeline", "firelag", "peers", "api", "scale", "memory", "apply", "console"]
 RESULTS = Path(__file__).parent / "results"
 
 Runner = Callable[[bool], Awaitable[list[Result]]]
@@ -118,6 +118,16 @@ def acceptance(document: dict[str, Any]) -> Result | None:
                 f"due claim p50 at {sizes[-1]['jobs']:,} ÷ at {sizes[0]['jobs']:,} jobs",
                 f"{scale['ratio_largest_to_smallest_p50']:.2f}",
                 "≤ 1.5 (1M vs 10k)",
+            ]
+        )
+    console = _figure(document, "console", 0)
+    if console and console.get("pages"):
+        slowest = max(console["pages"], key=lambda page: page["ms"]["max"])
+        rows.append(
+            [
+                f"console: slowest page's max server time ({slowest['page']})",
+                f"{slowest['ms']['max']:.1f} ms",
+                "≤ 50 ms",
             ]
         )
     if not rows:

@@ -28,11 +28,17 @@ from scheduler_svc.store import migrate
 from tests.helpers import free_port
 from tests.replicas import LEASE_MARGIN_S, Replica
 
-# The release this one follows: schema 6 (versioned migrations, job_runs partitioned by
-# day, job keys). It leaves a database a newer release migrated as it is, and runs on it;
-# its statements on `jobs` name their columns, it reads jobs through the view jobs_api,
-# and it reads job_runs with `SELECT *` only outside transactions.
-PREVIOUS_RELEASE = "547dd3e"
+# The release this one follows: schema 7 (operator controls: tags, jitter, maintenance
+# windows, alerts, cancel). It leaves a database a newer release migrated as it is, and
+# runs on it; it reads `jobs` through the view jobs_api_v7, reads `cancelled` runs, and
+# names its sessions `scheduler-svc@7:<worker id>`.
+PREVIOUS_RELEASE = "096fa2e"
+# The release before operator controls, which 096fa2e followed: schema 6 (versioned
+# migrations, job_runs partitioned by day, job keys). Its statements on `jobs` name their
+# columns, it reads jobs through the view jobs_api, and job_runs with `SELECT *` only
+# outside transactions; it cannot read a `cancelled` run, and names its sessions
+# `scheduler-svc:<worker id>`. It upgrades straight to this release (deploy/README.md).
+BEFORE_CANCEL_RELEASE = "547dd3e"
 # The last release before versioned migrations: schema version 4, job_runs unpartitioned,
 # schema.sql applied whole on every start. 547dd3e followed it.
 UNVERSIONED_RELEASE = "ea3fc4c"
@@ -207,15 +213,26 @@ class Upgrade:
         """Whether `old` has job keys (6): PUT /jobs/by-key/{key}."""
         return self.schema_before >= 6
 
+    @property
+    def cancels(self) -> bool:
+        """Whether `old` has cancel (7): it reads a `cancelled` run, so a release after it
+        does not hold cancels back while it is connected."""
+        return self.schema_before >= 7
+
 
 UPGRADES = (
     # 0005 and 0006 under the release before versioned migrations. Its rolling upgrade
     # is to 547dd3e, not to this release: 0007 adds columns to `jobs`, which ea3fc4c
     # returns with `RETURNING *` inside transactions (its PATCH, and the replay of a
     # create with an Idempotency-Key, would answer 500).
-    Upgrade(UNVERSIONED_RELEASE, PREVIOUS_RELEASE, schema_before=4, schema_after=6),
-    # This release's migrations (0007) under the release it follows.
-    Upgrade(PREVIOUS_RELEASE, None, schema_before=6, schema_after=migrate.SCHEMA_VERSION),
+    Upgrade(UNVERSIONED_RELEASE, BEFORE_CANCEL_RELEASE, schema_before=4, schema_after=6),
+    # 0007 and 0008 under the release before operator controls: schema 6 upgrades
+    # straight to this release, whose replicas hold cancels back beside it. Not 547dd3e
+    # to 096fa2e: two fixed commits, which would only run again what passed when 096fa2e
+    # landed; this pair runs this release's migrate and replicas.
+    Upgrade(BEFORE_CANCEL_RELEASE, None, schema_before=6, schema_after=migrate.SCHEMA_VERSION),
+    # This release's migration (0008) under the release it follows.
+    Upgrade(PREVIOUS_RELEASE, None, schema_before=7, schema_after=migrate.SCHEMA_VERSION),
 )
 
 

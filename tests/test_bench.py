@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench import common, peers, scale
+from bench import common, console, peers, scale
 from bench.__main__ import acceptance
 
 
@@ -30,6 +30,21 @@ async def test_scale_reports_claim_latency_and_its_plan() -> None:
     assert any("jobs_due" in line for line in claim["sizes"][0]["plan_generic"])
     assert math.isfinite(claim["ratio_largest_to_smallest_p50"])
     assert "jobs" in result.table()
+
+
+@pytest.mark.slow
+# bench.common.replicas leaves its replicas' log files for the garbage collector to close.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_console_bench_times_every_page_on_loaded_data() -> None:
+    shape = console.Shape(jobs=1000, runs=20_000, days=3)
+
+    result = await console.measure(shape, repeat=2)
+
+    pages = result.figures["pages"]
+    assert len(pages) == len(result.rows) == 12
+    assert all(page["statuses"] == [200] for page in pages), pages
+    assert all(math.isfinite(page["ms"]["max"]) for page in pages)
+    assert "/ui/jobs?status=paused" in result.table()
 
 
 def test_acceptance_sets_ours_beside_the_peers() -> None:

@@ -2,10 +2,11 @@
 running replica of a release, then replicas of both, then the next one alone. No tick is
 lost, none runs twice, and no run recorded before is lost.
 
-Two upgrades, one release at a time (tests/previous_release.py: UPGRADES): from ea3fc4c
-(schema 4, the last release before versioned migrations) to 547dd3e, which brings 0005
-(run history partitioned by day) and 0006 (job keys); and from 547dd3e (schema 6, the
-release this one follows) to this release, which brings 0007 (operator controls). The
+Three upgrades (tests/previous_release.py: UPGRADES): from ea3fc4c (schema 4, the last
+release before versioned migrations) to 547dd3e, which brings 0005 (run history
+partitioned by day) and 0006 (job keys); from 547dd3e (schema 6) straight to this
+release, which brings 0007 (operator controls) and 0008 (the console); and from 096fa2e
+(schema 7, the release this one follows) to this release, which brings 0008. The
 releases before this one are installed from this clone's git history into venvs of the
 test's own, and run as `scheduler-svc serve` processes next to the next release's, on a
 database of the test's own:
@@ -26,15 +27,21 @@ database of the test's own:
    replica of its own, whose writes come first after the migration.)
 3. a replica of the next release joins the old one. Another old replica started now:
    ea3fc4c refuses to run (its schema.sql is older than the database; the release order
-   is migrate, then roll), 547dd3e runs beside them (it leaves a newer schema as it is).
-   The old replicas stop; the new one goes on.
+   is migrate, then roll), 547dd3e and 096fa2e run beside them (they leave a newer schema
+   as it is). Meanwhile this release holds cancels back (409 `upgrade-in-progress`)
+   beside 547dd3e, which cannot read a cancelled run, and not beside 096fa2e, which
+   cancels too, nor does 096fa2e beside this release. The old replicas stop; the new one
+   goes on.
 
 Then job_runs says: one run per tick from each job's first to a cutoff near the end,
 none stuck, every run recorded before the migration still there, and every run inserted
 after it (by either release) with an id that tells its day.
 
-A last test has the API of 547dd3e serve what only this release writes: jobs with tags,
-jitter and alert settings, and cancelled runs.
+A last test has the API of 547dd3e, the release before operator controls, serve what only
+the releases after it write: jobs with tags, jitter and alert settings, and cancelled
+runs. (What this release writes that 096fa2e does not, console_keys and run_minutes, is
+in tables 096fa2e never reads; the console's writes to jobs, runs and the audit trail are
+the API's own.)
 """
 
 from __future__ import annotations
@@ -58,8 +65,8 @@ import pytest
 from scheduler_svc.store import db
 from tests.helpers import free_port, scratch_database
 from tests.previous_release import (
+    BEFORE_CANCEL_RELEASE,
     CURRENT,
-    PREVIOUS_RELEASE,
     REPO_ROOT,
     UPGRADES,
     Release,
@@ -460,6 +467,23 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
                         "ticks side by side",
                         [old, new, *([old_2] if old_2 is not None else [])],
                     )
+                    # A cancel beside the old replicas, of a run that has ended: the new
+                    # API holds it back only beside a release that cannot read a
+                    # cancelled run; else it answers that the run has ended, as does an
+                    # old API that has cancel.
+                    ended_run = await pool.fetchval(
+                        "SELECT min(id) FROM job_runs WHERE status = 'succeeded'"
+                    )
+                    cancel_new = (
+                        await http.post(f"{new.url}/runs/{ended_run}/cancel")
+                        if upgrade.new is None
+                        else None
+                    )
+                    cancel_old = (
+                        await http.post(f"{old_api.url}/runs/{ended_run}/cancel")
+                        if upgrade.cancels
+                        else None
+                    )
                     refused = await refusal if refusal is not None else None
                     version_after_old_2 = await pool.fetchval("SELECT version FROM schema_version")
                     migrations_after_old_2 = (
@@ -679,6 +703,13 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
             f"an old replica started after the migration exited {code}:\n{stderr[-2000:]}"
         )
         assert REFUSAL in stderr, stderr[-2000:]
+    cancel_answer = ":run-final" if upgrade.cancels else ":upgrade-in-progress"
+    if cancel_new is not None:
+        assert cancel_new.status_code == 409, (cancel_new.status_code, cancel_new.text)
+        assert cancel_new.json()["type"].endswith(cancel_answer), cancel_new.text
+    if cancel_old is not None:
+        assert cancel_old.status_code == 409, (cancel_old.status_code, cancel_old.text)
+        assert cancel_old.json()["type"].endswith(":run-final"), cancel_old.text
     assert version_after_old_2 == upgrade.schema_after, version_after_old_2
     assert old_code == 0, f"the old replica exited {old_code} on SIGTERM:\n{old.log_tail()}"
     assert old_2 is None or old_2_code == 0, (
@@ -690,18 +721,19 @@ async def test_migrating_under_an_old_replica_then_rolling_loses_no_tick_and_run
         assert not logged, f"{name} logged:\n" + "\n".join(logged[:20])
 
 
-async def test_the_previous_release_serves_what_only_this_release_writes(
+async def test_the_release_before_cancel_serves_what_only_later_releases_write(
     tmp_path: Path, postgres_server_url: str, releases: Releases
 ) -> None:
-    """The API of the release this one follows, after 0007, on what only this release
-    writes: a job with tags, jitter and alert settings (it reads it, lists it, PATCHes,
-    pauses, resumes and PUTs it by key, and this release's fields are still there after),
-    and runs this release was asked to cancel: a `cancelled` run is a status that release
-    cannot read (a 500 there), so this release refuses to cancel (409
-    `upgrade-in-progress`) while a replica of it is connected, and cancels once it is
-    gone. Both releases serve the API only: no run is claimed, so a manual run stays
-    pending until this release cancels it."""
-    release = releases.get(PREVIOUS_RELEASE)
+    """The API of the release before operator controls (schema 6), after this release's
+    migrations, on what only the releases from schema 7 write: a job with tags, jitter
+    and alert settings (it reads it, lists it, PATCHes, pauses, resumes and PUTs it by
+    key, and those fields are still there after), and runs this release was asked to
+    cancel: a `cancelled` run is a status that release cannot read (a 500 there), so this
+    release refuses to cancel (409 `upgrade-in-progress`) while a replica of it is
+    connected, and cancels once it is gone. Both releases serve the API only: no run is
+    claimed, so a manual run stays pending until this release cancels it. (The release
+    this one follows reads all of these itself.)"""
+    release = releases.get(BEFORE_CANCEL_RELEASE)
     assert_installed_apart(release)
     async with scratch_database(postgres_server_url, "scheduler_rolling") as url:
         started: list[Replica] = []
@@ -775,7 +807,7 @@ async def test_the_previous_release_serves_what_only_this_release_writes(
                     await http.post(f"{new.url}/runs/{run_id}/cancel") for run_id in to_cancel
                 ]
 
-                # The previous release's API on them.
+                # The old release's API on them.
                 shown_jobs = [
                     await ask("old GET tagged", "GET", tagged_url),
                     await ask("old GET tagged by key", "GET", f"{old.url}/jobs/by-key/tagged"),
@@ -816,7 +848,7 @@ async def test_the_previous_release_serves_what_only_this_release_writes(
 
     failed = [a for a in answers if not (isinstance(a[1], int) and 200 <= a[1] < 300)]
     report(
-        f"{PREVIOUS_RELEASE} API on what only this release writes: {len(answers)} requests,"
+        f"{BEFORE_CANCEL_RELEASE} API on what only later releases write: {len(answers)} requests,"
         f" failed: {failed}"
     )
     assert not failed, f"requests that failed (request, answer): {failed}"

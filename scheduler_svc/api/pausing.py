@@ -101,6 +101,17 @@ async def bulk(
 
     async def work(conn: Connection) -> BulkResult:
         await _check_until(conn, body.until)
+        if body.dry_run:  # counted, not locked: the scheduler's claim skips locked jobs
+            matched = await store.jobs_bulk_count(
+                conn,
+                tenant,
+                ids=wanted.ids,
+                tags=tags,
+                name=wanted.name,
+                status=wanted.status,
+                every=wanted.all,
+            )
+            return BulkResult(matched=matched, changed=0)
         ids = await store.jobs_bulk_match(
             conn,
             tenant,
@@ -110,8 +121,6 @@ async def bulk(
             status=wanted.status,
             every=wanted.all,
         )
-        if body.dry_run:
-            return BulkResult(matched=len(ids), changed=0)
         changed = 0
         audited: dict[int, dict[str, list[Any]]] = {}
         for row in await store.jobs_get_many(conn, tenant, ids):

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 OUTCOMES = ("succeeded", "failed", "skipped", "cancelled", "retried")
 _STATUSES = frozenset((*OUTCOMES, "pending", "running"))
@@ -183,9 +183,13 @@ def outcome_strip(statuses: Sequence[str]) -> Markup:
 
 
 def _el(tag: str, attributes: Mapping[str, object], *content: Markup | str) -> Markup:
-    """One element; attribute values and text content are escaped, Markup kept as is."""
-    attrs = Markup("").join(Markup(' {}="{}"').format(k, v) for k, v in attributes.items())
-    return Markup("<{}{}>{}</{}>").format(tag, attrs, Markup("").join(content), tag)
+    """One element; attribute values and text content are escaped, Markup kept as is.
+    Built with f-strings over escape(): a page draws thousands of elements, and
+    Markup.format costs several times as much for the same bytes."""
+    attrs = "".join(f' {k}="{escape(v)}"' for k, v in attributes.items())
+    inner = "".join(escape(part) for part in content)
+    # Safe: tag and attribute names are this module's own constants, values escaped above.
+    return Markup(f"<{tag}{attrs}>{inner}</{tag}>")  # noqa: S704
 
 
 def _root(kind: str, label: str) -> dict[str, object]:

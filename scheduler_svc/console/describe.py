@@ -10,6 +10,7 @@ scheduler_svc.schedule's business. Pure: no clock, no I/O.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -43,9 +44,12 @@ _UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 Values = tuple[int, ...]
 
 
+@functools.lru_cache(maxsize=4096)
 def describe(schedule: str, timezone: str) -> str:
     """The schedule in plain English with its zone; the expression itself when the
-    words could not say it exactly, and the text unchanged when it is not a schedule."""
+    words could not say it exactly, and the text unchanged when it is not a schedule.
+    Remembered by (schedule, zone): a page of jobs mostly repeats a few schedules, and
+    parsing each again cost more than the rest of the page."""
     try:
         parsed = parse(schedule)
     except ScheduleError:

@@ -353,8 +353,7 @@ async def jobs_bulk_match(
     every: bool,
 ) -> list[int]:
     """The ids of the jobs of `tenant` a bulk filter matches, locked until the caller's
-    transaction ends (outside one, for the statement only: a dry run); none when the
-    filter names no criterion and not `every`."""
+    transaction ends; none when the filter names no criterion and not `every`."""
     records = await conn.fetch(
         QUERIES["jobs_bulk_match"],
         tenant,
@@ -365,6 +364,29 @@ async def jobs_bulk_match(
         every,
     )
     return [r["id"] for r in records]
+
+
+async def jobs_bulk_count(
+    conn: Conn,
+    tenant: str,
+    *,
+    ids: Sequence[int] | None,
+    tags: Sequence[str] | None,
+    name: str | None,
+    status: str | None,
+    every: bool,
+) -> int:
+    """How many jobs jobs_bulk_match would match, none of them locked (a dry run)."""
+    count: int = await conn.fetchval(
+        QUERIES["jobs_bulk_count"],
+        tenant,
+        None if ids is None else list(ids),
+        None if tags is None else list(tags),
+        name,
+        status,
+        every,
+    )
+    return count
 
 
 async def jobs_get_many(conn: Conn, tenant: str, ids: Sequence[int]) -> list[JobRow]:

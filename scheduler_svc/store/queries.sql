@@ -418,6 +418,18 @@ WHERE tenant = $1
 ORDER BY id
 FOR NO KEY UPDATE;
 
+-- jobs_bulk_count --
+-- How many jobs jobs_bulk_match would lock, without locking any: a dry run only counts,
+-- and must not hold thousands of jobs away from the scheduler's claim meanwhile.
+SELECT count(*) FROM jobs
+WHERE tenant = $1
+  AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+  AND ($3::text[] IS NULL OR tags @> $3::text[])
+  AND ($4::text IS NULL OR name = $4)
+  AND ($5::text IS NULL OR status = $5)
+  AND ($2::bigint[] IS NOT NULL OR $3::text[] IS NOT NULL OR $4::text IS NOT NULL
+       OR $5::text IS NOT NULL OR $6);
+
 -- jobs_get_many --
 -- Jobs of this tenant by id, as the API shows them, in id order.
 SELECT * FROM jobs_api_v7 WHERE tenant = $1 AND id = ANY($2::bigint[]) ORDER BY id;
@@ -1178,7 +1190,7 @@ ORDER BY p.index_name, part.relname;
 
 -- older_releases_connected --
 -- Whether a replica of a release before schema 7 has a session on this database: those
--- named theirs `scheduler-svc:<worker id>` (this release: `scheduler-svc@7:…`,
+-- named theirs `scheduler-svc:<worker id>` (later ones: `scheduler-svc@<schema>:…`,
 -- db.application_name). Such a release cannot read a run whose status it does not know
 -- (`cancelled`): cancelling waits until the roll is over.
 SELECT EXISTS (

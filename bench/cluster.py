@@ -98,7 +98,8 @@ class Cluster:
 def nginx_config(directory: Path, port: int, upstreams: Sequence[int]) -> str:
     """nginx.conf for a proxy on 127.0.0.1:`port` over the API replicas on `upstreams`.
 
-    The proxying is deploy/nginx.conf's (passive health checks, retries, keepalive).
+    The proxying is deploy/nginx.conf's (passive health checks, retries, keepalive, the
+    console's event stream unbuffered).
     Everything nginx writes (pid, logs, temporary files) goes under `directory`. Request
     bodies and upstream responses are kept in memory (the API takes at most 64 KiB), so
     nginx's workers never write a temporary file, whichever user they run as.
@@ -145,6 +146,23 @@ http {{
 
     server {{
         listen {LOOPBACK}:{port};
+        # The console's live stream, as deploy/nginx.conf passes it: unbuffered, uncached,
+        # held open while the browser listens.
+        location = /ui/events {{
+            proxy_pass http://scheduler_api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Request-Id $req_id;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_next_upstream error timeout http_502 http_503 http_504;
+            proxy_next_upstream_tries {len(upstreams)};
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 5m;
+        }}
         location / {{
             proxy_pass http://scheduler_api;
             proxy_http_version 1.1;

@@ -17,6 +17,7 @@ from litestar import Litestar
 
 from scheduler_svc.app import create_app
 from scheduler_svc.config import Settings
+from scheduler_svc.console.live import LiveHub
 from scheduler_svc.engine.worker import Worker
 
 
@@ -51,6 +52,11 @@ class Server(uvicorn.Server):
         worker: Worker | None = getattr(self._app.state, "worker", None)
         if worker is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(worker.begin_stop)
+        # Open console streams never end by themselves: end them now, or uvicorn waits
+        # the whole grace period for them.
+        hub: LiveHub | None = getattr(self._app.state, "console_hub", None)
+        if hub is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(hub.stop)
         super().handle_exit(sig, frame)
 
     @contextmanager

@@ -449,3 +449,23 @@ async def test_a_jwt_session_ends_when_its_token_would(
             claims["t"] == "acme"
             and (datetime.now(UTC) + timedelta(hours=1)).timestamp() > claims["exp"]
         )
+
+
+async def test_behind_a_tls_proxy_cookies_are_secure_and_the_origin_is_judged_by_name(
+    client: httpx.AsyncClient,
+) -> None:
+    async with httpx.AsyncClient(base_url=str(client.base_url)) as fresh:
+        proxied = await fresh.get("/ui", headers={"X-Forwarded-Proto": "https"})
+        assert "Secure" in proxied.headers["set-cookie"]
+        plain = await client.get("/ui/jobs")
+        assert "set-cookie" not in plain.headers or "Secure" not in plain.headers["set-cookie"]
+    job = await create_job(client)
+    csrf = await csrf_token(client)
+    # A proxy may pass the Host on without the browser's port (nginx's $host).
+    same_name = await client.post(
+        f"/ui/jobs/{job['id']}/pause",
+        data={"csrf": csrf},
+        headers={"Origin": "http://127.0.0.1:8443", "Host": "127.0.0.1"},
+    )
+    assert same_name.status_code == 303
+    assert (await client.get(f"/jobs/{job['id']}")).json()["status"] == "paused"

@@ -14,7 +14,7 @@ import json
 import signal
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -428,3 +428,58 @@ async def test_through_nginx_a_killed_api_replica_and_a_killed_worker_lose_nothi
         assert (r["status"], r["worker"]) == ("succeeded", worker_2.name), dict(r)
         assert r["attempt"] == orphans[r["id"]]["attempt"] + 1, dict(r)
     assert horizon - worker_killed_at > AFTER_TAKEOVER_S * SECOND
+
+
+async def stream_events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
+    """The events of a server-sent-event response, each as its fields (comments: "")."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if fields:
+                yield fields
+            fields = {}
+            continue
+        name, _, value = line.partition(":")
+        fields[name] = value.removeprefix(" ")
+
+
+@pytest.mark.timeout(90)
+async def test_through_nginx_the_console_serves_pages_and_live_streams_from_any_replica(
+    database_url: str, pool: Any, clean: None, tmp_path: Path
+) -> None:
+    async with (
+        cluster(database_url, api=2, workers=0, directory=tmp_path) as c,
+        httpx.AsyncClient(base_url=c.url, timeout=WAIT_S) as http,
+    ):
+        page = await http.get("/ui")
+        assert page.status_code == 200, page.text[:500]
+        assert page.headers["content-type"].startswith("text/html")
+        async with contextlib.AsyncExitStack() as streams:
+            # One stream each on the two replicas (nginx takes them in turn); a job created
+            # through either reaches both, through the database's notifications.
+            events = []
+            for i in (1, 2):
+                response = await streams.enter_async_context(
+                    http.stream("GET", "/ui/events", headers={"X-Request-Id": f"stream-{i}"})
+                )
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                events.append(stream_events(response))
+                # The first message comes as soon as the stream listens: nginx holds nothing back.
+                first = await asyncio.wait_for(anext(events[-1]), WAIT_S)
+                assert "retry" in first, first
+            created = await http.post("/jobs", json={"name": "live", "schedule": "@daily"})
+            assert created.status_code == 201, created.text
+            for stream in events:
+                event = await asyncio.wait_for(anext(stream), WAIT_S)
+                assert event.get("event") == "change", event
+                assert json.loads(event["data"]) == {"jobs": [created.json()["id"]]}
+
+        async def both_logged() -> dict[str, dict[str, Any]] | None:
+            # nginx writes a stream's line once it has ended.
+            found = nginx_records(c)
+            return found if "stream-1" in found and "stream-2" in found else None
+
+        records = await eventually(both_logged, 5, "nginx to log the ended streams", 0.05)
+    served = {upstreams_of(records[f"stream-{i}"])[-1] for i in (1, 2)}
+    assert served == {f"127.0.0.1:{p.port}" for p in c.apis}

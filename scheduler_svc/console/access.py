@@ -224,7 +224,7 @@ class ConsoleGuard:
         else:
             state[CSRF_SENT_STATE] = csrf
         state[CSRF_STATE] = csrf
-        secure = scope.get("scheme") == "https"
+        secure = is_https(scope)
 
         async def send_guarded(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -290,8 +290,17 @@ class ConsoleGuard:
         return None
 
 
+def is_https(scope: Scope) -> bool:
+    """Whether the browser speaks HTTPS to us, or to the proxy in front (cookies are then
+    Secure). X-Forwarded-Proto is believed for this only: a client that lies about it
+    over plain HTTP only keeps its own browser from storing the cookie."""
+    forwarded = _header(scope, b"x-forwarded-proto")
+    return scope.get("scheme") == "https" or (bool(forwarded) and forwarded[-1] == "https")
+
+
 def _same_origin(scope: Scope) -> bool:
-    """Whether a change comes from a page of this host (or from no page at all)."""
+    """Whether a change comes from a page of this host name (or from no page at all).
+    Names, not ports: a proxy may pass on the Host without the port the browser used."""
     origins = _header(scope, b"origin")
     if not origins:
         return True
@@ -299,7 +308,8 @@ def _same_origin(scope: Scope) -> bool:
     if len(origins) != 1 or len(hosts) != 1:
         return False
     parts = urlsplit(origins[0].strip())
-    return parts.scheme in ("http", "https") and parts.netloc.lower() == hosts[0].lower()
+    name = host_name(parts.netloc) if parts.scheme in ("http", "https") else None
+    return name is not None and name == host_name(hosts[0])
 
 
 async def _answer(

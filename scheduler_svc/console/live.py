@@ -169,7 +169,7 @@ class LiveHub:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        if self._listener is None:
+        if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen(), name="console-listener")
         try:
             with contextlib.suppress(TimeoutError):
@@ -224,9 +224,14 @@ class LiveHub:
                         async with asyncio.timeout(5):
                             await store.ping(conn)
                 log.warning("console_listen_connection_lost")
-                wait_s = 0.0
+                # Soon, but a connection that keeps being lost backs off too.
+                wait_s, retry_s = retry_s, min(retry_s * 2, 5.0)
             except DATABASE_ERRORS as exc:
                 log.warning("console_listen_database_error", error=str(exc), retry_in_s=retry_s)
+                wait_s, retry_s = retry_s, min(retry_s * 2, 5.0)
+            except Exception:
+                # A bug here must not end live updates for good: logged, then tried again.
+                log.exception("console_listen_failed", retry_in_s=retry_s)
                 wait_s, retry_s = retry_s, min(retry_s * 2, 5.0)
             finally:
                 self._disconnected()

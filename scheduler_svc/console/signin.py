@@ -19,6 +19,7 @@ from scheduler_svc.console.access import (
     VIEWER_STATE,
     SessionKeys,
     csrf_matches,
+    is_https,
     session_claims,
     session_cookie,
 )
@@ -81,7 +82,7 @@ async def login(request: Request[Any, Any, Any], pool: PoolDep) -> Template | Re
     keys: SessionKeys = request.app.state.console_keys
     value = await keys.sign(pool, session_claims(outcome, expires_at))
     response = Redirect(target, status_code=303)
-    response.set_cookie(session_cookie(value, secure=request.url.scheme == "https"))
+    response.set_cookie(session_cookie(value, secure=is_https(request.scope)))
     return response
 
 

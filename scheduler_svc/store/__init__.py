@@ -3,8 +3,9 @@ pool (`db`), the schema and its migrations (`migrate`: schema.sql, migrations/) 
 embedded PostgreSQL (`embedded`).
 
 `sql` loads queries.sql and holds the statements about the database itself; `jobs`,
-`runs`, `keys`, `alerts`, `secrets` (with the cache of tenants' signing secrets), `audit`
-(with the run search) and `stats` (the console's rollup of runs per minute) hold those
+`bulk` (the bulk calls' matches), `runs`, `keys`, `alerts`, `secrets` (with the cache of
+tenants' signing secrets), `audit` (with the run search), `stats` (the console's rollup
+of runs per minute) and `console` (the console's lists and its signing key) hold those
 on each table, one function per named block; `replica` holds the two on WAL positions
 and decides which pool serves a history read. The package re-exports them, so callers
 write `store.jobs_claim_due(...)`. Values travel only as $n parameters. May import
@@ -28,6 +29,7 @@ from scheduler_svc.store.audit import (
     runs_search,
     runs_search_job,
 )
+from scheduler_svc.store.bulk import jobs_bulk_count, jobs_bulk_match, jobs_get_many
 from scheduler_svc.store.console import (
     console_backlog,
     console_failures,
@@ -52,10 +54,7 @@ from scheduler_svc.store.jobs import (
     job_lock,
     job_lock_by_key,
     job_update,
-    jobs_bulk_count,
-    jobs_bulk_match,
     jobs_claim_due,
-    jobs_get_many,
     jobs_list,
     jobs_list_keyed,
     jobs_list_tagged,

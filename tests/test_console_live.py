@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from bench.common import wait_ready
 from scheduler_svc import store
 from scheduler_svc.config import Settings
 from scheduler_svc.console.live import (
@@ -28,7 +31,7 @@ from scheduler_svc.console.live import (
 )
 from scheduler_svc.store import db
 from tests.factories import make_job
-from tests.helpers import running_app
+from tests.helpers import cli_env, free_port, running_app, spawn_cli, stop
 from tests.replicas import eventually
 
 WAIT_S = 10  # for anything to arrive: a loaded 2-core machine lags
@@ -350,3 +353,37 @@ async def test_a_job_created_through_the_api_reaches_an_open_stream(
         event = await asyncio.wait_for(anext(events), WAIT_S)
         assert event["event"] == "change"
         assert json.loads(event["data"]) == {"jobs": [created.json()["id"]]}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_a_stopping_replica_ends_its_open_streams_at_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM with a console open: the stream ends and the process exits well inside a
+    grace period (30 s) that an open stream would otherwise use up."""
+    port = free_port()
+    environ = cli_env(database_url, SCHEDULER_SHUTDOWN_GRACE_S="30", SCHEDULER_WORKER_ID="stop")
+    with (tmp_path / "service.log").open("a") as log:
+        process = spawn_cli(
+            tmp_path, "serve", "--role", "api", "--port", str(port), env=environ, log=log
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            await asyncio.to_thread(wait_ready, url, process)
+            async with (
+                httpx.AsyncClient(base_url=url, timeout=60) as http,
+                http.stream("GET", "/ui/events") as response,
+            ):
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                assert await asyncio.wait_for(anext(lines), 10) == ": live"
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                async for _ in lines:  # the server ends the stream
+                    pass
+            assert await asyncio.to_thread(process.wait, 20) == 0
+            assert time.monotonic() - started < 10
+        finally:
+            stop(process)
+    assert "Exception in ASGI application" not in (tmp_path / "service.log").read_text()

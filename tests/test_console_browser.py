@@ -286,3 +286,39 @@ async def test_a_request_to_another_origin_fails_the_page(browser: Browser, open
 
     with pytest.raises(AssertionError, match="origins other than"):
         await beacon_elsewhere()
+
+
+async def test_a_hidden_tab_closes_its_stream_and_catches_up_when_shown(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    job = await create_job(api, name="ticking", schedule="@every 1s")
+    fragment = f"/ui/jobs/{job['id']}"
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    await page.goto(fragment)
+    # Live: a fragment refresh follows the job's runs.
+    await page.wait_for_function(f"() => {run_ids_js()}.length > 0", timeout=LIVE_TIMEOUT_MS)
+    await page.evaluate(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});"
+        "document.dispatchEvent(new Event('visibilitychange'))"
+    )
+    hidden_at = len(asked)
+    shown = set(await page.evaluate(run_ids_js()))
+    # Three more runs happen while the tab is hidden: none of them is fetched.
+    await poll_json(
+        api,
+        f"/jobs/{job['id']}/runs",
+        lambda runs: len({str(r["id"]) for r in runs} - shown) >= 3,
+    )
+    assert [url for url in asked[hidden_at:] if fragment in url or "/ui/events" in url] == []
+    await page.evaluate(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});"
+        "document.dispatchEvent(new Event('visibilitychange'))"
+    )
+    # Shown again: the stream reopens and the page catches up at once.
+    await page.wait_for_function(
+        f"known => {run_ids_js()}.filter(id => !known.includes(id)).length >= 3",
+        arg=list(shown),
+        timeout=LIVE_TIMEOUT_MS,
+    )
+    assert any("/ui/events" in url for url in asked[hidden_at:])

@@ -469,3 +469,15 @@ async def test_behind_a_tls_proxy_cookies_are_secure_and_the_origin_is_judged_by
     )
     assert same_name.status_code == 303
     assert (await client.get(f"/jobs/{job['id']}")).json()["status"] == "paused"
+
+
+async def test_the_replicas_table_counts_a_console_connection_as_its_replicas(
+    client: httpx.AsyncClient, pool: asyncpg.Pool[Any]
+) -> None:
+    async with httpx.AsyncClient(base_url=str(client.base_url), timeout=10) as http:
+        async with http.stream("GET", "/ui/events") as stream:
+            assert stream.status_code == 200
+            assert await anext(stream.aiter_lines()) == ": live"  # subscribed: listening
+            replicas = await store.console_replicas(pool)
+    workers = [r.worker for r in replicas]
+    assert "test-api" in workers and not any(w.endswith("/console") for w in workers)

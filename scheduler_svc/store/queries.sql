@@ -1293,8 +1293,9 @@ LIMIT $2;
 -- console_replicas --
 -- Replicas connected to this database now, by the application_name their pools give
 -- their sessions (db.application_name): `scheduler-svc@<schema>:<worker>`, or before
--- schema 7 `scheduler-svc:<worker>`.
-SELECT substring(application_name FROM ':(.*)$') AS worker,
+-- schema 7 `scheduler-svc:<worker>`; a replica's console connection adds `/console`
+-- (console/live.py) and counts as one of its sessions.
+SELECT regexp_replace(substring(application_name FROM ':(.*)$'), '/console$', '') AS worker,
        substring(application_name FROM '^scheduler-svc@([0-9]+):')::int AS schema_version,
        count(*)::int AS sessions,
        min(backend_start) AS connected_since,

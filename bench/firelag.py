@@ -24,6 +24,24 @@ every job on each fifth second.
 32). Attempts under way per replica are its rate times how long one takes, so at
 2,500 webhook calls/s per replica and some 20 ms a call, 32 slots are the limit,
 not the CPU: the full run gives the 5,000-job webhook rows 128.
+
+`--consoles N` keeps N operator consoles open on the overview meanwhile: one more
+replica (`serve --role api`) on the same database, an API key of the jobs' tenant
+(stored in the database; the workers do not ask for keys), and N simulated browsers
+in this process, each with the live stream `GET /ui/events` open and, on every
+`change` event, a `GET /ui` with `HX-Request: true` (the overview's live fragment), as
+console.js does: never two of one console at once, and an event that comes while one
+is under way asks for one more after it. Every row also gives PostgreSQL's
+transactions/s in the window (`pg_stat_database` xact_commit + xact_rollback of the
+database: an autocommit statement is one transaction, so this counts statements,
+except those that share an explicit transaction). With consoles, the bound is what
+their reads may add: fragments fetched per second times the transactions of one
+fragment, counted beforehand on the idle database. A session that LISTENs counts a
+transaction of its own each time it reads the notify queue (reported when it next runs a
+command: the console hub's ping), so the streams alone add transactions that are no
+statements; `--streams-only` keeps the streams open but fetches nothing, to tell them
+apart. PostgreSQL's CPU is that
+of the bench database's sessions (/proc/<pid>/stat of each, as a share of one core).
 """
 
 from __future__ import annotations
@@ -32,19 +50,25 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import httpx
 
 from bench.common import Result, autovacuum_stand_in, bench_database, ms, replicas, spread
 from bench.receiver import Receipts, receiving
 from scheduler_svc import schedule as schedules
+from scheduler_svc import store
 from scheduler_svc.config import Settings
+from scheduler_svc.security import auth, principals
 
 MAKE_JOBS = """
 INSERT INTO jobs (tenant, name, schedule, target, status, next_run_at)
@@ -81,6 +105,147 @@ WHERE job_id BETWEEN $3 AND $4 AND scheduled_for >= $1 AND scheduled_for < $2
 WARM_UP_S = 3
 LEAD_S = 2
 DEFAULT_CONCURRENCY = Settings().concurrency
+TRANSACTIONS = """
+SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()
+"""
+SESSIONS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+# The overview's live fragment, as console.js asks for it.
+FRAGMENT = {"HX-Request": "true"}
+# Fragments fetched to count the transactions of one, after a few untimed.
+COUNTED_FETCHES = 20
+# PostgreSQL 15 sends an idle session's statistics after 10 s at the latest
+# (PGSTAT_IDLE_INTERVAL): a count read sooner may miss the fragments' transactions.
+STATS_SETTLE_S = 11.0
+
+
+@dataclass(slots=True)
+class Console:
+    """One simulated browser on the overview: what it heard and fetched."""
+
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    events: int = 0
+    fetches: int = 0
+    failed: int = 0
+
+
+@dataclass(slots=True)
+class Consoles:
+    """The open consoles, and the transactions of one overview fragment."""
+
+    open: list[Console]
+    per_fragment: float
+    api_pid: int
+
+    def counts(self) -> tuple[float, ...]:
+        """Events, fetches and failed fetches so far, all consoles together, and the API
+        replica's CPU seconds."""
+        return (
+            sum(c.events for c in self.open),
+            sum(c.fetches for c in self.open),
+            sum(c.failed for c in self.open),
+            cpu_s(self.api_pid),
+        )
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _browse(
+    client: httpx.AsyncClient, base: str, key: str, console: Console, fetching: bool = True
+) -> None:
+    """Keep the live stream open; fetch the overview's fragment on every change."""
+    bearer = {"Authorization": f"Bearer {key}"}
+    wanted = asyncio.Event()
+
+    async def fetch() -> None:
+        while True:
+            await wanted.wait()
+            wanted.clear()
+            answer = await client.get(f"{base}/ui", headers={**bearer, **FRAGMENT})
+            console.fetches += 1
+            console.failed += answer.status_code != 200
+
+    fetcher = asyncio.create_task(fetch())
+    try:
+        async with client.stream("GET", f"{base}/ui/events", headers=bearer) as stream:
+            stream.raise_for_status()
+            async for line in stream.aiter_lines():
+                # The stream's first line, a comment, is sent once it has subscribed.
+                console.subscribed.set()
+                if line.strip() == "event: change":
+                    console.events += 1
+                    if fetching:
+                        wanted.set()
+    finally:
+        fetcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetcher
+
+
+async def _transactions(conn: asyncpg.Connection[Any]) -> int:
+    count: int = await conn.fetchval(TRANSACTIONS)
+    return count
+
+
+async def _per_fragment(url: str, client: httpx.AsyncClient, base: str, key: str) -> float:
+    """Transactions of one overview fragment, counted on the database while nothing else
+    uses it. The key's look-up, cached for SCHEDULER_API_KEY_CACHE_S, shows in it as a
+    fraction."""
+    headers = {"Authorization": f"Bearer {key}", **FRAGMENT}
+    for _ in range(3):  # the sessions prepare their statements
+        (await client.get(f"{base}/ui", headers=headers)).raise_for_status()
+    conn = await asyncpg.connect(url)
+    try:
+        await _transactions(conn)  # this session's start and its statement prepared
+        await asyncio.sleep(STATS_SETTLE_S)
+        before = await _transactions(conn)
+        for _ in range(COUNTED_FETCHES):
+            (await client.get(f"{base}/ui", headers=headers)).raise_for_status()
+        await asyncio.sleep(STATS_SETTLE_S)
+        # Less this session's own reading, one transaction.
+        return (await _transactions(conn) - before - 1) / COUNTED_FETCHES
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _consoles(
+    url: str, count: int, logs: Path, fetching: bool = True
+) -> AsyncIterator[Consoles | None]:
+    """`count` consoles open on the overview, through an API replica of their own; with
+    not `fetching`, their streams only."""
+    if count == 0:
+        yield None
+        return
+    key, prefix = auth.new_key()
+    conn = await asyncpg.connect(url)
+    try:
+        # A key closes open mode; the worker replicas ask for none.
+        await store.api_key_insert(conn, prefix, auth.key_hash(key), "bench", [principals.READ])
+    finally:
+        await conn.close()
+    (logs / "api").mkdir()
+    with replicas(url, 1, logs / "api", role="api", SCHEDULER_WORKER_ID="console-api") as (api,):
+        base = f"http://127.0.0.1:{api.port}"  # type: ignore[attr-defined]
+        limits = httpx.Limits(max_connections=2 * count + 2)
+        timeout = httpx.Timeout(10, read=60)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+            per_fragment = await _per_fragment(url, client, base, key)
+            opened = Consoles([Console() for _ in range(count)], per_fragment, api.pid)
+            tasks = [
+                asyncio.create_task(_browse(client, base, key, c, fetching)) for c in opened.open
+            ]
+            try:
+                async with asyncio.timeout(10):
+                    await asyncio.gather(*(c.subscribed.wait() for c in opened.open))
+                yield opened
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -127,13 +292,26 @@ async def measure(
     target: str = "log",
     phase: str = "spread",
     concurrency: int | None = None,
+    consoles: int = 0,
+    streams_only: bool = False,
 ) -> dict[str, Any]:
-    """Run the jobs for `seconds` after a warm-up; the lags of the runs in that window."""
+    """Run the jobs for `seconds` after a warm-up, with `consoles` consoles open on the
+    overview (their streams only if `streams_only`); the lags of the runs in that window."""
     async with bench_database() as url, _maybe_receiving(target) as (hook, receipts):
         spec: dict[str, Any] = {"type": "log"} if hook is None else {"type": "http", "url": hook}
         await prepare(url, jobs, schedule, spec)
         return await measure_on(
-            url, jobs, seconds, replica_count, schedule, target, phase, concurrency, receipts
+            url,
+            jobs,
+            seconds,
+            replica_count,
+            schedule,
+            target,
+            phase,
+            concurrency,
+            receipts,
+            consoles=consoles,
+            streams_only=streams_only,
         )
 
 
@@ -149,6 +327,8 @@ async def measure_on(
     receipts: Receipts | None = None,
     first_job: int = 1,
     env: dict[str, str] | None = None,
+    consoles: int = 0,
+    streams_only: bool = False,
 ) -> dict[str, Any]:
     """measure() on a database that has the jobs already, paused, on `schedule`: jobs
     `first_job` to `first_job + jobs - 1` (by id), whatever else it holds. `env` goes
@@ -157,20 +337,29 @@ async def measure_on(
     if concurrency is not None:
         environ["SCHEDULER_CONCURRENCY"] = str(concurrency)
     last_job = first_job + jobs - 1
-    with tempfile.TemporaryDirectory() as logs, replicas(url, replica_count, Path(logs), **environ):
-        async with autovacuum_stand_in(url) as vacuumed:
-            conn = await asyncpg.connect(url)
-            try:
-                first = await start(conn, jobs, schedule, phase, first_job)
-                window_start = first + timedelta(seconds=WARM_UP_S)
-                window_end = window_start + timedelta(seconds=seconds)
-                # Until the window is over, and a little more for its last runs.
-                now = await conn.fetchval("SELECT now()")
-                await asyncio.sleep((window_end - now).total_seconds() + 2)
-                rows = await conn.fetch(LAGS, window_start, window_end, first_job, last_job)
-            finally:
-                await conn.close()
+    with tempfile.TemporaryDirectory() as logs:
+        # The consoles first: their fragment is counted on a database nothing else uses.
+        async with _consoles(url, consoles, Path(logs), not streams_only) as watching:
+            with replicas(url, replica_count, Path(logs), **environ):
+                async with autovacuum_stand_in(url) as vacuumed:
+                    conn = await asyncpg.connect(url)
+                    try:
+                        first = await start(conn, jobs, schedule, phase, first_job)
+                        window_start = first + timedelta(seconds=WARM_UP_S)
+                        window_end = window_start + timedelta(seconds=seconds)
+                        now = await conn.fetchval("SELECT now()")
+                        await asyncio.sleep((window_start - now).total_seconds())
+                        before = await _snapshot(conn, watching)
+                        now = await conn.fetchval("SELECT now()")
+                        await asyncio.sleep((window_end - now).total_seconds())
+                        after = await _snapshot(conn, watching)
+                        # A little more for the window's last runs.
+                        await asyncio.sleep(2)
+                        rows = await conn.fetch(LAGS, window_start, window_end, first_job, last_job)
+                    finally:
+                        await conn.close()
     lags = [r["lag_ms"] for r in rows if r["lag_ms"] is not None]
+    elapsed = after[0] - before[0]
     figures: dict[str, Any] = {
         "jobs": jobs,
         "seconds": seconds,
@@ -189,7 +378,24 @@ async def measure_on(
         "start_lag_ms": spread(lags),
         # The server's autovacuum was off and the bench vacuumed the queue tables itself.
         "vacuum_stand_in": vacuumed,
+        "pg_tx_per_s": (after[1] - before[1]) / elapsed,
+        # Share of one core, the sessions open at both ends of the window.
+        "pg_cpu": sum(t - before[3][pid] for pid, t in after[3].items() if pid in before[3])
+        / elapsed,
+        # This process: the consoles, and the receiver of the http target.
+        "bench_process_cpu": (after[4] - before[4]) / elapsed,
+        "consoles": consoles,
+        "streams_only": streams_only,
     }
+    if watching is not None:
+        events, fetches, failed, api_cpu = (a - b for a, b in zip(after[2], before[2], strict=True))
+        figures["console_events_per_s"] = events / elapsed / consoles
+        figures["console_fetches_per_s"] = fetches / elapsed
+        figures["console_failed_fetches"] = int(failed)
+        # Share of one core: what the consoles cost the machine's CPU beside the rest.
+        figures["api_replica_cpu"] = api_cpu / elapsed
+        figures["tx_per_fragment"] = watching.per_fragment
+        figures["console_bound_tx_per_s"] = fetches / elapsed * watching.per_fragment
     if receipts is not None:
         figures["receipt_lag_ms"] = spread(receipts.lags_ms(window_start, window_end))
     return figures
@@ -213,6 +419,53 @@ HEADER = [
     "p99",
     "max",
 ]
+
+
+async def _snapshot(
+    conn: asyncpg.Connection[Any], watching: Consoles | None
+) -> tuple[float, int, tuple[float, ...], dict[int, float], float]:
+    """Now (monotonic), the database's transactions so far, the consoles' counts, the
+    CPU seconds of each of the database's sessions, and this process's."""
+    pids = [r["pid"] for r in await conn.fetch(SESSIONS)]
+    cpu = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # the session ended meanwhile
+            cpu[pid] = cpu_s(pid)
+    counts = watching.counts() if watching is not None else ()
+    return time.monotonic(), await _transactions(conn), counts, cpu, time.process_time()
+
+
+# The command line's table has these too: PostgreSQL's side, and the consoles'.
+CONSOLE_HEADER = [
+    "PG tx/s",
+    "PG CPU",
+    "consoles",
+    "events/s each",
+    "fetches/s",
+    "tx/fragment",
+    "bound",
+    "CPU: API / bench",
+]
+
+
+def console_cells(f: dict[str, Any]) -> list[object]:
+    """The CONSOLE_HEADER cells of one measure()."""
+    cells: list[object] = [
+        f"{f['pg_tx_per_s']:.0f}",
+        f"{f['pg_cpu']:.0%}",
+        f"{f['consoles']} (streams only)" if f["streams_only"] else f["consoles"],
+    ]
+    if not f["consoles"]:
+        return [*cells, "-", "-", "-", "-", f"- / {f['bench_process_cpu']:.0%}"]
+    return [
+        *cells,
+        f"{f['console_events_per_s']:.2f}",
+        f"{f['console_fetches_per_s']:.1f}"
+        + (f" ({f['console_failed_fetches']} failed)" if f["console_failed_fetches"] else ""),
+        f"{f['tx_per_fragment']:.2f}",
+        f"{f['console_bound_tx_per_s']:.0f}",
+        f"{f['api_replica_cpu']:.0%} / {f['bench_process_cpu']:.0%}",
+    ]
 
 
 def row(f: dict[str, Any]) -> list[object]:
@@ -276,6 +529,8 @@ async def main() -> None:
     parser.add_argument("--target", choices=["log", "http"], default="log")
     parser.add_argument("--phase", choices=["spread", "aligned"], default="spread")
     parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--consoles", type=int, default=0)
+    parser.add_argument("--streams-only", action="store_true")
     args = parser.parse_args()
     measured = [
         await measure(
@@ -286,10 +541,13 @@ async def main() -> None:
             args.target,
             args.phase,
             args.concurrency,
+            args.consoles,
+            args.streams_only,
         )
         for jobs in args.jobs
     ]
-    print(Result(title(args.seconds, measured), HEADER, [row(f) for f in measured]).table())
+    header, rows = HEADER + CONSOLE_HEADER, [row(f) + console_cells(f) for f in measured]
+    print(Result(title(args.seconds, measured), header, rows).table())
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from scheduler_svc.api.reads import ReadYourWrites, provide_reads
 from scheduler_svc.api.routes import JobsController, PoolDep, TenantDep, get_run, preview_schedule
 from scheduler_svc.api.runs import cancel_run
 from scheduler_svc.config import Settings
-from scheduler_svc.console.access import SessionKeys
 from scheduler_svc.console.live import LiveHub
 from scheduler_svc.engine.alerts import AlertSender
 from scheduler_svc.engine.rollup import RunStats
@@ -306,8 +305,5 @@ def create_app(
     # Around Litestar's own exception handling, not in the route's middleware: every
     # request gets its line and its id, 404s and failures of the middleware included.
     app.asgi_handler = logs.request_logging(app.asgi_handler)
-    # What the console's guard and sign-in need (console/access.py).
-    app.state.authenticator = authenticator
-    app.state.console_keys = SessionKeys()
-    app.state.allowed_hosts = settings.allowed_hosts
+    console.attach(app, authenticator, settings.allowed_hosts)
     return app

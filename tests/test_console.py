@@ -474,10 +474,71 @@ async def test_behind_a_tls_proxy_cookies_are_secure_and_the_origin_is_judged_by
 async def test_the_replicas_table_counts_a_console_connection_as_its_replicas(
     client: httpx.AsyncClient, pool: asyncpg.Pool[Any]
 ) -> None:
-    async with httpx.AsyncClient(base_url=str(client.base_url), timeout=10) as http:
-        async with http.stream("GET", "/ui/events") as stream:
-            assert stream.status_code == 200
-            assert await anext(stream.aiter_lines()) == ": live"  # subscribed: listening
-            replicas = await store.console_replicas(pool)
+    async with (
+        httpx.AsyncClient(base_url=str(client.base_url), timeout=10) as http,
+        http.stream("GET", "/ui/events") as stream,
+    ):
+        assert stream.status_code == 200
+        assert await anext(stream.aiter_lines()) == ": live"  # subscribed: listening
+        replicas = await store.console_replicas(pool)
     workers = [r.worker for r in replicas]
     assert "test-api" in workers and not any(w.endswith("/console") for w in workers)
+
+
+async def test_shared_renders_render_once_per_batch_for_every_stream_asking() -> None:
+    import asyncio
+
+    from scheduler_svc.console.views import SharedRenders
+
+    renders = SharedRenders()
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def render() -> str:
+        calls.append(1)
+        await gate.wait()
+        return f"render {len(calls)}"
+
+    waiting = [asyncio.create_task(renders.get(("t", "/ui?"), 1, render)) for _ in range(10)]
+    await asyncio.sleep(0)  # let them all ask before the render ends
+    gate.set()
+    assert await asyncio.gather(*waiting) == ["render 1"] * 10
+    assert await renders.get(("t", "/ui?"), 1, render) == "render 1"  # the same batch
+    assert await renders.get(("t", "/ui?"), 2, render) == "render 2"  # a later batch
+    assert await renders.get(("other tenant", "/ui?"), 2, render) == "render 3"  # by key
+    # Not listening for the tenant here: always rendered afresh.
+    assert [await renders.get(("t", "/ui?"), None, render) for _ in range(2)] == [
+        "render 4",
+        "render 5",
+    ]
+
+    async def failing() -> str:
+        calls.append(1)
+        raise RuntimeError("database gone")
+
+    with pytest.raises(RuntimeError):
+        await renders.get(("t", "/ui/jobs?"), 2, failing)
+    # A failed render is not kept: the next stream asks again.
+    assert await renders.get(("t", "/ui/jobs?"), 2, render) == "render 7"
+
+
+async def test_a_shared_fragment_read_after_a_batch_shows_the_changes_it_named(
+    client: httpx.AsyncClient,
+) -> None:
+    import asyncio
+
+    async with (
+        httpx.AsyncClient(base_url=str(client.base_url), timeout=10) as http,
+        http.stream("GET", "/ui/events") as stream,
+    ):
+        lines = stream.aiter_lines()
+        assert await anext(lines) == ": live"
+        for name in ("first", "second"):
+            before = await http.get("/ui/jobs", headers=HX)
+            assert f">{name}</a>" not in before.text
+            await create_job(client, name=name)
+            async with asyncio.timeout(10):
+                while await anext(lines) != "event: change":
+                    pass
+            after = await http.get("/ui/jobs", headers=HX)
+            assert f">{name}</a>" in after.text, name

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from litestar import Request, Response, Router, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -28,11 +28,12 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from scheduler_svc.console import actions, pages, signin
-from scheduler_svc.console.access import ConsoleGuard
+from scheduler_svc.console.access import ConsoleGuard, SessionKeys
 from scheduler_svc.console.live import LiveHub, stream
 from scheduler_svc.console.render import ENVIRONMENT, STATIC, error_page
-from scheduler_svc.console.views import ViewerDep, provide_viewer
+from scheduler_svc.console.views import SharedRenders, ViewerDep, provide_viewer
 from scheduler_svc.errors import SchedulerError
+from scheduler_svc.security.auth import Authenticator
 
 PATH = "/ui"
 log = structlog.get_logger("scheduler_svc.console")
@@ -104,6 +105,14 @@ def router() -> Router:
         ),
         include_in_schema=False,
     )
+
+
+def attach(app: Litestar, authenticator: Authenticator, allowed_hosts: tuple[str, ...]) -> None:
+    """What the console's guard, sign-in and live fragments keep in the app's state."""
+    app.state.authenticator = authenticator  # sign-in checks keys as the API does
+    app.state.console_keys = SessionKeys()  # the cookie signing key, read once
+    app.state.allowed_hosts = allowed_hosts  # open mode's Host names
+    app.state.console_renders = SharedRenders()  # live fragments, shared by streams
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:

@@ -149,11 +149,22 @@ class LiveHub:
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._closed = False
+        # Batches handed to each tenant's streams so far (SharedRenders' freshness).
+        self._generations: dict[str, int] = {}
 
     @property
     def listening(self) -> bool:
         """Whether the LISTEN connection is open now."""
         return self._listening.is_set()
+
+    def generation(self, tenant: str) -> int | None:
+        """How many batches `tenant`'s streams have been handed: a page read after the
+        latest one shows every change it named, so pages read since may be shared
+        (views.SharedRenders). None while this replica is not listening for `tenant`
+        (no stream of it here, or no connection): changes would go unseen, share none."""
+        if not self._listening.is_set() or tenant not in self._subscribers:
+            return None
+        return self._generations.get(tenant, 0)
 
     @asynccontextmanager
     async def subscribe(self, tenant: str) -> AsyncIterator[Subscription]:
@@ -187,6 +198,7 @@ class LiveHub:
         if not subscribers:
             self._subscribers.pop(subscription.tenant, None)
             self._pending.pop(subscription.tenant, None)
+            self._generations.pop(subscription.tenant, None)
         if not self._subscribers and not self._closed and self._listener is not None:
             loop = asyncio.get_running_loop()
             self._idle_timer = loop.call_later(self._idle_close_s, self._close_idle)
@@ -287,6 +299,7 @@ class LiveHub:
         self._flush_timer = None
         pending, self._pending = self._pending, {}
         for tenant, jobs in pending.items():
+            self._generations[tenant] = self._generations.get(tenant, 0) + 1
             batch = None if jobs is None else frozenset(jobs)
             for subscription in self._subscribers.get(tenant, ()):
                 subscription._offer(batch)

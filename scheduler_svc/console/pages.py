@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get
+from litestar import Request, Response, get
 from litestar.params import QueryParameter
 from litestar.response import Template
 
@@ -29,6 +29,7 @@ from scheduler_svc.console.views import (
     minute_counts,
     not_found,
     page,
+    shared_fragment,
 )
 from scheduler_svc.errors import InvalidRequest
 from scheduler_svc.models import JobRow, JobStatus, Tag
@@ -50,30 +51,38 @@ Cursor = Annotated[str | None, QueryParameter(max_length=64)]
 
 
 @get("/", name="console-overview")
-async def overview(request: Request[Any, Any, Any], viewer: ViewerDep, pool: PoolDep) -> Template:
+async def overview(
+    request: Request[Any, Any, Any], viewer: ViewerDep, pool: PoolDep
+) -> Template | Response[str]:
     """Runs per minute by outcome and fire lag over the last hour (from run_minutes), the
     due backlog, runs under way, next fires, failures by error, and for admins the
     replicas connected now."""
-    now = datetime.now(UTC)
-    hour_ago = now - timedelta(hours=1)
-    minutes = await store.run_minutes_read(pool, viewer.tenant, hour_ago)
-    context: dict[str, Any] = {
-        "minutes": minute_counts(minutes, hour_ago, now),
-        "lags": lag_points(minutes),
-        "totals": _totals(minutes),
-        "backlog": await store.console_backlog(pool, viewer.tenant, BACKLOG_CAP),
-        "backlog_all": (
-            await store.console_backlog(pool, None, BACKLOG_CAP) if viewer.is_admin else None
-        ),
-        "backlog_cap": BACKLOG_CAP,
-        "running": await store.console_running(pool, viewer.tenant, RUNNING_SHOWN),
-        "next_fires": await store.console_next_fires(pool, viewer.tenant, NEXT_FIRES),
-        "failures": await store.console_failures(pool, viewer.tenant, hour_ago, FAILURES_SCANNED),
-        "replicas": await store.console_replicas(pool) if viewer.is_admin else None,
-        "now": now,
-    }
-    template = "overview_live.html" if is_htmx(request) else "overview.html"
-    return page(request, viewer, template, "overview", **context)
+
+    async def load() -> dict[str, Any]:
+        now = datetime.now(UTC)
+        hour_ago = now - timedelta(hours=1)
+        minutes = await store.run_minutes_read(pool, viewer.tenant, hour_ago)
+        admin = viewer.is_admin
+        return {
+            "minutes": minute_counts(minutes, hour_ago, now),
+            "lags": lag_points(minutes),
+            "totals": _totals(minutes),
+            "backlog": await store.console_backlog(pool, viewer.tenant, BACKLOG_CAP),
+            "backlog_all": await store.console_backlog(pool, None, BACKLOG_CAP) if admin else None,
+            "backlog_cap": BACKLOG_CAP,
+            "running": await store.console_running(pool, viewer.tenant, RUNNING_SHOWN),
+            "next_fires": await store.console_next_fires(pool, viewer.tenant, NEXT_FIRES),
+            "failures": await store.console_failures(
+                pool, viewer.tenant, hour_ago, FAILURES_SCANNED
+            ),
+            "replicas": await store.console_replicas(pool) if admin else None,
+            "now": now,
+        }
+
+    if is_htmx(request):  # what every open overview asks after each batch: shared
+        admin = "admin" if viewer.is_admin else ""
+        return await shared_fragment(request, viewer, "overview_live.html", load, admin)
+    return page(request, viewer, "overview.html", "overview", **await load())
 
 
 def _totals(minutes: list[Any]) -> dict[str, int]:
@@ -94,38 +103,37 @@ async def jobs_list(
     name: OptionalText = None,
     cursor: Cursor = None,
     done: OptionalText = None,
-) -> Template:
+) -> Template | Response[str]:
     """The tenant's jobs, newest first, filtered by status, tag and name (as GET /jobs).
     The filter form sends empty fields: they filter nothing."""
     status, tag = _filter("status", status, JobStatus), _filter("tag", tag, Tag)
     before_id = decode_cursor(cursor) if cursor else None
-    lines = await store.console_jobs_page(
-        pool,
-        viewer.tenant,
-        before_id=before_id,
-        status=status,
-        name=name or None,
-        tags=[tag] if tag else [],
-        limit=JOBS_PAGE + 1,
-    )
-    shown = lines[:JOBS_PAGE]
-    strips = await store.console_recent_runs(pool, viewer.tenant, [j.id for j in shown], STRIP_RUNS)
     filters = {"status": status or "", "tag": tag or "", "name": name or ""}
-    next_cursor = encode_cursor(shown[-1].id) if len(lines) > JOBS_PAGE else None
-    template = "jobs_rows.html" if is_htmx(request) else "jobs.html"
-    return page(
-        request,
-        viewer,
-        template,
-        "jobs",
-        jobs=shown,
-        strips=strips,
-        filters=filters,
-        filtered=any(filters.values()),
-        next_cursor=next_cursor,
-        first_page=before_id is None,
-        done=done,
-    )
+
+    async def load() -> dict[str, Any]:
+        lines = await store.console_jobs_page(
+            pool,
+            viewer.tenant,
+            before_id=before_id,
+            status=status,
+            name=name or None,
+            tags=[tag] if tag else [],
+            limit=JOBS_PAGE + 1,
+        )
+        shown = lines[:JOBS_PAGE]
+        ids = [j.id for j in shown]
+        return {
+            "jobs": shown,
+            "strips": await store.console_recent_runs(pool, viewer.tenant, ids, STRIP_RUNS),
+            "filters": filters,
+            "filtered": any(filters.values()),
+            "next_cursor": encode_cursor(shown[-1].id) if len(lines) > JOBS_PAGE else None,
+            "first_page": before_id is None,
+        }
+
+    if is_htmx(request):  # the rows every open jobs page asks for again: shared
+        return await shared_fragment(request, viewer, "jobs_rows.html", load)
+    return page(request, viewer, "jobs.html", "jobs", done=done, **await load())
 
 
 def _filter(field: str, value: str | None, kind: Any) -> Any:
@@ -152,25 +160,30 @@ async def job_page(
     reads: ReadsDep,
     job_id: JobId,
     runs_cursor: Cursor = None,
-) -> Template:
+) -> Template | Response[str]:
     """A job: settings, next fire times in its zone and in UTC, its runs by cursor, the
     edit form, its controls and its audit trail."""
-    job = await store.job_get(pool, viewer.tenant, job_id)
-    if job is None:
-        raise not_found(f"job {job_id}")
     before_id = decode_cursor(runs_cursor) if runs_cursor else None
-    runs = await reads.run(
-        store.runs_list, viewer.tenant, job_id, before_id=before_id, limit=RUNS_PAGE + 1
-    )
-    next_cursor = encode_cursor(runs[RUNS_PAGE - 1].id) if len(runs) > RUNS_PAGE else None
-    context: dict[str, Any] = {
-        "job": job,
-        "runs": runs[:RUNS_PAGE],
-        "runs_next": next_cursor,
-        "runs_first_page": before_id is None,
-    }
-    if is_htmx(request):
-        return page(request, viewer, "job_live.html", "jobs", **context)
+
+    async def load() -> dict[str, Any]:
+        job = await store.job_get(pool, viewer.tenant, job_id)
+        if job is None:
+            raise not_found(f"job {job_id}")
+        runs = await reads.run(
+            store.runs_list, viewer.tenant, job_id, before_id=before_id, limit=RUNS_PAGE + 1
+        )
+        more = len(runs) > RUNS_PAGE
+        return {
+            "job": job,
+            "runs": runs[:RUNS_PAGE],
+            "runs_next": encode_cursor(runs[RUNS_PAGE - 1].id) if more else None,
+            "runs_first_page": before_id is None,
+        }
+
+    if is_htmx(request):  # the runs every open page of this job asks for again: shared
+        return await shared_fragment(request, viewer, "job_live.html", load)
+    context = await load()
+    job = context["job"]
     context["fires"] = next_fires(job)
     context["audit"] = await store.audit_list_job(
         pool, viewer.tenant, job_id, before_id=None, limit=20

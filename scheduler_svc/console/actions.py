@@ -21,7 +21,7 @@ from litestar.response import Redirect, Template
 from scheduler_svc import store
 from scheduler_svc.api import pausing, writes
 from scheduler_svc.api.routes import AuditDep, JobId, PoolDep, RulesDep
-from scheduler_svc.api.runs import RunId, cancel
+from scheduler_svc.api.runs import RunId, cancel, count_cancelled
 from scheduler_svc.console.access import CSRF_FIELD, CSRF_HEADER, csrf_matches
 from scheduler_svc.console.forms import JobForm
 from scheduler_svc.console.views import ViewerDep, not_found, page
@@ -217,6 +217,7 @@ async def cancel_run(
     """Cancel the run (POST /runs/{id}/cancel)."""
     await posted(request)
     await cancel(pool, viewer.tenant, run_id, audit)
+    count_cancelled(request, viewer.tenant)
     return _see(f"/ui/runs/{run_id}")
 
 

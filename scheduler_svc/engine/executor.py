@@ -18,6 +18,7 @@ from scheduler_svc import logs, metrics, store, tracing
 from scheduler_svc.engine.aio import wait_any
 from scheduler_svc.engine.attempts import delivery_of, result_of
 from scheduler_svc.engine.cancels import Cancels
+from scheduler_svc.engine.rollup import RunStats
 from scheduler_svc.models import ClaimedRun, RunResult
 from scheduler_svc.schedule import overlap
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
@@ -53,6 +54,7 @@ class Executor:
         max_sleep_s: float = 5.0,
         tenants: Sequence[str] | None = None,
         operator_alerts: bool = False,
+        stats: RunStats | None = None,
     ) -> None:
         self._pool = pool
         self._deliverer = deliverer
@@ -63,6 +65,7 @@ class Executor:
         self._max_sleep_s = max_sleep_s
         self._tenants = tenants  # whose runs it leases (None: everyone's)
         self._operator_alerts = operator_alerts  # SCHEDULER_ALERT_URL is set
+        self._stats = stats  # the console's counts (rollup.py), if kept
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_runs and by this replica's scheduler
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self.cancels = Cancels(pool, worker_id, self._inflight)  # POST /runs/{id}/cancel
@@ -118,6 +121,9 @@ class Executor:
             self._lease_end_at = None if end_in is None else now + end_in
         metrics.leased(exchange.leased, claim)
         attempts = [(result, self._attempts.pop(result.run_id, None)) for result in batch]
+        if self._stats is not None:
+            self._stats.leased(exchange.leased)
+            self._stats.recorded(attempts, exchange.recorded)
         lost = [(result, run) for result, run in attempts if result.run_id not in exchange.recorded]
         if lost:  # the run was cancelled, or another replica took it over
             await self.cancels.unrecorded(lost)
@@ -149,6 +155,9 @@ class Executor:
         runs = {span.id: span for span in spans}
         skipped = [runs[s.id] for s in settlements if s.action == "skip"]
         metrics.skipped(len(skipped))
+        if self._stats is not None:
+            for run in skipped:
+                self._stats.skipped(run.tenant)
         for run in skipped:
             log.info(
                 "run_skipped",
@@ -229,6 +238,8 @@ class Executor:
         the `reserved` slots it held for them."""
         self._reserved -= reserved
         metrics.leased(runs, claim=0)
+        if self._stats is not None:
+            self._stats.leased(runs)
         for run in runs:
             self._start(run)
 

@@ -5,7 +5,8 @@ Each pass, under the maintenance lock: create the day partitions of the coming w
 partition when that is created, so a missed pass delays, never fails, a write); drop the
 days past the retention whole; and delete, in batches, the old finished runs that are
 not in a day partition of their own (the default partition, and the runs from before
-partitioning, until their partition is dropped whole). Then, on their own session lock,
+partitioning, until their partition is dropped whole); and delete the console's counts
+of runs per minute (run_minutes) older than a day. Then, on their own session lock,
 build the partitions' indexes that a partitioned index made ON ONLY its table lacks
 (store/migrate.complete_indexes).
 """
@@ -29,6 +30,8 @@ MAINTENANCE_LOCK_KEY = 0x5C4ED02E
 PRUNE_BATCH = 5000
 # Day partitions are created this many days ahead.
 DAYS_AHEAD = 7
+# The console's counts of runs per minute are kept this long (its overview shows an hour).
+RUN_MINUTES_KEEP_H = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class Pass:
     pruned: int
     # Indexes built on partitions that a partitioned index lacked (store/migrate.py).
     indexed: tuple[str, ...] = ()
+    minutes_pruned: int = 0  # rows of run_minutes deleted
 
 
 async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) -> int:
@@ -55,16 +59,19 @@ async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) 
 
 
 async def maintain_once(pool: Pool, retention_days: int) -> Pass:
-    """One pass: partitions ahead, days past the retention dropped, the rest pruned."""
+    """One pass: partitions ahead, days past the retention dropped, the rest pruned (and
+    the console's old counts)."""
     created = await store.history_partitions_create(pool, DAYS_AHEAD, MAINTENANCE_LOCK_KEY)
     dropped = await store.history_partitions_detach(pool, retention_days, MAINTENANCE_LOCK_KEY)
     for partition in dropped:  # each in a transaction of its own, no lock on the history
         await store.history_partition_drop(pool, partition)
     pruned = await prune_once(pool, retention_days)
+    minutes = await store.run_minutes_prune(pool, RUN_MINUTES_KEEP_H, MAINTENANCE_LOCK_KEY)
     # Last: building an index waits for the transactions under way on its partition.
     async with pool.acquire() as conn:
         indexed = await migrate.complete_indexes(conn)
-    return Pass(created is not None, created or 0, tuple(dropped), pruned, tuple(indexed))
+    locked = created is not None
+    return Pass(locked, created or 0, tuple(dropped), pruned, tuple(indexed), minutes)
 
 
 async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: float = 300) -> None:
@@ -81,12 +88,13 @@ async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: flo
     while not stop.is_set():
         try:
             done = await maintain_once(pool, retention_days)
-            if done.created or done.dropped or done.pruned or done.indexed:
+            if done.created or done.dropped or done.pruned or done.indexed or done.minutes_pruned:
                 log.info(
                     "history_maintained",
                     partitions_created=done.created,
                     partitions_dropped=list(done.dropped),
                     runs_pruned=done.pruned,
+                    run_minutes_pruned=done.minutes_pruned,
                     indexes_built=list(done.indexed),
                     retention_days=retention_days,
                 )

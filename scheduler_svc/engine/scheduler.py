@@ -23,6 +23,7 @@ import structlog
 from scheduler_svc import logs, metrics, schedule, store
 from scheduler_svc.engine import windows
 from scheduler_svc.engine.aio import wait_any
+from scheduler_svc.engine.rollup import RunStats
 from scheduler_svc.models import ClaimedRun, DueJob, InsertedRun, MisfirePolicy
 from scheduler_svc.schedule import jitter
 from scheduler_svc.schedule.overlap import NOTHING_UNFINISHED, OVERLAP_SKIPPED, plan_ticks
@@ -168,6 +169,7 @@ async def tick_once(
     executor: LocalExecutor | None = None,
     tenants: Sequence[str] | None = None,
     operator_alerts: bool = False,
+    stats: RunStats | None = None,
 ) -> PassResult:
     """One scheduler pass: materialize the due ticks of up to `batch` jobs.
 
@@ -181,6 +183,7 @@ async def tick_once(
     The rest are left pending for any replica's executors. `now` overrides the
     database clock (tests); the default lets the database decide what is due.
     `operator_alerts`: SCHEDULER_ALERT_URL is set (an overlap skip writes job.missed).
+    `stats` counts the runs it finished for the console.
     """
     reserved = 0
     try:
@@ -237,6 +240,8 @@ async def tick_once(
                 {},
             )
     metrics.finished_in_pass(recorded.others)
+    if stats is not None:
+        stats.finished_in_pass(recorded.others, by_id)
     return PassResult(
         len(jobs),
         recorded.runs,
@@ -319,8 +324,10 @@ class Scheduler:
         max_sleep_s: float = 5.0,
         tenants: Sequence[str] | None = None,
         operator_alerts: bool = False,
+        stats: RunStats | None = None,
     ) -> None:
         self._pool = pool
+        self._stats = stats  # the console's counts (rollup.py), if kept
         self._operator_alerts = operator_alerts  # SCHEDULER_ALERT_URL is set
         self._tenants = tenants  # whose jobs it claims (None: everyone's)
         self._executor = executor  # this replica's: passes hand ticks straight to it
@@ -349,6 +356,7 @@ class Scheduler:
             executor=self._executor,
             tenants=self._tenants,
             operator_alerts=self._operator_alerts,
+            stats=self._stats,
         )
         if result.for_executors and self._executor is not None:
             self._executor.wake.set()

@@ -1,5 +1,5 @@
-"""One replica's background work: scheduler, executors, LISTEN wake-ups, maintenance
-and the alert sender.
+"""One replica's background work: scheduler, executors, LISTEN wake-ups, maintenance,
+the alert sender and the console's counts of runs (rollup).
 
 One TaskGroup owns every loop. Stopping sets one event: the loops stop claiming,
 then the executor drains its in-flight runs for the grace period and hands back
@@ -20,6 +20,7 @@ from scheduler_svc.engine import maintenance
 from scheduler_svc.engine.aio import wait_any
 from scheduler_svc.engine.alerts import AlertSender
 from scheduler_svc.engine.executor import Executor
+from scheduler_svc.engine.rollup import RunStats
 from scheduler_svc.engine.scheduler import Scheduler
 from scheduler_svc.store import db
 from scheduler_svc.store.db import DATABASE_ERRORS, Pool
@@ -33,7 +34,8 @@ LISTEN_PING_S = 15.0
 
 class Worker:
     """Scheduler and executors of one replica, woken by the database's notifications;
-    and its alert sender, if given one."""
+    and its alert sender, if given one. They count runs for the console in `stats`: the
+    one given (its owner flushes it), or one of the worker's own."""
 
     def __init__(
         self,
@@ -41,10 +43,13 @@ class Worker:
         pool: Pool,
         deliverer: Deliverer,
         alerts: AlertSender | None = None,
+        stats: RunStats | None = None,
     ) -> None:
         assert settings.database_url is not None
         self._settings = settings
         self._pool = pool
+        self._owns_stats = stats is None
+        self.stats = stats or RunStats(pool, settings.worker_id)
         self.executor = Executor(
             pool,
             deliverer,
@@ -54,12 +59,14 @@ class Worker:
             tenants=settings.tenants,
             # Jobs without alert settings are alerted at SCHEDULER_ALERT_URL, if set.
             operator_alerts=settings.alert_url is not None,
+            stats=self.stats,
         )
         self.scheduler = Scheduler(
             pool,
             executor=self.executor,
             tenants=settings.tenants,
             operator_alerts=settings.alert_url is not None,
+            stats=self.stats,
         )
         self.alerts = alerts
         self._stop = asyncio.Event()
@@ -83,6 +90,8 @@ class Worker:
                 maintenance.run(self._pool, self._settings.run_retention_days, self._stop),
                 name="maintenance",
             )
+            if self._owns_stats:
+                group.create_task(self.stats.run(self._stop), name="rollup")
 
     def begin_stop(self) -> asyncio.Task[None]:
         """Stop claiming now and drain in the background; calling it again changes nothing."""
@@ -100,6 +109,8 @@ class Worker:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.executor.drain(self._settings.shutdown_grace_s)
+        if self._owns_stats:  # after the drain, whose results count too
+            await self.stats.flush_last()
         log.info("worker_stopped", worker=self.executor.worker_id)
 
     def _cancelled(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:

@@ -82,6 +82,7 @@ class RunSpan(msgspec.Struct, frozen=True, kw_only=True):
     catch_up: bool = False
     misfire_grace_s: int = 60
     due_at: datetime | None = None  # its tick plus its job's jitter; None: the tick
+    tenant: str = ""  # whose run it is (the console's counts of skipped runs)
 
     @property
     def claimable(self) -> bool:

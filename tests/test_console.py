@@ -558,3 +558,21 @@ async def test_a_shared_fragment_read_after_a_batch_shows_the_changes_it_named(
                     pass
             after = await http.get("/ui/jobs", headers=HX)
             assert f">{name}</a>" in after.text, name
+
+
+def test_fire_lag_past_the_last_bucket_is_drawn_at_the_charts_top() -> None:
+    from scheduler_svc.console.views import lag_points
+    from scheduler_svc.models.stats import LAG_BUCKETS_MS, MinuteStats
+
+    late = [0] * len(LAG_BUCKETS_MS)
+    late[-1] = 5  # every first attempt over a minute late
+    minute = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+    stats = MinuteStats(
+        minute=minute, succeeded=5, failed=0, skipped=0, cancelled=0, retried=0,
+        lag_counts=tuple(late),
+    )  # fmt: skip
+    (point,) = lag_points([stats])
+    assert point.p50_ms == point.p99_ms == LAG_BUCKETS_MS[-2]
+    assert "inf" not in str(
+        __import__("scheduler_svc.console.charts").console.charts.lag_lines([point])
+    )

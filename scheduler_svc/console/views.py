@@ -18,7 +18,7 @@ from scheduler_svc.console.access import VIEWER_STATE, Viewer
 from scheduler_svc.console.charts import LagPoint, MinuteCounts
 from scheduler_svc.console.live import LiveHub
 from scheduler_svc.console.render import ENVIRONMENT
-from scheduler_svc.models.stats import MinuteStats, lag_quantile
+from scheduler_svc.models.stats import LAG_BUCKETS_MS, MinuteStats, lag_quantile
 
 ViewerDep = NamedDependency[Viewer]
 # Fragments kept by SharedRenders at most (of the latest batches; older ones are useless).
@@ -134,11 +134,16 @@ def minute_counts(
 
 
 def lag_points(minutes: Sequence[MinuteStats]) -> list[LagPoint]:
-    """Fire lag p50 and p99 of each minute that had first attempts."""
+    """Fire lag p50 and p99 of each minute that had first attempts: the upper bound of
+    the bucket each falls in, and the last finite bound for one past it (over a minute
+    late: the chart's top)."""
     points = []
+    top = LAG_BUCKETS_MS[-2]
     for minute in minutes:
         p50 = lag_quantile(minute.lag_counts, 0.5)
         p99 = lag_quantile(minute.lag_counts, 0.99)
         if p50 is not None and p99 is not None:
-            points.append(LagPoint(minute=minute.minute, p50_ms=p50, p99_ms=p99))
+            points.append(
+                LagPoint(minute=minute.minute, p50_ms=min(p50, top), p99_ms=min(p99, top))
+            )
     return points

@@ -1,9 +1,10 @@
-"""Test helpers for the console (/ui) without a browser: its CSRF token, form posts, and
-what a page's HTML says."""
+"""Test helpers for the console (/ui) without a browser: its CSRF token, form posts, what
+a page's HTML says, and the events of its live stream."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from typing import Any
 
@@ -68,3 +69,17 @@ def page_of(html: str) -> _Page:
     parsed = _Page()
     parsed.feed(html)
     return parsed
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
+    """The events of a server-sent-event response, each as its fields (a comment's text
+    under the name "")."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if fields:
+                yield fields
+            fields = {}
+            continue
+        name, _, value = line.partition(":")
+        fields[name] = value.removeprefix(" ")

@@ -30,6 +30,7 @@ from scheduler_svc.console.live import (
     stream,
 )
 from scheduler_svc.store import db
+from tests.console import sse_events
 from tests.factories import make_job
 from tests.helpers import cli_env, free_port, running_app, spawn_cli, stop
 from tests.replicas import eventually
@@ -319,19 +320,6 @@ async def test_jobs_statements_notify_their_ids_and_many_as_null(
 
 
 # --- over HTTP ----------------------------------------------------------------------------
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
-    """The events of an SSE response, each as its fields (comments under ":")."""
-    fields: dict[str, str] = {}
-    async for line in response.aiter_lines():
-        if line == "":
-            if fields:
-                yield fields
-            fields = {}
-            continue
-        name, _, value = line.partition(":")
-        fields[name] = value.removeprefix(" ")
 
 
 async def test_a_job_created_through_the_api_reaches_an_open_stream(

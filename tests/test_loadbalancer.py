@@ -14,7 +14,7 @@ import json
 import signal
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ import pytest
 
 from bench.cluster import Cluster, Process, cluster, nginx_binary
 from scheduler_svc.store import db
+from tests.console import sse_events
 from tests.replicas import (
     SECOND,
     deliveries,
@@ -430,19 +431,6 @@ async def test_through_nginx_a_killed_api_replica_and_a_killed_worker_lose_nothi
     assert horizon - worker_killed_at > AFTER_TAKEOVER_S * SECOND
 
 
-async def stream_events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
-    """The events of a server-sent-event response, each as its fields (comments: "")."""
-    fields: dict[str, str] = {}
-    async for line in response.aiter_lines():
-        if line == "":
-            if fields:
-                yield fields
-            fields = {}
-            continue
-        name, _, value = line.partition(":")
-        fields[name] = value.removeprefix(" ")
-
-
 @pytest.mark.timeout(90)
 async def test_through_nginx_the_console_serves_pages_and_live_streams_from_any_replica(
     database_url: str, pool: Any, clean: None, tmp_path: Path
@@ -464,7 +452,7 @@ async def test_through_nginx_the_console_serves_pages_and_live_streams_from_any_
                 )
                 assert response.status_code == 200
                 assert response.headers["content-type"].startswith("text/event-stream")
-                events.append(stream_events(response))
+                events.append(sse_events(response))
                 # The first message comes as soon as the stream listens: nginx holds nothing back.
                 first = await asyncio.wait_for(anext(events[-1]), WAIT_S)
                 assert "retry" in first, first

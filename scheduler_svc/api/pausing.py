@@ -90,8 +90,7 @@ async def bulk(
     """POST /jobs/bulk/pause (`paused`) and /jobs/bulk/resume: every job of `tenant` the
     filter matches, in one transaction; a dry run only counts them."""
     wanted = body.filter
-    tags = [wanted.tag] if isinstance(wanted.tag, str) else wanted.tag
-    criteria = (wanted.ids, tags, wanted.name, wanted.status)
+    criteria = (wanted.ids, wanted.tag, wanted.name, wanted.status)
     if all(c is None for c in criteria) and not wanted.all:
         raise InvalidRequest.field(
             "filter", 'must name ids, tag, name or status, or be {"all": true} for every job'
@@ -102,25 +101,8 @@ async def bulk(
     async def work(conn: Connection) -> BulkResult:
         await _check_until(conn, body.until)
         if body.dry_run:  # counted, not locked: the scheduler's claim skips locked jobs
-            matched = await store.jobs_bulk_count(
-                conn,
-                tenant,
-                ids=wanted.ids,
-                tags=tags,
-                name=wanted.name,
-                status=wanted.status,
-                every=wanted.all,
-            )
-            return BulkResult(matched=matched, changed=0)
-        ids = await store.jobs_bulk_match(
-            conn,
-            tenant,
-            ids=wanted.ids,
-            tags=tags,
-            name=wanted.name,
-            status=wanted.status,
-            every=wanted.all,
-        )
+            return BulkResult(matched=await store.jobs_bulk_count(conn, tenant, wanted), changed=0)
+        ids = await store.jobs_bulk_match(conn, tenant, wanted)
         changed = 0
         audited: dict[int, dict[str, list[Any]]] = {}
         for row in await store.jobs_get_many(conn, tenant, ids):

@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import msgspec
 import pytest
 import structlog
 
@@ -22,7 +23,7 @@ from scheduler_svc.engine.scheduler import (
     Scheduler,
     tick_once,
 )
-from scheduler_svc.models import ClaimedRun
+from scheduler_svc.models import ClaimedRun, DueJob
 from tests.factories import make_job, runs_of
 
 T0 = datetime(2031, 3, 4, 12, 0, 0, tzinfo=UTC)
@@ -511,3 +512,44 @@ async def test_a_failed_pass_gives_its_reserved_slots_back(pool: Any) -> None:
     with pytest.raises(asyncpg.PostgresError):
         await tick_once(pool, now=T0, executor=hands)
     assert (hands.held, hands.adopted) == (0, [])
+
+
+async def test_a_pass_whose_snapshot_predates_another_pass_does_not_run_alongside_it(
+    pool: Any,
+) -> None:
+    """Read committed: a pass that finds a job locked by another pass, which commits
+    and releases it before this pass gets to it, locks the job's new version, but
+    its statement still sees the runs as they were before the other pass. Under
+    forbid that view says "nothing unfinished", and the job's next tick would run
+    beside the tick the other pass just made pending. A cursor makes the window
+    exact: its snapshot is taken when it is declared, its rows are locked when
+    fetched."""
+    job = await make_job(
+        pool,
+        schedule="@every 1s",
+        next_run_at=T0,
+        overlap="forbid",
+        misfire_policy="run_all",
+        target={"type": "http", "url": "http://127.0.0.1:9/"},
+    )
+    async with pool.acquire() as late:
+        async with late.transaction():
+            await late.execute(
+                f"DECLARE stale NO SCROLL CURSOR FOR {store.QUERIES['jobs_claim_due']}",
+                T0 + timedelta(seconds=4.5),
+                500,
+                None,
+            )
+            # Meanwhile another pass: T0 pending, T0+1 … T0+3 waiting behind it.
+            assert (await tick_once(pool, now=T0 + timedelta(seconds=3.5))).runs == 4
+            claimed = msgspec.json.decode(
+                await late.fetchval("FETCH ALL FROM stale"), type=list[DueJob]
+            )
+        # The stale statement leaves the job to a later pass rather than decide its
+        # tick T0+4 on runs it cannot see.
+        assert [j.id for j in claimed] == []
+    await tick_once(pool, now=T0 + timedelta(seconds=4.5))
+    runs = await runs_of(pool, job.id)
+    claimable = [r.scheduled_for for r in runs if r.status == "pending" and r.next_attempt_at]
+    assert claimable == [T0]
+    assert len(runs) == 5

@@ -249,6 +249,11 @@ WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 
 --                  ended on its replica without the database knowing yet);
 --   waiting:       it has runs waiting for an earlier one to end.
 -- The rest is what running a tick needs, in the pass itself or by this replica's executor.
+--
+-- Read committed: a job another pass held, then advanced and released after this
+-- statement's snapshot was taken, is locked in its new version, but its runs are read
+-- as the snapshot has them, without the ones that pass inserted. Under forbid that
+-- could run a tick beside them, so such a job (`changed`) is left to the next pass.
 SELECT coalesce(json_agg(claimed), '[]')::text
 FROM (
     SELECT due.id, due.tenant, due.name, due.attributes, due.target, due.timeout_s,
@@ -273,6 +278,9 @@ FROM (
                    SELECT FROM job_runs r
                    WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
                ) AS busy,
+               j.overlap = 'forbid'
+                   AND j.ctid IS DISTINCT FROM (SELECT s.ctid FROM jobs s WHERE s.id = j.id)
+                   AS changed,
                coalesce($1::timestamptz, now()) AS now
         FROM jobs j
         WHERE j.status = 'active' AND j.next_run_at <= coalesce($1::timestamptz, now())
@@ -284,6 +292,7 @@ FROM (
         -- trigger's insert of a run of this job (its foreign key check shares the key).
         FOR NO KEY UPDATE OF j SKIP LOCKED
     ) due
+    WHERE NOT due.changed
 ) claimed;
 
 -- runs_materialize --

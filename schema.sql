@@ -666,41 +666,34 @@ CREATE TABLE IF NOT EXISTS run_minutes (
 -- The console's jobs list filters by name, as GET /jobs and the bulk calls do.
 CREATE INDEX IF NOT EXISTS jobs_tenant_name ON jobs (tenant, name);
 
--- Live consoles (console/live.py): a statement that inserts or changes runs, or changes
--- jobs, notifies scheduler_console once per tenant it touched, with the jobs (at most
--- 50; null: more) so that a stream refreshes only the pages they show. One notification
--- per statement and tenant, whatever the rows, and PostgreSQL folds identical ones in a
--- transaction; the replicas that serve consoles batch them again before any page reads.
+-- Live consoles (console/live.py) hear of changes on the channel scheduler_console, as
+-- {"t": tenant, "j": [job ids, at most 50] or null (more)}, so that a stream refreshes
+-- only the pages they show. Changes to jobs by anyone but the scheduler (the API, the
+-- console, maintenance windows) are told by these statement triggers, once per statement
+-- and tenant. The engine's own changes, a job advanced and its runs inserted, leased,
+-- recorded or settled, are told by each replica in a batch every quarter second
+-- (engine/rollup.py), never by a trigger on job_runs: a transition-table trigger there
+-- made every write of a run dearer, and at 3,000 webhook ticks a second the database no
+-- longer kept up. The scheduler's advance of its jobs (scheduler.advancing on, the
+-- handshake scheduler_notify() reads too) is left to those batches likewise.
 CREATE OR REPLACE FUNCTION console_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_TABLE_NAME = 'jobs' THEN
-        PERFORM pg_notify('scheduler_console', json_build_object(
-                    't', tenant,
-                    'j', CASE WHEN count(*) <= 50 THEN array_agg(id ORDER BY id) END)::text)
-        FROM changed GROUP BY tenant;
-    ELSE
-        PERFORM pg_notify('scheduler_console', json_build_object(
-                    't', tenant,
-                    'j', CASE WHEN count(DISTINCT job_id) <= 50
-                              THEN array_agg(DISTINCT job_id ORDER BY job_id) END)::text)
-        FROM changed GROUP BY tenant;
-    END IF;
+    PERFORM pg_notify('scheduler_console', json_build_object(
+                't', tenant,
+                'j', CASE WHEN count(*) <= 50 THEN array_agg(id ORDER BY id) END)::text)
+    FROM changed GROUP BY tenant;
     RETURN NULL;
 END
 $$;
 
-CREATE OR REPLACE TRIGGER job_runs_console_inserted
-    AFTER INSERT ON job_runs REFERENCING NEW TABLE AS changed
-    FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
-CREATE OR REPLACE TRIGGER job_runs_console_updated
-    AFTER UPDATE ON job_runs REFERENCING NEW TABLE AS changed
-    FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
 CREATE OR REPLACE TRIGGER jobs_console_inserted
     AFTER INSERT ON jobs REFERENCING NEW TABLE AS changed
     FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
 CREATE OR REPLACE TRIGGER jobs_console_updated
     AFTER UPDATE ON jobs REFERENCING NEW TABLE AS changed
-    FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
+    FOR EACH STATEMENT
+    WHEN (current_setting('scheduler.advancing', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION console_notify();
 CREATE OR REPLACE TRIGGER jobs_console_deleted
     AFTER DELETE ON jobs REFERENCING OLD TABLE AS changed
     FOR EACH STATEMENT EXECUTE FUNCTION console_notify();

@@ -56,6 +56,13 @@ DUE_BACKLOG = Gauge(
     "Due ticks not yet started: pending runs due now plus active jobs whose next tick "
     "is due (read from the database at each scrape; NaN when it does not answer).",
 )
+BEHIND = Gauge(
+    "scheduler_behind_seconds",
+    "How far behind the service is: seconds since the earliest due time of a tick not yet "
+    "started (pending runs whose attempt is due, active jobs whose next tick is due; not "
+    "runs waiting for an earlier run of their job); 0 when none. Read from the database at "
+    "each scrape and by each worker every few seconds; NaN when it does not answer.",
+)
 CLAIM_BATCH = Histogram(
     "scheduler_claim_batch_size",
     "Runs an executor leased per exchange that asked for some.",
@@ -222,13 +229,25 @@ def replica_checked(status: ReplicaStatus) -> None:
     READ_REPLICA_LAG.set(status.lag_s if status.lag_s is not None else float("nan"))
 
 
+def backlog_read(backlog: store.Backlog) -> None:
+    """Show the due backlog and how far behind it is."""
+    DUE_BACKLOG.set(backlog.ticks)
+    BEHIND.set(backlog.behind_s)
+
+
+def backlog_unknown() -> None:
+    """The database did not say: NaN, not a stale figure."""
+    DUE_BACKLOG.set(float("nan"))
+    BEHIND.set(float("nan"))
+
+
 async def refresh_backlog(pool: Pool) -> None:
-    """Read the due backlog from the database into its gauge."""
+    """Read the due backlog and how far behind it is from the database into their gauges."""
     try:
-        DUE_BACKLOG.set(await store.runs_due_backlog(pool))
+        backlog_read(await store.runs_due_backlog(pool))
     except DATABASE_ERRORS as exc:
         log.warning("due_backlog_unavailable", error=str(exc))
-        DUE_BACKLOG.set(float("nan"))
+        backlog_unknown()
 
 
 class MetricsController(PrometheusController):

@@ -1,6 +1,6 @@
-"""Live consoles (console/live.py) on the real database: the triggers' notifications,
-the hub's batches per tenant, its LISTEN connection lost and reopened, and the event
-stream over HTTP."""
+"""Live consoles (console/live.py) on the real database: the jobs triggers' and the
+engine's pulse's notifications, the hub's batches per tenant, its LISTEN connection lost
+and reopened, and the event stream over HTTP."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from scheduler_svc.console.live import (
     Subscription,
     stream,
 )
+from scheduler_svc.engine.rollup import PULSE_JOBS, RunStats
+from scheduler_svc.engine.scheduler import tick_once
 from scheduler_svc.store import db
 from tests.console import sse_events
 from tests.factories import make_job
@@ -72,16 +74,24 @@ async def job_of(pool: asyncpg.Pool[Any], tenant: str, name: str = "job") -> int
     return row.id
 
 
-async def test_a_run_inserted_then_updated_reaches_a_subscriber_of_its_tenant(
+async def touch(pool: asyncpg.Pool[Any], *job_ids: int) -> None:
+    """Change jobs as the API would: their trigger tells the consoles."""
+    await pool.execute("UPDATE jobs SET name = name WHERE id = ANY($1)", list(job_ids))
+
+
+async def test_runs_the_engine_changed_reach_a_subscriber_by_its_pulse(
     pool: asyncpg.Pool[Any], hub: LiveHub
 ) -> None:
     tenant = tenant_name()
     job_id = await job_of(pool, tenant)
+    stats = RunStats(pool, "test-pulse")
     async with hub.subscribe(tenant) as changes:
-        run = await store.run_trigger(pool, tenant, job_id)
-        assert run is not None
+        stats.cancelled(tenant, job_id)  # as the API counts a cancel
+        await stats.pulse()
         assert await next_batch(changes) == {job_id}
-        assert await store.run_cancel(pool, tenant, run.id) is not None
+        await stats.pulse()  # nothing changed since: nothing sent
+        stats.changed(tenant, job_id)
+        await stats.pulse()
         assert await next_batch(changes) == {job_id}
 
 
@@ -154,11 +164,11 @@ async def test_a_subscriber_of_another_tenant_hears_nothing(
     mine, other = tenant_name(), tenant_name()
     my_job, other_job = await job_of(pool, mine), await job_of(pool, other)
     async with hub.subscribe(mine) as my_changes, hub.subscribe(other) as other_changes:
-        await store.run_trigger(pool, mine, my_job)
+        await touch(pool, my_job)
         assert await next_batch(my_changes) == {my_job}
         # Notifications arrive in commit order on the one connection: had the first
         # reached the other tenant, it would be in this batch or before it.
-        await store.run_trigger(pool, other, other_job)
+        await touch(pool, other_job)
         assert await next_batch(other_changes) == {other_job}
 
 
@@ -170,7 +180,7 @@ async def test_malformed_notifications_are_ignored(pool: asyncpg.Pool[Any], hub:
         malformed.append(json.dumps({"t": tenant, "j": ["x"]}))
         for payload in malformed:
             await pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-        await store.run_trigger(pool, tenant, job_id)
+        await touch(pool, job_id)
         assert await next_batch(changes) == {job_id}
         assert hub.listening
 
@@ -188,7 +198,7 @@ async def test_a_killed_listen_connection_is_reopened_and_says_anything_may_have
         assert await next_batch(changes) is None
         [reopened] = await listen_sessions(pool, hub)
         assert reopened != pid
-        await store.run_trigger(pool, tenant, job_id)
+        await touch(pool, job_id)
         assert await next_batch(changes) == {job_id}
 
 
@@ -226,7 +236,7 @@ async def test_the_stream_says_its_retry_then_changes_and_keeps_alive(
     first = await anext(messages)  # sent once subscribed
     assert (first.retry, first.data, first.event) == (RETRY_MS, None, None)
     assert first.encode() == f": live\r\nretry: {RETRY_MS}\r\n\r\n".encode()
-    await store.run_trigger(pool, tenant, job_id)
+    await touch(pool, job_id)
     change = await asyncio.wait_for(anext(messages), WAIT_S)
     assert change.encode() == f'event: change\r\ndata: {{"jobs":[{job_id}]}}\r\n\r\n'.encode()
     keepalive = await asyncio.wait_for(anext(messages), WAIT_S)
@@ -278,20 +288,36 @@ async def test_one_statement_over_two_tenants_notifies_each_once(
     a, b = sorted([tenant_name(), tenant_name()])
     a_jobs = [await job_of(pool, a, "a1"), await job_of(pool, a, "a2")]
     b_job = await job_of(pool, b)
-    runs = [await store.run_trigger(pool, t, j) for t, j in [(a, a_jobs[0]), (a, a_jobs[1])]]
-    runs += [await store.run_trigger(pool, b, b_job), await store.run_trigger(pool, b, b_job)]
-    run_ids = [r.id for r in runs if r is not None]
-    assert len(run_ids) == 4
-
-    async def update_all() -> None:
-        await pool.execute(
-            "UPDATE job_runs SET next_attempt_at = now() WHERE id = ANY($1)", run_ids
-        )
-
-    found = await notifications_until_marker(listener, pool, update_all)
+    found = await notifications_until_marker(listener, pool, lambda: touch(pool, *a_jobs, b_job))
     assert sorted(found, key=lambda n: n["t"]) == [
         {"t": a, "j": sorted(a_jobs)},
         {"t": b, "j": [b_job]},
+    ]
+
+
+async def test_a_pass_is_told_by_its_replica_s_pulse_not_by_triggers_on_runs(
+    pool: asyncpg.Pool[Any], listener: asyncpg.Connection[Any]
+) -> None:
+    """A scheduler pass advances its jobs and inserts their runs without a notification
+    (no trigger on job_runs; the jobs trigger is quiet while the scheduler advances): the
+    pulse tells them, a notification a tenant, with many jobs as null."""
+    a, b = sorted([tenant_name(), tenant_name()])
+    now = await pool.fetchval("SELECT now()")
+    due = {"next_run_at": now, "schedule": "@every 1h"}
+    due["target"] = {"type": "http", "url": "http://127.0.0.1:9/"}
+    a_jobs = [(await make_job(pool, tenant=a, name=f"a{i}", **due)).id for i in range(2)]
+    b_jobs = [(await make_job(pool, tenant=b, name=f"b{i}", **due)).id for i in range(51)]
+    stats = RunStats(pool, "test-pass")
+
+    async def a_pass() -> None:
+        assert (await tick_once(pool, stats=stats)).runs == 53
+
+    assert await notifications_until_marker(listener, pool, a_pass) == []
+    found = await notifications_until_marker(listener, pool, stats.pulse)
+    assert len(b_jobs) > PULSE_JOBS
+    assert sorted(found, key=lambda n: n["t"]) == [
+        {"t": a, "j": sorted(a_jobs)},
+        {"t": b, "j": None},
     ]
 
 
@@ -301,13 +327,10 @@ async def test_jobs_statements_notify_their_ids_and_many_as_null(
     tenant = tenant_name()
     job_ids = [await job_of(pool, tenant, f"j{i}") for i in range(51)]
 
-    async def touch(ids: list[int]) -> None:
-        await pool.execute("UPDATE jobs SET name = name WHERE id = ANY($1)", ids)
-
-    assert await notifications_until_marker(listener, pool, lambda: touch(job_ids[:50])) == [
+    assert await notifications_until_marker(listener, pool, lambda: touch(pool, *job_ids[:50])) == [
         {"t": tenant, "j": job_ids[:50]}
     ]
-    assert await notifications_until_marker(listener, pool, lambda: touch(job_ids)) == [
+    assert await notifications_until_marker(listener, pool, lambda: touch(pool, *job_ids)) == [
         {"t": tenant, "j": None}
     ]
 

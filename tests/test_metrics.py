@@ -22,6 +22,7 @@ SERIES = (
     "scheduler_run_duration_seconds",
     "scheduler_fire_lag_seconds",
     "scheduler_due_backlog",
+    "scheduler_behind_seconds",
     "scheduler_claim_batch_size",
     "scheduler_retries_total",
     "scheduler_lease_takeovers_total",
@@ -68,6 +69,26 @@ async def test_due_backlog_counts_due_ticks_not_yet_started(
     # A manual run, pending and due now (this API-only app has no executor to start it).
     assert (await client.post(f"/jobs/{job['id']}/trigger")).status_code == 202
     assert value(await scrape(client), "scheduler_due_backlog") == 2
+
+
+async def test_behind_seconds_is_the_age_of_the_earliest_due_tick_not_started(
+    client: httpx.AsyncClient, pool: asyncpg.Pool[Any]
+) -> None:
+    job = await create_job(client)  # @every 1h: nothing due
+    assert value(await scrape(client), "scheduler_behind_seconds") == 0
+    await pool.execute("UPDATE jobs SET next_run_at = now() - interval '90 seconds'")
+    behind = value(await scrape(client), "scheduler_behind_seconds")
+    assert 90 <= behind < 120
+    # A pending run due earlier still is what the service is behind by.
+    assert (await client.post(f"/jobs/{job['id']}/trigger")).status_code == 202
+    await pool.execute("UPDATE job_runs SET next_attempt_at = now() - interval '300 seconds'")
+    assert 300 <= value(await scrape(client), "scheduler_behind_seconds") < 330
+    # A run waiting for an earlier run of its job waits by design: not behind for that.
+    await pool.execute("UPDATE job_runs SET next_attempt_at = NULL, ready_at = NULL")
+    await pool.execute("UPDATE jobs SET next_run_at = now() + interval '1 hour'")
+    samples = await scrape(client)
+    assert value(samples, "scheduler_behind_seconds") == 0
+    assert value(samples, "scheduler_due_backlog") == 1
 
 
 async def test_http_requests_are_labelled_by_route_template_and_status(

@@ -120,7 +120,19 @@ def test_a_backlog_runs_one_at_a_time_in_tick_order() -> None:
     assert settle(spans, [5]) == [
         Settlement(6, "release", None, catch_up=True),
         Settlement(7, "wait", 6),
-        Settlement(8, "wait", 6),
+    ]
+
+
+def test_a_release_rewrites_the_next_in_line_only_not_the_whole_backlog() -> None:
+    # A replica that fell behind: a job with a long backlog of waiting runs. Each release
+    # points the next in line at the run released; the others keep what they waited for
+    # (they are judged against every run of the job that ends anyway). Pointing them all
+    # again made each release cost the backlog's length.
+    spans = [span(1, 0, "succeeded", ready=0, ended=0.5)]
+    spans += [span(100 + i, 1 + i, waits_for=1) for i in range(500)]
+    assert settle(spans, [1], now=30) == [
+        Settlement(100, "release", None, catch_up=True),
+        Settlement(101, "wait", 100),
     ]
 
 

@@ -264,7 +264,7 @@ async def test_counts_are_added_per_tenant_minute_and_worker_and_read_summed_ove
     )
     # Not recorded: the run was cancelled, or another replica took it over.
     first.recorded([(result(4, "failed"), claimed(two, 0, run_id=4))], {1})
-    first.cancelled(two)
+    first.cancelled(two, 1)
     assert await first.flush()
     assert await first.flush()  # nothing new: nothing written
     # Later in the same minute, and in the next.
@@ -328,11 +328,11 @@ async def test_counts_the_database_refused_are_written_by_the_next_flush(
         try:
             stats = RunStats(pool, "replica-a", clock=clock)
             stats.leased([claimed(tenant, 0.0004)])
-            stats.cancelled(tenant)
+            stats.cancelled(tenant, 1)
             await pool.execute("ALTER TABLE run_minutes RENAME TO run_minutes_away")
             assert not await stats.flush()
             assert stats.unwritten == 2
-            stats.cancelled(tenant)  # counted while the first two wait
+            stats.cancelled(tenant, 1)  # counted while the first two wait
             assert not await stats.flush()
             assert stats.unwritten == 3
             await pool.execute("ALTER TABLE run_minutes_away RENAME TO run_minutes")
@@ -353,7 +353,7 @@ async def test_refused_counts_older_than_an_hour_are_dropped(postgres_server_url
         pool = await db.create_pool(url)
         try:
             stats = RunStats(pool, "replica-a", clock=clock)
-            stats.cancelled(tenant)
+            stats.cancelled(tenant, 1)
             await pool.execute("ALTER TABLE run_minutes RENAME TO run_minutes_away")
             assert not await stats.flush()
             clock.now += 90 * 60  # the outage lasts

@@ -197,7 +197,7 @@ async def test_overlap_forbid_tick_waits_for_a_running_run_of_its_job(pool: Any)
     # A third tick waits too, and the backlog gauge counts both.
     await tick_once(pool, now=T0 + timedelta(seconds=20))
     assert [r.status for r in await runs_of(pool, job.id)] == ["running", "pending", "pending"]
-    assert await store.runs_due_backlog(pool) == 2
+    assert (await store.runs_due_backlog(pool)).ticks == 2
 
 
 async def test_overlap_allow_queues_every_tick(pool: Any) -> None:

@@ -54,16 +54,16 @@ async def cancel_run(
 ) -> RunOut:
     """Cancel a run that is pending or running; the run, now cancelled."""
     row = await cancel(pool, tenant, run_id, audit)
-    count_cancelled(request, tenant)
+    count_cancelled(request, row)
     return run_out(row)
 
 
-def count_cancelled(request: Request[Any, Any, Any], tenant: str) -> None:
-    """Count a cancel in the console's counts of runs (engine/rollup.py, kept by app.py's
-    lifespan as app.state.run_stats)."""
+def count_cancelled(request: Request[Any, Any, Any], run: RunRow) -> None:
+    """Count a cancel in the console's counts of runs, and tell the consoles (engine/
+    rollup.py, kept by app.py's lifespan as app.state.run_stats)."""
     run_stats = getattr(request.app.state, "run_stats", None)
     if run_stats is not None:
-        run_stats.cancelled(tenant)
+        run_stats.cancelled(run.tenant, run.job_id)
 
 
 async def cancel(pool: Pool, tenant: str, run_id: int, audit: trail.AuditContext) -> RunRow:

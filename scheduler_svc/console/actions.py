@@ -216,8 +216,7 @@ async def cancel_run(
 ) -> Redirect:
     """Cancel the run (POST /runs/{id}/cancel)."""
     await posted(request)
-    await cancel(pool, viewer.tenant, run_id, audit)
-    count_cancelled(request, viewer.tenant)
+    count_cancelled(request, await cancel(pool, viewer.tenant, run_id, audit))
     return _see(f"/ui/runs/{run_id}")
 
 

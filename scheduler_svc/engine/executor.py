@@ -158,6 +158,9 @@ class Executor:
         if self._stats is not None:
             for run in skipped:
                 self._stats.skipped(run.tenant)
+            for settled in settlements:
+                span = runs[settled.id]
+                self._stats.changed(span.tenant, span.job_id)
         for run in skipped:
             log.info(
                 "run_skipped",

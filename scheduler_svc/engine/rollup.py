@@ -1,5 +1,6 @@
-"""The console's rollup of runs per minute (table run_minutes), which its overview reads
-instead of the run history.
+"""What the console learns from the engine: the rollup of runs per minute (table
+run_minutes), which its overview reads instead of the run history, and the pulse of
+changes that keeps its pages live.
 
 Each process counts, in memory, what it sees end: the runs a scheduler pass ran or
 skipped, the results its executor recorded (succeeded, failed, or to be retried), the
@@ -8,6 +9,12 @@ of scheduled runs, by bucket (models/stats.py). Counts are kept by tenant and by
 minute of this process's clock in which it saw them. Every few seconds they are added to
 the process's own rows in one statement; counts the database did not take are kept for
 the next flush.
+
+The pulse: the jobs whose runs this process changed (a pass advanced them and inserted
+their runs; an exchange leased or recorded them; waiting ones were settled; the API
+cancelled one) are told to the consoles on the channel scheduler_console, by tenant,
+every PULSE_EVERY_S, in one statement: as schema.sql's jobs triggers tell the API's
+changes, but batched, where a trigger on job_runs cost every write of a run.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+import msgspec
 import structlog
 
 from scheduler_svc import store
@@ -36,6 +44,11 @@ log = structlog.get_logger("scheduler_svc.engine.rollup")
 
 # How often counts are written.
 FLUSH_EVERY_S = 5.0
+# How often the jobs changed meanwhile are told to the consoles (their streams batch
+# what they hear over a quarter second as well: console/live.py).
+PULSE_EVERY_S = 0.25
+# Past this many jobs of a tenant in one pulse, it says "many" (null) instead.
+PULSE_JOBS = 50
 # Counts the database would not take are kept this long, then dropped with a warning: a
 # long outage costs the overview those minutes, not the replica its memory.
 KEEP_UNWRITTEN_S = 3600
@@ -70,6 +83,8 @@ class RunStats:
         # looks no further while the minute lasts.
         self._minute: dict[str, list[int]] = {}
         self._minute_end = 0.0
+        # The jobs changed since the last pulse, by tenant (None: more than PULSE_JOBS).
+        self._changed: dict[str, set[int] | None] = {}
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -86,17 +101,27 @@ class RunStats:
 
     # --- counting ----------------------------------------------------------------
 
+    def changed(self, tenant: str, job_id: int) -> None:
+        """Note a job whose runs changed, for the next pulse."""
+        jobs = self._changed.get(tenant, set())
+        if jobs is None:
+            return
+        jobs.add(job_id)
+        self._changed[tenant] = jobs if len(jobs) <= PULSE_JOBS else None
+
     def recorded(self, attempts: list[tuple[RunResult, ClaimedRun | None]], ids: set[int]) -> None:
         """Count the results an exchange recorded (`ids`): only those, so that a result
         dropped because the run was cancelled or taken over is not counted as well."""
         for result, run in attempts:
             if run is not None and result.run_id in ids:
                 self._counts(run.tenant)[_OUTCOME[result.status]] += 1
+                self.changed(run.tenant, run.job_id)
 
     def leased(self, runs: list[ClaimedRun]) -> None:
         """Count the fire lag of the first attempts of scheduled runs among `runs`, as
         metrics.leased measures it."""
         for run in runs:
+            self.changed(run.tenant, run.job_id)
             if run.trigger == "schedule" and run.attempt == 1:
                 due = run.due_at or run.scheduled_for
                 lag_s = (run.started_at - due).total_seconds()
@@ -104,7 +129,10 @@ class RunStats:
 
     def finished_in_pass(self, runs: list[InsertedRun], jobs: Mapping[int, DueJob]) -> None:
         """Count the runs a scheduler pass inserted finished, with the fire lag of those it
-        ran itself; `jobs`, the pass's claimed jobs by id, know each run's tenant."""
+        ran itself; `jobs`, the pass's claimed jobs by id, know each run's tenant. Every
+        claimed job changed: it advanced, and its runs were inserted."""
+        for job in jobs.values():
+            self.changed(job.tenant, job.id)
         for run in runs:
             if run.status == "succeeded":
                 counts = self._counts(jobs[run.job_id].tenant)
@@ -119,9 +147,28 @@ class RunStats:
         """Count a waiting run skipped once the run it waited for ended (overlap)."""
         self._counts(tenant)[SKIPPED] += 1
 
-    def cancelled(self, tenant: str) -> None:
-        """Count a run cancelled through the API (by the process that answered)."""
+    def cancelled(self, tenant: str, job_id: int) -> None:
+        """Count a run of `job_id` cancelled through the API (by the process that answered)."""
         self._counts(tenant)[CANCELLED] += 1
+        self.changed(tenant, job_id)
+
+    # --- the pulse -----------------------------------------------------------------
+
+    async def pulse(self) -> None:
+        """Tell the consoles which jobs changed since the last pulse, one notification a
+        tenant. A pulse the database did not take is dropped: the next change, or a
+        console's own reload, shows the page again."""
+        if not self._changed:
+            return
+        changed, self._changed = self._changed, {}
+        payloads = [
+            msgspec.json.encode({"t": tenant, "j": None if jobs is None else sorted(jobs)})
+            for tenant, jobs in changed.items()
+        ]
+        try:
+            await store.console_pulse(self._pool, [p.decode() for p in payloads])
+        except DATABASE_ERRORS as exc:
+            log.debug("console_pulse_not_sent", error=str(exc))
 
     # --- writing -----------------------------------------------------------------
 
@@ -172,11 +219,17 @@ class RunStats:
             log.warning("run_stats_dropped", counts=dropped, older_than_s=KEEP_UNWRITTEN_S)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Flush every FLUSH_EVERY_S until `stop`; the owner flushes a last time after
-        (`flush_last`), once nothing counts any more."""
+        """Pulse every PULSE_EVERY_S and flush every FLUSH_EVERY_S until `stop`; the owner
+        flushes a last time after (`flush_last`), once nothing counts any more."""
+        loop = asyncio.get_running_loop()
+        flush_at = loop.time() + FLUSH_EVERY_S
         while not stop.is_set():
-            await wait_any(FLUSH_EVERY_S, stop)
-            if not stop.is_set():
+            await wait_any(PULSE_EVERY_S, stop)
+            if stop.is_set():
+                break
+            await self.pulse()
+            if loop.time() >= flush_at:
+                flush_at = loop.time() + FLUSH_EVERY_S
                 await self.flush()
 
     async def flush_last(self) -> None:

@@ -1,5 +1,6 @@
 """One replica's background work: scheduler, executors, LISTEN wake-ups, maintenance,
-the alert sender and the console's counts of runs (rollup).
+the alert sender, the console's counts of runs (rollup) and the look at how far behind
+the service is (behind.py).
 
 One TaskGroup owns every loop. Stopping sets one event: the loops stop claiming,
 then the executor drains its in-flight runs for the grace period and hands back
@@ -16,7 +17,7 @@ import structlog
 
 from scheduler_svc import store
 from scheduler_svc.config import Settings
-from scheduler_svc.engine import maintenance
+from scheduler_svc.engine import behind, maintenance
 from scheduler_svc.engine.aio import wait_any
 from scheduler_svc.engine.alerts import AlertSender
 from scheduler_svc.engine.executor import Executor
@@ -89,6 +90,9 @@ class Worker:
             group.create_task(
                 maintenance.run(self._pool, self._settings.run_retention_days, self._stop),
                 name="maintenance",
+            )
+            group.create_task(
+                behind.run(self._pool, self.executor.worker_id, self._stop), name="behind"
             )
             if self._owns_stats:
                 group.create_task(self.stats.run(self._stop), name="rollup")

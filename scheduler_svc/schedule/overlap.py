@@ -115,10 +115,13 @@ def settle_waiting(spans: list[RunSpan], ended: Iterable[int], now: datetime) ->
     """Decide the waiting runs among `spans` once earlier runs of their jobs ended.
 
     A waiting run is judged against each run that just `ended` and against the run it
-    waited for, if that one has ended: skipped if one of them overlaps it
+    waited for, if that one has ended and is among `spans` (runs_waiting_get brings it
+    for the next in line of each job only; the runs behind it are judged by the runs
+    that end, each in turn): skipped if one of them overlaps it
     (RunSpan.overlaps). It waits on while its job still has a claimable run (for that
     run). Otherwise the earliest of its job's remaining waiting runs is released, and
-    the others wait for it: one at a time, in tick order. A released run is catch-up:
+    the others wait for it: one at a time, in tick order (the next in line is pointed
+    at it; the rest keep the run they waited for, see below). A released run is catch-up:
     it runs late, behind the runs it waited for, so a tick that comes due while it runs
     waits its turn too (a backlog's last run would otherwise make the next fresh tick an
     overlap)."""
@@ -158,7 +161,10 @@ def settle_waiting(spans: list[RunSpan], ended: Iterable[int], now: datetime) ->
             holder = first.id
         else:
             rest = remaining
-        settlements += [
-            Settlement(run.id, "wait", holder) for run in rest if run.waits_for != holder
-        ]
+        # Only the next in line is pointed at the run it now waits for. The others are
+        # judged against every run of their job that ends all the same, and pointing a
+        # backlog of N waiting runs again at each release rewrote N rows N times: a
+        # replica that fell behind at thousands of ticks a second never caught up.
+        if rest and rest[0].waits_for != holder:
+            settlements.append(Settlement(rest[0].id, "wait", holder))
     return settlements

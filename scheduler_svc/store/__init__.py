@@ -73,6 +73,7 @@ from scheduler_svc.store.keys import (
 )
 from scheduler_svc.store.replica import replica_position, wal_position
 from scheduler_svc.store.runs import (
+    Backlog,
     Exchange,
     history_partition_drop,
     history_partitions_create,
@@ -101,6 +102,7 @@ from scheduler_svc.store.sql import (
     QUERIES,
     Conn,
     Connection,
+    analyze,
     autovacuum_on,
     db_now,
     indexes_incomplete,
@@ -117,12 +119,19 @@ from scheduler_svc.store.sql import (
     schema_migrations_get,
     schema_unlock,
     schema_version_get,
+    tables_never_analyzed,
 )
-from scheduler_svc.store.stats import run_minutes_add, run_minutes_prune, run_minutes_read
+from scheduler_svc.store.stats import (
+    console_pulse,
+    run_minutes_add,
+    run_minutes_prune,
+    run_minutes_read,
+)
 
 __all__ = [
     "QUERIES",
     "Advance",
+    "Backlog",
     "Conn",
     "Connection",
     "Exchange",
@@ -136,6 +145,7 @@ __all__ = [
     "alerts_claim",
     "alerts_list",
     "alerts_release",
+    "analyze",
     "api_key_get",
     "api_key_insert",
     "api_key_revoke",
@@ -152,6 +162,7 @@ __all__ = [
     "console_jobs_page",
     "console_key_get",
     "console_next_fires",
+    "console_pulse",
     "console_recent_runs",
     "console_replicas",
     "console_running",
@@ -212,6 +223,7 @@ __all__ = [
     "schema_migrations_get",
     "schema_unlock",
     "schema_version_get",
+    "tables_never_analyzed",
     "tenant_secret_get",
     "tenant_secret_retire",
     "tenant_secret_rotate",

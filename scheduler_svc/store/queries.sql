@@ -274,9 +274,12 @@ FROM (
         SELECT j.id, j.tenant, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
                j.backoff_s, j.backoff_max_s, j.schedule, j.timezone, j.next_run_at,
                j.misfire_policy, j.misfire_grace_s, j.overlap, j.jitter_s,
+               -- OFFSET 0: one probe of job_runs_active per job. Without it the planner
+               -- may hash every unfinished run instead, which a backlog makes slow.
                j.overlap = 'forbid' AND EXISTS (
                    SELECT FROM job_runs r
                    WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
+                   OFFSET 0
                ) AS busy,
                j.overlap = 'forbid'
                    AND j.ctid IS DISTINCT FROM (SELECT s.ctid FROM jobs s WHERE s.id = j.id)
@@ -446,12 +449,23 @@ SELECT * FROM jobs_api_v7 WHERE tenant = $1 AND id = ANY($2::bigint[]) ORDER BY 
 -- runs_due_backlog --
 -- Due ticks not yet started, for the scheduler_due_backlog gauge: pending runs whose
 -- attempt is due or that wait for an earlier run of their job, plus active jobs whose
--- next tick is due but not yet materialized
--- (a job that missed several ticks counts once). Both counts use a partial index.
+-- next tick is due but not yet materialized (a job that missed several ticks counts
+-- once). And how far behind the service is, for scheduler_behind_seconds: seconds since
+-- the earliest due time among pending runs whose attempt is due and active jobs whose
+-- next tick is due (0 when there are none). Waiting runs count in the backlog but not
+-- in how far behind: they wait for an earlier run of their job by design (overlap),
+-- not for a replica. Every part reads a partial index.
 SELECT (SELECT count(*) FROM job_runs
         WHERE status = 'pending' AND (next_attempt_at <= now() OR next_attempt_at IS NULL))
      + (SELECT count(*) FROM jobs
-        WHERE status = 'active' AND next_run_at <= now());
+        WHERE status = 'active' AND next_run_at <= now()) AS ticks,
+       coalesce(extract(epoch FROM now() - least(
+           (SELECT next_attempt_at FROM job_runs
+            WHERE status = 'pending' AND next_attempt_at <= now()
+            ORDER BY next_attempt_at LIMIT 1),
+           (SELECT next_run_at FROM jobs
+            WHERE status = 'active' AND next_run_at <= now()
+            ORDER BY next_run_at LIMIT 1))), 0)::float8 AS behind_s;
 
 -- runs_exchange --
 -- An executor's one round trip. It records what attempts came to ($2 … $7) for
@@ -579,16 +593,24 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
         WHERE f.status <> 'pending' AND EXISTS (
             SELECT FROM job_runs w
             WHERE w.job_id = f.job_id AND w.status = 'pending' AND w.next_attempt_at IS NULL
+            OFFSET 0  -- a probe per run ended, never a hash of every waiting run
         )) AS ended_with_waiters,
        CASE WHEN $10 THEN
-           (SELECT coalesce(array_agg(DISTINCT w.job_id), '{}') FROM job_runs w
-            WHERE w.status = 'pending' AND w.next_attempt_at IS NULL
-              AND ($12::text[] IS NULL OR w.tenant = ANY($12::text[]))
-              AND NOT EXISTS (
-                SELECT FROM job_runs r
-                WHERE r.job_id = w.job_id AND r.status IN ('pending', 'running')
-                  AND r.next_attempt_at IS NOT NULL
-            ))
+           (SELECT coalesce(array_agg(s.job_id), '{}') FROM (
+                -- Each job once, then one probe each: a backlog has many waiting runs a
+                -- job. At most $8 jobs at a time, so that one decision stays small.
+                SELECT w.job_id
+                FROM (SELECT DISTINCT job_id FROM job_runs
+                      WHERE status = 'pending' AND next_attempt_at IS NULL
+                        AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))) w
+                WHERE NOT EXISTS (
+                    SELECT FROM job_runs r
+                    WHERE r.job_id = w.job_id AND r.status IN ('pending', 'running')
+                      AND r.next_attempt_at IS NOT NULL
+                    OFFSET 0
+                )
+                LIMIT greatest($8, 1)
+            ) s)
        END AS stranded_jobs,
        extract(epoch FROM (SELECT next_attempt_at FROM job_runs
                            WHERE status = 'pending' AND next_attempt_at > now()
@@ -603,33 +625,56 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
        END AS next_lease_end_in_s;
 
 -- runs_waiting_lock --
--- Lock the jobs of runs $1 and the jobs $2 (in id order, so two executors cannot
--- deadlock) for the caller's transaction: one decider of a job's waiting runs at a
--- time, and no scheduler pass adds to them meanwhile (it skips a locked job).
+-- Lock the jobs of runs $1 and the jobs $2 for the caller's transaction: one decider of
+-- a job's waiting runs at a time, and no scheduler pass adds to them meanwhile (it skips
+-- a locked job). SKIP LOCKED: a job another executor is deciding, or a pass holds, is
+-- left to it, and what is left undecided the next look at stranded runs finds (within
+-- a second). Waiting for those locks instead made executors queue behind each other
+-- for seconds once a replica fell behind, and fall further behind.
+-- One IN over a UNION, not an OR of two: each side is an index read (an OR read all jobs).
 SELECT id FROM jobs
 WHERE id IN (SELECT job_id FROM job_runs
              WHERE id = ANY($1::bigint[]) AND scheduled_for >= run_ids_day_start($1::bigint[])
-               AND scheduled_for < run_ids_day_end($1::bigint[]))
-   OR id = ANY($2::bigint[])
+               AND scheduled_for < run_ids_day_end($1::bigint[])
+             UNION ALL
+             SELECT unnest($2::bigint[]))
 ORDER BY id
-FOR NO KEY UPDATE;
+FOR NO KEY UPDATE SKIP LOCKED;
 
 -- runs_waiting_get --
 -- What deciding the waiting runs of jobs $1 takes, as JSON: those runs, the runs of
--- those jobs that are pending or running, the runs $2 that just ended, and the runs
--- the waiting ones wait for; each with its job's misfire grace. And the database clock.
+-- those jobs that are pending or running, the runs $2 that just ended, and the run the
+-- next in line of each job waits for (the others are judged by the runs that end:
+-- overlap.settle_waiting); each with its job's misfire grace. And the database clock.
+-- Three reads by index, united: the jobs' unfinished runs (job_runs_active), and the
+-- other two by id in the partitions of their days, the bounds of those days reckoned
+-- once. As one WHERE of three ORs the planner read every partition whole, the history
+-- with it: a replica that fell behind spent most of the database's time here.
+WITH unfinished AS (
+    SELECT id, job_id, tenant, status, scheduled_for, ready_at, finished_at, waits_for,
+           next_attempt_at IS NULL AS waiting, catch_up, coalesce(due_at, scheduled_for) AS due_at
+    FROM job_runs
+    WHERE job_id = ANY($1::bigint[]) AND status IN ('pending', 'running')
+), wanted AS (
+    SELECT ids, run_ids_day_start(ids) AS day_start, run_ids_day_end(ids) AS day_end
+    FROM (SELECT $2::bigint[] || coalesce(array_agg(waits_for), '{}') AS ids
+          FROM (SELECT DISTINCT ON (job_id) waits_for FROM unfinished
+                WHERE status = 'pending' AND waiting
+                ORDER BY job_id, scheduled_for, id) next_in_line
+          WHERE waits_for IS NOT NULL) w
+), runs AS (
+    SELECT * FROM unfinished
+    UNION
+    SELECT r.id, r.job_id, r.tenant, r.status, r.scheduled_for, r.ready_at, r.finished_at,
+           r.waits_for, r.next_attempt_at IS NULL, r.catch_up, coalesce(r.due_at, r.scheduled_for)
+    FROM job_runs r, wanted w
+    WHERE r.id = ANY(w.ids) AND r.scheduled_for >= w.day_start AND r.scheduled_for < w.day_end
+)
 SELECT coalesce(json_agg(r), '[]')::text, now()
 FROM (
-    SELECT r.id, r.job_id, r.tenant, r.status, r.scheduled_for, r.ready_at, r.finished_at,
-           r.waits_for, r.next_attempt_at IS NULL AS waiting, r.catch_up,
-           coalesce(r.due_at, r.scheduled_for) AS due_at, j.misfire_grace_s
-    FROM job_runs r
+    SELECT r.*, j.misfire_grace_s
+    FROM runs r
     JOIN jobs j ON j.id = r.job_id
-    WHERE (r.job_id = ANY($1::bigint[]) AND r.status IN ('pending', 'running'))
-       OR r.id = ANY($2::bigint[])
-       OR r.id IN (SELECT waits_for FROM job_runs
-                   WHERE job_id = ANY($1::bigint[]) AND status = 'pending'
-                     AND next_attempt_at IS NULL)
 ) r;
 
 -- runs_waiting_settle --
@@ -1214,6 +1259,25 @@ SELECT EXISTS (
 -- claims and exchanges slow down with the dead entries they walk: the worker warns.
 SELECT current_setting('autovacuum') = 'on';
 
+-- tables_never_analyzed --
+-- Tables of ours (day partitions included) that hold rows but have never been analyzed:
+-- a new database's, and each new day's partition of job_runs. Until a first ANALYZE the
+-- planner guesses their size, and prepared statements that turned generic meanwhile keep
+-- plans made for that guess; autovacuum's first look may come a naptime (a minute) later.
+-- $1: at least this many rows inserted, updated or deleted (autovacuum_analyze_threshold's
+-- default).
+SELECT format('%I.%I', schemaname, relname)
+FROM pg_stat_user_tables
+WHERE schemaname = current_schema()
+  AND last_analyze IS NULL AND last_autoanalyze IS NULL
+  AND n_mod_since_analyze >= $1
+ORDER BY relname;
+
+-- analyze --
+-- ANALYZE of one table as tables_never_analyzed names it (quoted there): store.analyze
+-- appends the name, since no statement takes a table's name as a parameter.
+ANALYZE
+
 -- console_jobs_page --
 -- A page of this tenant's jobs for the console, newest first, by keyset on id (below
 -- $2): of status $3, named $4 (by jobs_tenant_name) and with every tag of $5 (by
@@ -1372,6 +1436,11 @@ SELECT c.minute, sum(c.succeeded) AS succeeded, sum(c.failed) AS failed,
 FROM counted c
 GROUP BY c.minute
 ORDER BY c.minute;
+
+-- console_pulse --
+-- What a replica's engine changed since its last pulse (engine/rollup.py): one
+-- notification on scheduler_console per tenant, as schema.sql's jobs triggers send theirs.
+SELECT count(pg_notify('scheduler_console', payload)) FROM unnest($1::text[]) AS payload;
 
 -- run_minutes_prune --
 -- Delete the rollup's rows of minutes more than $1 hours ago, if this replica holds the

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 import msgspec
@@ -184,10 +185,20 @@ async def runs_skip_pending(conn: Conn, job_id: int) -> None:
     await conn.execute(QUERIES["runs_skip_pending"], job_id)
 
 
-async def runs_due_backlog(conn: Conn) -> int:
-    """Due ticks not yet started: pending runs due now plus active jobs due now."""
-    backlog: int = await conn.fetchval(QUERIES["runs_due_backlog"])
-    return backlog
+class Backlog(NamedTuple):
+    """Due ticks not yet started, and seconds since the earliest of them was due (0: none;
+    runs waiting for an earlier run of their job count in `ticks` only)."""
+
+    ticks: int
+    behind_s: float
+
+
+async def runs_due_backlog(conn: Conn) -> Backlog:
+    """Due ticks not yet started (pending runs due now plus active jobs due now), and
+    how far behind the earliest of them is."""
+    row = await conn.fetchrow(QUERIES["runs_due_backlog"])
+    assert row is not None
+    return Backlog(row["ticks"], row["behind_s"])
 
 
 async def history_partitions_create(conn: Conn, days_ahead: int, lock_key: int) -> int | None:

@@ -48,3 +48,8 @@ async def run_minutes_prune(conn: Conn, keep_hours: int, lock_key: int) -> int:
     lock `lock_key` for the transaction; how many rows went."""
     deleted: int = await conn.fetchval(QUERIES["run_minutes_prune"], keep_hours, lock_key)
     return deleted
+
+
+async def console_pulse(conn: Conn, payloads: Sequence[str]) -> None:
+    """Notify scheduler_console once per payload (engine/rollup.py's pulse)."""
+    await conn.execute(QUERIES["console_pulse"], list(payloads))

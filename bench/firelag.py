@@ -63,7 +63,15 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import httpx
 
-from bench.common import Result, autovacuum_stand_in, bench_database, ms, replicas, spread
+from bench.common import (
+    VACUUM_SESSION,
+    Result,
+    autovacuum_stand_in,
+    bench_database,
+    ms,
+    replicas,
+    spread,
+)
 from bench.receiver import Receipts, receiving
 from scheduler_svc import schedule as schedules
 from scheduler_svc import store
@@ -98,17 +106,25 @@ FROM generate_series(1, $1) AS j,
 # At most this many history rows, whatever the number of jobs.
 HISTORY_ROWS = 720_000
 LAGS = """
-SELECT (extract(epoch FROM started_at - scheduled_for) * 1000)::float8 AS lag_ms, status, worker
+SELECT (extract(epoch FROM started_at - scheduled_for) * 1000)::float8 AS lag_ms, status, worker,
+       scheduled_for
 FROM job_runs
 WHERE job_id BETWEEN $3 AND $4 AND scheduled_for >= $1 AND scheduled_for < $2
 """
 WARM_UP_S = 3
+# `--cold`: autovacuum's first ANALYZE of a new database may come this late (its naptime).
+COLD_ANALYZE_S = 60.0
+# `--cold`: p99 start lag by slices of the window this long.
+COLD_SLICE_S = 10
 LEAD_S = 2
 DEFAULT_CONCURRENCY = Settings().concurrency
 TRANSACTIONS = """
 SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()
 """
-SESSIONS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+SESSIONS = """
+SELECT pid, application_name = $1 AS vacuum
+FROM pg_stat_activity WHERE datname = current_database()
+"""
 # The overview's live fragment, as console.js asks for it.
 FRAGMENT = {"HX-Request": "true"}
 # Fragments fetched to count the transactions of one, after a few untimed.
@@ -257,11 +273,16 @@ async def _maybe_receiving(target: str) -> AsyncIterator[tuple[str | None, Recei
         yield url, receipts
 
 
-async def prepare(url: str, jobs: int, schedule: str, target: dict[str, Any]) -> None:
-    """Create `jobs` paused jobs and a bounded history of runs; vacuum and analyze."""
+async def prepare(
+    url: str, jobs: int, schedule: str, target: dict[str, Any], cold: bool = False
+) -> None:
+    """Create `jobs` paused jobs and a bounded history of runs; vacuum and analyze. `cold`:
+    the jobs alone, never analyzed, as a new user's brand-new database has them."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(MAKE_JOBS, jobs, schedule, json.dumps(target))
+        if cold:
+            return
         await conn.execute(MAKE_HISTORY, jobs, max(60, HISTORY_ROWS // jobs))
         await conn.execute("VACUUM ANALYZE jobs, job_runs")
     finally:
@@ -294,12 +315,14 @@ async def measure(
     concurrency: int | None = None,
     consoles: int = 0,
     streams_only: bool = False,
+    cold: bool = False,
 ) -> dict[str, Any]:
     """Run the jobs for `seconds` after a warm-up, with `consoles` consoles open on the
-    overview (their streams only if `streams_only`); the lags of the runs in that window."""
+    overview (their streams only if `streams_only`); the lags of the runs in that window.
+    `cold`: on a brand-new database (prepare), from the first tick, without a warm-up."""
     async with bench_database() as url, _maybe_receiving(target) as (hook, receipts):
         spec: dict[str, Any] = {"type": "log"} if hook is None else {"type": "http", "url": hook}
-        await prepare(url, jobs, schedule, spec)
+        await prepare(url, jobs, schedule, spec, cold)
         return await measure_on(
             url,
             jobs,
@@ -312,6 +335,7 @@ async def measure(
             receipts,
             consoles=consoles,
             streams_only=streams_only,
+            cold=cold,
         )
 
 
@@ -329,6 +353,7 @@ async def measure_on(
     env: dict[str, str] | None = None,
     consoles: int = 0,
     streams_only: bool = False,
+    cold: bool = False,
 ) -> dict[str, Any]:
     """measure() on a database that has the jobs already, paused, on `schedule`: jobs
     `first_job` to `first_job + jobs - 1` (by id), whatever else it holds. `env` goes
@@ -340,26 +365,43 @@ async def measure_on(
     with tempfile.TemporaryDirectory() as logs:
         # The consoles first: their fragment is counted on a database nothing else uses.
         async with _consoles(url, consoles, Path(logs), not streams_only) as watching:
-            with replicas(url, replica_count, Path(logs), **environ):
-                async with autovacuum_stand_in(url) as vacuumed:
+            with replicas(url, replica_count, Path(logs), **environ) as processes:
+                pids = [p.pid for p in processes]
+                first_s = COLD_ANALYZE_S if cold else None
+                async with autovacuum_stand_in(url, first_s=first_s) as vacuumed:
                     conn = await asyncpg.connect(url)
                     try:
                         first = await start(conn, jobs, schedule, phase, first_job)
-                        window_start = first + timedelta(seconds=WARM_UP_S)
+                        window_start = first + timedelta(seconds=0 if cold else WARM_UP_S)
                         window_end = window_start + timedelta(seconds=seconds)
                         now = await conn.fetchval("SELECT now()")
                         await asyncio.sleep((window_start - now).total_seconds())
-                        before = await _snapshot(conn, watching)
+                        before = await _snapshot(conn, watching, pids)
                         now = await conn.fetchval("SELECT now()")
                         await asyncio.sleep((window_end - now).total_seconds())
-                        after = await _snapshot(conn, watching)
+                        after = await _snapshot(conn, watching, pids)
                         # A little more for the window's last runs.
                         await asyncio.sleep(2)
+                        # Its first column, whatever the release (the backlog gauge's count).
+                        backlog = await conn.fetchval(store.QUERIES["runs_due_backlog"])
                         rows = await conn.fetch(LAGS, window_start, window_end, first_job, last_job)
                     finally:
                         await conn.close()
     lags = [r["lag_ms"] for r in rows if r["lag_ms"] is not None]
     elapsed = after[0] - before[0]
+    pg_cpu = {pid: t - before[3][pid] for pid, t in after[3].items() if pid in before[3]}
+    pg_cpu_s = sum(t for pid, t in pg_cpu.items() if pid > 0)
+    vacuum_cpu_s = sum(t for pid, t in pg_cpu.items() if pid < 0)
+    cpu_s_by_process = {
+        "replicas": after[5] - before[5],
+        "postgres": pg_cpu_s,
+        # The bench's VACUUM (ANALYZE) every 5 s when the server's autovacuum is off: the
+        # work autovacuum's own processes would do, less often.
+        "vacuum": vacuum_cpu_s,
+        "bench": after[4] - before[4],
+    }
+    # Ticks in the window that ran (a skipped one costs a fraction of a run).
+    ran = sum(1 for r in rows if r["lag_ms"] is not None) or 1
     figures: dict[str, Any] = {
         "jobs": jobs,
         "seconds": seconds,
@@ -380,13 +422,30 @@ async def measure_on(
         "vacuum_stand_in": vacuumed,
         "pg_tx_per_s": (after[1] - before[1]) / elapsed,
         # Share of one core, the sessions open at both ends of the window.
-        "pg_cpu": sum(t - before[3][pid] for pid, t in after[3].items() if pid in before[3])
-        / elapsed,
+        "pg_cpu": pg_cpu_s / elapsed,
         # This process: the consoles, and the receiver of the http target.
         "bench_process_cpu": (after[4] - before[4]) / elapsed,
+        # CPU per tick that ran in the window, by process: the worker replicas (with
+        # consoles, not their API replica), the database's sessions, and this process
+        # (the receiver of the http target, and the consoles).
+        "cpu_us_per_tick": {
+            **{k: v / ran * 1e6 for k, v in cpu_s_by_process.items()},
+            "all": sum(cpu_s_by_process.values()) / ran * 1e6,
+        },
+        # Due ticks not yet started 2 s after the window: a backlog left behind.
+        "backlog_at_end": backlog,
         "consoles": consoles,
         "streams_only": streams_only,
+        "cold": cold,
     }
+    if cold:
+        # How the first minute goes: p99 start lag by slice of the window.
+        by_slice: dict[int, list[float]] = {}
+        for r in rows:
+            if r["lag_ms"] is not None:
+                at = (r["scheduled_for"] - window_start).total_seconds() // COLD_SLICE_S
+                by_slice.setdefault(int(at), []).append(r["lag_ms"])
+        figures["p99_by_slice_ms"] = [spread(by_slice[k])["p99"] for k in sorted(by_slice)]
     if watching is not None:
         events, fetches, failed, api_cpu = (a - b for a, b in zip(after[2], before[2], strict=True))
         figures["console_events_per_s"] = events / elapsed / consoles
@@ -422,17 +481,20 @@ HEADER = [
 
 
 async def _snapshot(
-    conn: asyncpg.Connection[Any], watching: Consoles | None
-) -> tuple[float, int, tuple[float, ...], dict[int, float], float]:
+    conn: asyncpg.Connection[Any], watching: Consoles | None, replica_pids: list[int]
+) -> tuple[float, int, tuple[float, ...], dict[int, float], float, float]:
     """Now (monotonic), the database's transactions so far, the consoles' counts, the
-    CPU seconds of each of the database's sessions, and this process's."""
-    pids = [r["pid"] for r in await conn.fetch(SESSIONS)]
+    CPU seconds of each of the database's sessions, this process's, and the replicas'."""
+    sessions = await conn.fetch(SESSIONS, VACUUM_SESSION)
+    # The autovacuum stand-in's session counts under a key of its own: minus its pid.
+    pids = [-r["pid"] if r["vacuum"] else r["pid"] for r in sessions]
     cpu = {}
     for pid in pids:
         with contextlib.suppress(OSError):  # the session ended meanwhile
-            cpu[pid] = cpu_s(pid)
+            cpu[pid] = cpu_s(abs(pid))
     counts = watching.counts() if watching is not None else ()
-    return time.monotonic(), await _transactions(conn), counts, cpu, time.process_time()
+    replicas_s = sum(cpu_s(pid) for pid in replica_pids)
+    return time.monotonic(), await _transactions(conn), counts, cpu, time.process_time(), replicas_s
 
 
 # The command line's table has these too: PostgreSQL's side, and the consoles'.
@@ -446,6 +508,18 @@ CONSOLE_HEADER = [
     "bound",
     "CPU: API / bench",
 ]
+
+
+# And CPU per tick that ran, by process, in µs; the backlog left 2 s after the window.
+CPU_HEADER = ["CPU µs/tick: replicas", "PG", "vacuum", "bench", "all", "backlog"]
+
+
+def cpu_cells(f: dict[str, Any]) -> list[object]:
+    """The CPU_HEADER cells of one measure()."""
+    cpu = f["cpu_us_per_tick"]
+    keys = ("replicas", "postgres", "vacuum", "bench", "all")
+    cells: list[object] = [f"{cpu[k]:.0f}" for k in keys]
+    return [*cells, f["backlog_at_end"]]
 
 
 def console_cells(f: dict[str, Any]) -> list[object]:
@@ -531,6 +605,12 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--consoles", type=int, default=0)
     parser.add_argument("--streams-only", action="store_true")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="a brand-new database: no history, no statistics until a first ANALYZE a "
+        "minute in (autovacuum's naptime); lag from the first tick, by 10 s slice too",
+    )
     args = parser.parse_args()
     measured = [
         await measure(
@@ -543,11 +623,18 @@ async def main() -> None:
             args.concurrency,
             args.consoles,
             args.streams_only,
+            args.cold,
         )
         for jobs in args.jobs
     ]
-    header, rows = HEADER + CONSOLE_HEADER, [row(f) + console_cells(f) for f in measured]
+    header = HEADER + CPU_HEADER + CONSOLE_HEADER
+    rows = [row(f) + cpu_cells(f) + console_cells(f) for f in measured]
     print(Result(title(args.seconds, measured), header, rows).table())
+    for f in measured:
+        if f["cold"]:
+            slices = ", ".join(f"{ms(p)}" for p in f["p99_by_slice_ms"])
+            print(f"{f['jobs']} jobs, cold: start p99 by {COLD_SLICE_S} s from the first tick:")
+            print(f"  {slices} ms")
 
 
 if __name__ == "__main__":

@@ -103,11 +103,14 @@ class RunStats:
 
     def changed(self, tenant: str, job_id: int) -> None:
         """Note a job whose runs changed, for the next pulse."""
-        jobs = self._changed.get(tenant, set())
-        if jobs is None:
+        if tenant not in self._changed:
+            self._changed[tenant] = {job_id}
             return
-        jobs.add(job_id)
-        self._changed[tenant] = jobs if len(jobs) <= PULSE_JOBS else None
+        jobs = self._changed[tenant]
+        if jobs is not None:
+            jobs.add(job_id)
+            if len(jobs) > PULSE_JOBS:
+                self._changed[tenant] = None
 
     def recorded(self, attempts: list[tuple[RunResult, ClaimedRun | None]], ids: set[int]) -> None:
         """Count the results an exchange recorded (`ids`): only those, so that a result

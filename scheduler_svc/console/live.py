@@ -1,10 +1,11 @@
 """Live consoles: one LISTEN connection per replica on `scheduler_console`, its
 notifications batched and fanned out to the server-sent-event streams of each tenant.
 
-The statement triggers of migration 0008 notify once per statement and tenant, with
-the jobs it touched (`{"t": tenant, "j": [job ids]}`) or `"j": null` when it touched
-many. The hub opens its connection when the first stream subscribes and closes it a
-while after the last one left, so a replica with no console open holds no connection
+Each replica's engine (its pulse, engine/rollup.py, every quarter second) and the
+statement triggers on `jobs` (the API's changes) notify once per tenant, with the jobs
+changed (`{"t": tenant, "j": [job ids]}`) or `"j": null` when there were many. The hub
+opens its connection when the first stream subscribes and closes it a while after the
+last one left, so a replica with no console open holds no connection
 for it. Notifications are gathered for BATCH_S and then handed to every subscriber of
 their tenant as one batch: the ids of the jobs changed, or None, "anything may have
 changed" (many jobs, or the connection was lost and notifications with it). A
@@ -60,7 +61,7 @@ class Closed(Exception):
 
 
 class _Notice(msgspec.Struct, frozen=True):
-    """A notification's payload, as console_notify() writes it."""
+    """A notification's payload, as console_notify() and RunStats.pulse write it."""
 
     t: str
     j: list[int] | None

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import pytest
 
 from scheduler_svc.engine import maintenance
-from scheduler_svc.store import db, migrate
 from tests.factories import make_job
-from tests.helpers import scratch_database
-from tests.replicas import eventually
 
 INSERT_RUN = """
 INSERT INTO job_runs (job_id, tenant, scheduled_for, status, created_at)
@@ -43,30 +39,3 @@ async def test_only_the_holder_of_the_maintenance_lock_prunes(pool: Any) -> None
         await other.execute("SELECT pg_advisory_xact_lock($1)", maintenance.MAINTENANCE_LOCK_KEY)
         assert await maintenance.prune_once(pool, retention_days=30) == 0
     assert await maintenance.prune_once(pool, retention_days=30) == 3
-
-
-async def test_a_table_with_rows_and_no_statistics_gets_its_first_analyze(
-    postgres_server_url: str,
-) -> None:
-    """A brand-new database: jobs created, never analyzed. Maintenance analyzes it (and
-    only what has rows), once: a table analyzed since is autovacuum's again."""
-    async with scratch_database(postgres_server_url, "scheduler_stats") as url:
-        pool = await db.create_pool(url, max_size=2)
-        try:
-            async with pool.acquire() as conn:
-                await migrate.migrate(conn)
-            for i in range(maintenance.FIRST_STATISTICS_ROWS):
-                await make_job(pool, next_run_at=None, name=f"new-{i}")
-            # A session's counts reach pg_stat_user_tables within a second of its last
-            # statement, not at once.
-            analyzed_now = await eventually(
-                partial(maintenance.first_statistics, pool), 10, "the first ANALYZE of jobs"
-            )
-            assert analyzed_now == ["public.jobs"]
-            analyzed = await pool.fetchval(
-                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'jobs'"
-            )
-            assert analyzed
-            assert await maintenance.first_statistics(pool) == []
-        finally:
-            await pool.close()

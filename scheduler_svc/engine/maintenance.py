@@ -9,12 +9,6 @@ partitioning, until their partition is dropped whole); and delete the console's 
 of runs per minute (run_minutes) older than a day. Then, on their own session lock,
 build the partitions' indexes that a partitioned index made ON ONLY its table lacks
 (store/migrate.complete_indexes).
-
-Between passes, every few seconds, it gives a table that has rows but has never been
-analyzed its first ANALYZE (`first_statistics`): a brand-new database's jobs, and each
-new day's partition of job_runs. Until then the planner guesses their size, and the
-prepared statements that turned generic meanwhile keep plans made for that guess, up
-to ten times slower, until autovacuum's first look, a minute or more later.
 """
 
 from __future__ import annotations
@@ -38,10 +32,6 @@ PRUNE_BATCH = 5000
 DAYS_AHEAD = 7
 # The console's counts of runs per minute are kept this long (its overview shows an hour).
 RUN_MINUTES_KEEP_H = 24
-# How often tables are looked at for a first ANALYZE, and how many rows must have changed
-# first (autovacuum_analyze_threshold's default).
-FIRST_STATISTICS_EVERY_S = 5.0
-FIRST_STATISTICS_ROWS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +74,6 @@ async def maintain_once(pool: Pool, retention_days: int) -> Pass:
     return Pass(locked, created or 0, tuple(dropped), pruned, tuple(indexed), minutes)
 
 
-async def first_statistics(pool: Pool) -> list[str]:
-    """ANALYZE the tables that have rows but no statistics yet; their names."""
-    tables = await store.tables_never_analyzed(pool, FIRST_STATISTICS_ROWS)
-    for table in tables:
-        await store.analyze(pool, table)
-    return tables
-
-
 async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: float = 300) -> None:
     """Maintain at start and every `every_s` seconds until `stop`; at start, warn if the
     server does not vacuum by itself."""
@@ -119,20 +101,4 @@ async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: flo
         except DATABASE_ERRORS as exc:
             # A lock_timeout lands here too: the next pass tries again.
             log.warning("maintenance_database_error", error=str(exc))
-        await _statistics_until(pool, asyncio.get_running_loop().time() + every_s, stop)
-
-
-async def _statistics_until(pool: Pool, deadline: float, stop: asyncio.Event) -> None:
-    """First statistics every FIRST_STATISTICS_EVERY_S until the loop time `deadline`."""
-    loop = asyncio.get_running_loop()
-    while not stop.is_set() and (left := deadline - loop.time()) > 0:
-        await wait_any(min(FIRST_STATISTICS_EVERY_S, left), stop)
-        if stop.is_set():
-            return
-        try:
-            analyzed = await first_statistics(pool)
-        except DATABASE_ERRORS as exc:
-            log.warning("maintenance_database_error", error=str(exc))
-            continue
-        if analyzed:
-            log.info("first_statistics", tables=analyzed)
+        await wait_any(every_s, stop)

@@ -102,7 +102,6 @@ from scheduler_svc.store.sql import (
     QUERIES,
     Conn,
     Connection,
-    analyze,
     autovacuum_on,
     db_now,
     indexes_incomplete,
@@ -119,7 +118,6 @@ from scheduler_svc.store.sql import (
     schema_migrations_get,
     schema_unlock,
     schema_version_get,
-    tables_never_analyzed,
 )
 from scheduler_svc.store.stats import (
     console_pulse,
@@ -145,7 +143,6 @@ __all__ = [
     "alerts_claim",
     "alerts_list",
     "alerts_release",
-    "analyze",
     "api_key_get",
     "api_key_insert",
     "api_key_revoke",
@@ -223,7 +220,6 @@ __all__ = [
     "schema_migrations_get",
     "schema_unlock",
     "schema_version_get",
-    "tables_never_analyzed",
     "tenant_secret_get",
     "tenant_secret_retire",
     "tenant_secret_rotate",

@@ -589,11 +589,14 @@ WITH durable AS (
 )
 SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
        (SELECT coalesce(json_agg(claimed), '[]')::text FROM claimed) AS claimed,
+       -- One read of job_runs_waiting for all the jobs of the runs ended (a probe per run
+       -- ended would read every partition's index once per run; a hash of every waiting
+       -- run grows with a backlog).
        (SELECT coalesce(array_agg(f.id), '{}') FROM finished f
-        WHERE f.status <> 'pending' AND EXISTS (
-            SELECT FROM job_runs w
-            WHERE w.job_id = f.job_id AND w.status = 'pending' AND w.next_attempt_at IS NULL
-            OFFSET 0  -- a probe per run ended, never a hash of every waiting run
+        WHERE f.status <> 'pending' AND f.job_id IN (
+            SELECT w.job_id FROM job_runs w
+            WHERE w.job_id = ANY(ARRAY(SELECT job_id FROM finished))
+              AND w.status = 'pending' AND w.next_attempt_at IS NULL
         )) AS ended_with_waiters,
        CASE WHEN $10 THEN
            (SELECT coalesce(array_agg(s.job_id), '{}') FROM (
@@ -1258,25 +1261,6 @@ SELECT EXISTS (
 -- partitions of job_runs (rows that change state within seconds) bloat without it, and
 -- claims and exchanges slow down with the dead entries they walk: the worker warns.
 SELECT current_setting('autovacuum') = 'on';
-
--- tables_never_analyzed --
--- Tables of ours (day partitions included) that hold rows but have never been analyzed:
--- a new database's, and each new day's partition of job_runs. Until a first ANALYZE the
--- planner guesses their size, and prepared statements that turned generic meanwhile keep
--- plans made for that guess; autovacuum's first look may come a naptime (a minute) later.
--- $1: at least this many rows inserted, updated or deleted (autovacuum_analyze_threshold's
--- default).
-SELECT format('%I.%I', schemaname, relname)
-FROM pg_stat_user_tables
-WHERE schemaname = current_schema()
-  AND last_analyze IS NULL AND last_autoanalyze IS NULL
-  AND n_mod_since_analyze >= $1
-ORDER BY relname;
-
--- analyze --
--- ANALYZE of one table as tables_never_analyzed names it (quoted there): store.analyze
--- appends the name, since no statement takes a table's name as a parameter.
-ANALYZE
 
 -- console_jobs_page --
 -- A page of this tenant's jobs for the console, newest first, by keyset on id (below

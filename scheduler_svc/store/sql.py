@@ -89,18 +89,6 @@ async def autovacuum_on(conn: Conn) -> bool:
     return on
 
 
-async def tables_never_analyzed(conn: Conn, min_changes: int) -> list[str]:
-    """Our tables with at least `min_changes` rows changed and no ANALYZE ever, as
-    qualified, quoted names (queries.sql says why it matters)."""
-    return [row[0] for row in await conn.fetch(QUERIES["tables_never_analyzed"], min_changes)]
-
-
-async def analyze(conn: Conn, table: str) -> None:
-    """ANALYZE one table named as tables_never_analyzed names it (quoted by the catalog
-    query, never by a caller)."""
-    await conn.execute(f"{QUERIES['analyze']} {table}")
-
-
 async def older_releases_connected(conn: Conn) -> bool:
     """Whether a replica of a release before schema 7 is connected (queries.sql says why)."""
     connected: bool = await conn.fetchval(QUERIES["older_releases_connected"])

@@ -19,7 +19,7 @@ from litestar.params import (
 
 from scheduler_svc import schedule as schedules
 from scheduler_svc import store
-from scheduler_svc.api import jobs, pausing, writes
+from scheduler_svc.api import hot, jobs, pausing, writes
 from scheduler_svc.api.openapi import problem_responses
 from scheduler_svc.api.paging import decode_cursor
 from scheduler_svc.api.paging import next_link as _next_link
@@ -197,7 +197,8 @@ class JobsController(Controller):
             [job_out(r) for r in rows[:limit]], headers=_next_link(request, rows, limit)
         )
 
-    @get("/{job_id:int}", operation_id="getJob", summary="Get a job")
+    # hot.read_job answers for it when the job exists (hot.py says why).
+    @get("/{job_id:int}", operation_id="getJob", summary="Get a job", before_request=hot.read_job)
     async def get_job(self, job_id: JobId, pool: PoolDep, tenant: TenantDep) -> Response[JobOut]:
         row = await store.job_get(pool, tenant, job_id)
         if row is None:

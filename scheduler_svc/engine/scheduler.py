@@ -59,11 +59,6 @@ class PassResult:
     for_executors: bool = False  # some inserted runs wait for an executor
 
 
-@lru_cache(maxsize=4096)
-def _parsed(text: str) -> schedule.Schedule:
-    return schedule.parse(text)
-
-
 @lru_cache(maxsize=1024)
 def _zone(name: str) -> ZoneInfo:
     return schedule.parse_timezone(name)
@@ -81,7 +76,7 @@ def _due(
     policy: MisfirePolicy,
     grace_s: int,
 ) -> schedule.DueTicks:
-    return schedule.due_ticks(_parsed(text), _zone(zone), next_run_at, now, policy, grace_s)
+    return schedule.due_ticks(schedule.parse(text), _zone(zone), next_run_at, now, policy, grace_s)
 
 
 def job_ticks(job: DueJob, *, run_in_pass: bool = False) -> tuple[Advance, list[Tick]]:

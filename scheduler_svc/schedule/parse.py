@@ -59,6 +59,10 @@ class Schedule:
 # --- parsing -----------------------------------------------------------------
 
 
+# Cached: a pure function of its text, and checking a cron expression's fields with
+# croniter costs more than the rest of a POST /jobs. The engine, the API and the console
+# all ask about the same few schedules again and again. (Errors are not cached.)
+@functools.lru_cache(maxsize=4096)
 def parse(text: str) -> Schedule:
     """Parse a schedule string; raise ScheduleError with a user-facing message if invalid."""
     s = text.strip()

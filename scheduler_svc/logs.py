@@ -190,8 +190,38 @@ def hot_line(logger: str, event: str, own: dict[str, Any], given: dict[str, Any]
     line["event"] = event
     line["level"] = "info"
     line["logger"] = logger
-    line["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
+    line["timestamp"] = utc_stamp(time.time())
     _sink.write(_json(line) + "\n")
+
+
+@dataclass(slots=True)
+class _Second:
+    """The last whole second utc_stamp formatted, and its text."""
+
+    second: int = -1
+    text: str = ""
+
+
+_stamped = _Second()
+
+
+def utc_stamp(now: float) -> str:
+    """`now` (seconds since the epoch) as structlog's TimeStamper(fmt="iso", utc=True)
+    writes it: datetime.isoformat in UTC with a Z, no fraction when it has none.
+
+    The date and time of day are formatted once a second: at thousands of lines a
+    second, datetime.now().isoformat() was a quarter of a line's cost.
+    """
+    second = int(now)
+    # Rounded half to even, as datetime.fromtimestamp rounds.
+    micro = round((now - second) * 1_000_000)
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    stamped = _stamped
+    if second != stamped.second:
+        stamped.text = datetime.fromtimestamp(second, tz=UTC).isoformat()[:19]
+        stamped.second = second
+    return f"{stamped.text}.{micro:06d}Z" if micro else f"{stamped.text}Z"
 
 
 def configure(

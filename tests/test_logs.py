@@ -17,6 +17,8 @@ import asyncpg
 import httpx
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scheduler_svc import logs
 from scheduler_svc.config import Settings
@@ -390,3 +392,21 @@ def test_lines_from_threads_and_the_loop_are_all_written_once() -> None:
     asyncio.run(main())
     lines = stream.getvalue().splitlines()
     assert len(lines) == len(set(lines)) == 6000
+
+
+# From a whole second to a microsecond before the next, and halves of a microsecond,
+# which datetime rounds to even.
+STAMPS = [
+    1765112400.0,
+    1765112400.000001,
+    1765112400.0000005,
+    1765112459.9999995,
+    4102444799.999999,
+]
+
+
+@settings(max_examples=2000)
+@given(st.floats(min_value=0, max_value=4102444800, allow_nan=False) | st.sampled_from(STAMPS))
+def test_a_lines_timestamp_is_the_one_structlog_writes(now: float) -> None:
+    expected = datetime.fromtimestamp(now, tz=UTC).isoformat().replace("+00:00", "Z")
+    assert logs.utc_stamp(now) == expected

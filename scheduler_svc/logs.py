@@ -194,15 +194,9 @@ def hot_line(logger: str, event: str, own: dict[str, Any], given: dict[str, Any]
     _sink.write(_json(line) + "\n")
 
 
-@dataclass(slots=True)
-class _Second:
-    """The last whole second utc_stamp formatted, and its text."""
-
-    second: int = -1
-    text: str = ""
-
-
-_stamped = _Second()
+# The last whole second utc_stamp formatted, and its text: one tuple, replaced whole,
+# so that a thread never reads one second's text with another's number.
+_stamped: tuple[int, str] = (-1, "")
 
 
 def utc_stamp(now: float) -> str:
@@ -210,18 +204,19 @@ def utc_stamp(now: float) -> str:
     writes it: datetime.isoformat in UTC with a Z, no fraction when it has none.
 
     The date and time of day are formatted once a second: at thousands of lines a
-    second, datetime.now().isoformat() was a quarter of a line's cost.
+    second, datetime.now().isoformat() was a large share of a line's cost.
     """
+    global _stamped
     second = int(now)
     # Rounded half to even, as datetime.fromtimestamp rounds.
     micro = round((now - second) * 1_000_000)
     if micro == 1_000_000:
         second, micro = second + 1, 0
-    stamped = _stamped
-    if second != stamped.second:
-        stamped.text = datetime.fromtimestamp(second, tz=UTC).isoformat()[:19]
-        stamped.second = second
-    return f"{stamped.text}.{micro:06d}Z" if micro else f"{stamped.text}Z"
+    stamped_second, text = _stamped
+    if second != stamped_second:
+        text = datetime.fromtimestamp(second, tz=UTC).isoformat()[:19]
+        _stamped = (second, text)
+    return f"{text}.{micro:06d}Z" if micro else f"{text}Z"
 
 
 def configure(

@@ -553,3 +553,49 @@ async def test_a_pass_whose_snapshot_predates_another_pass_does_not_run_alongsid
     claimable = [r.scheduled_for for r in runs if r.status == "pending" and r.next_attempt_at]
     assert claimable == [T0]
     assert len(runs) == 5
+
+
+async def test_a_pass_keeps_each_ticks_own_catch_up_and_due_time(pool: Any) -> None:
+    # One pass, three jobs: one late by two ticks (run_all: catch-up runs), one jittered
+    # (a due time of its own), one plain. The columns most passes leave empty are sent
+    # empty when no tick has a value (store.runs_materialize): here some do.
+    late = await make_job(
+        pool, schedule="@every 10s", next_run_at=T0, misfire_policy="run_all", misfire_grace_s=60
+    )
+    jittered = await make_job(pool, schedule="@every 1h", next_run_at=T0, jitter_s=30)
+    plain = await make_job(pool, schedule="@every 1h", next_run_at=T0)
+    assert (await tick_once(pool, now=T0 + timedelta(seconds=25))).jobs == 3
+
+    rows = await pool.fetch(
+        "SELECT job_id, scheduled_for, catch_up, due_at, error, lease_expires_at"
+        " FROM job_runs ORDER BY job_id, scheduled_for"
+    )
+    by_job: dict[int, list[Any]] = {}
+    for row in rows:
+        by_job.setdefault(row["job_id"], []).append(row)
+    assert [r["catch_up"] for r in by_job[late.id]] == [True, True, False]
+    assert [r["due_at"] for r in by_job[late.id]] == [None, None, None]
+    [jittered_run] = by_job[jittered.id]
+    assert jittered_run["due_at"] is not None
+    assert T0 <= jittered_run["due_at"] < T0 + timedelta(seconds=30)
+    assert jittered_run["catch_up"] is False
+    [plain_run] = by_job[plain.id]
+    assert (plain_run["catch_up"], plain_run["due_at"]) == (False, None)
+    assert all(r["error"] is None and r["lease_expires_at"] is None for r in rows)
+
+    # A pass where no tick has any of them: all sent empty, all stored as nothing.
+    await pool.execute("DELETE FROM jobs WHERE id <> $1", plain.id)
+    assert (await tick_once(pool, now=T0 + timedelta(hours=1, seconds=1))).jobs == 1
+    [next_run] = await pool.fetch(
+        "SELECT catch_up, due_at, error, waits_for, lease_expires_at FROM job_runs"
+        " WHERE job_id = $1 AND scheduled_for = $2",
+        plain.id,
+        T0 + timedelta(hours=1),
+    )
+    assert dict(next_run) == {
+        "catch_up": False,
+        "due_at": None,
+        "error": None,
+        "waits_for": None,
+        "lease_expires_at": None,
+    }

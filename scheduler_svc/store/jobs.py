@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import asyncpg
 import msgspec
@@ -20,6 +20,8 @@ from scheduler_svc.models import (
     JobStatus,
 )
 from scheduler_svc.store.sql import QUERIES, Conn, Connection
+
+T = TypeVar("T")
 
 # The unique index of (tenant, key) in job_keys: a statement that fails on it gave a job
 # a key another job of the tenant has.
@@ -305,17 +307,23 @@ async def runs_materialize(
         [t.tenant for t in ticks],
         [t.scheduled_for for t in ticks],
         [t.status for t in ticks],
-        [t.error for t in ticks],
+        _unless_all_empty([t.error for t in ticks]),
         worker,
         any(t.status == "pending" for t in ticks),
-        [t.lease_s for t in ticks],
-        [t.waits_for for t in ticks],
-        [t.catch_up for t in ticks],
-        [t.due_at for t in ticks],
+        _unless_all_empty([t.lease_s for t in ticks]),
+        _unless_all_empty([t.waits_for for t in ticks]),
+        _unless_all_empty([t.catch_up for t in ticks]),
+        _unless_all_empty([t.due_at for t in ticks]),
         operator_alerts,
     )
     assert record is not None
     return Recorded(record[0], msgspec.json.decode(record[1], type=list[InsertedRun]), record[2])
+
+
+def _unless_all_empty(values: list[T]) -> list[T]:
+    """`values`, or no values where each is None or False: runs_materialize's unnest
+    pads the column with NULLs then (queries.sql), and asyncpg encodes nothing."""
+    return values if any(v is not None and v is not False for v in values) else []
 
 
 class NextDue(NamedTuple):

@@ -310,6 +310,9 @@ FROM (
 -- were inserted and, as JSON, those neither pending nor waiting (a dropped tick must
 -- not be run, nor reported). $14: each tick's due time (jitter; NULL: the tick). A tick
 -- skipped as an overlap writes its job.missed alert ($15: SCHEDULER_ALERT_URL is set).
+-- $8 and $11 to $14 may come empty where every tick has NULL (false for $13): unnest
+-- pads a shorter array with NULLs, and most passes have no errors, waits, catch-ups or
+-- jitter, so the caller need not encode a value per tick for them.
 WITH this_transaction AS (
     -- The scheduler's own transaction. A handshake with schema.sql's scheduler_notify()
     -- trigger function, through two transaction-local settings it reads: with
@@ -346,7 +349,7 @@ WITH this_transaction AS (
            clock_timestamp() + make_interval(secs => t.lease_s),
            -- Claimable from its due time (greatest() passes over a NULL).
            CASE WHEN t.status <> 'waiting' THEN greatest(clock_timestamp(), t.due_at) END,
-           t.waits_for, t.catch_up, t.due_at
+           t.waits_for, coalesce(t.catch_up, false), t.due_at
     FROM unnest($4::bigint[], $5::text[], $6::timestamptz[], $7::text[], $8::text[],
                 $11::float8[], $12::bigint[], $13::boolean[], $14::timestamptz[])
              AS t(job_id, tenant, scheduled_for, status, error, lease_s, waits_for, catch_up,

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 import structlog
 
@@ -154,6 +155,47 @@ async def test_a_lost_listen_connection_is_opened_again(worker: Worker, pool: An
     assert second != first
     assert not task.done(), "losing the LISTEN connection is no reason to stop"
     assert "listen_connection_lost" in [e["event"] for e in logs]
+
+
+async def test_a_listen_connection_lost_while_it_is_set_up_is_told_as_lost(
+    worker: Worker, pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server ends the session between two of its LISTENs: the next one fails on a
+    # closed connection. That is the connection lost, not some database error.
+    add_listener = asyncpg.Connection.add_listener
+    ended: list[int] = []
+
+    async def ended_before_the_second(conn: Any, channel: str, callback: Any) -> None:
+        if channel == "scheduler_runs" and not ended:
+            pid = conn.get_server_pid()
+            assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
+            ended.append(pid)
+
+            async def closed() -> bool:
+                return conn.is_closed()
+
+            await eventually(closed, 10, "the client to see its session ended")
+        await add_listener(conn, channel, callback)
+
+    monkeypatch.setattr(asyncpg.Connection, "add_listener", ended_before_the_second)
+    told = {"listen_connection_lost", "listen_database_error"}
+    with structlog.testing.capture_logs() as logs:
+        task = worker.start()
+
+        async def reported() -> str | None:
+            return next((e["event"] for e in logs if e["event"] in told), None)
+
+        async def another() -> int | None:
+            pids = await listener_pids(pool)
+            return pids[0] if ended and pids and pids[0] not in ended else None
+
+        event = await eventually(reported, 10, "the loss told")
+        second = await eventually(another, 10, "a new LISTEN session")
+
+    assert event == "listen_connection_lost"
+    [lost] = [e for e in logs if e["event"] == "listen_connection_lost"]
+    assert "terminat" in lost["error"] or "closed" in lost["error"], lost
+    assert second not in ended and not task.done()
 
 
 async def test_a_loop_that_dies_stops_the_worker_and_its_other_loops(

@@ -153,7 +153,12 @@ class Worker:
                 if lost.is_set():
                     log.warning("listen_connection_lost")
             except DATABASE_ERRORS as exc:
-                log.warning("listen_database_error", error=str(exc), retry_in_s=retry_s)
+                if conn is not None and conn.is_closed():
+                    # Lost while the LISTENs were being set up: the same event as above,
+                    # reported the same way, then retried like any error.
+                    log.warning("listen_connection_lost", error=str(exc), retry_in_s=retry_s)
+                else:
+                    log.warning("listen_database_error", error=str(exc), retry_in_s=retry_s)
                 await wait_any(retry_s, self._stop)
                 retry_s = min(retry_s * 2, 5.0)
             finally:

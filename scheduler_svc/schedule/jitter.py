@@ -25,4 +25,6 @@ def offset_s(job_id: int, tick: datetime, jitter_s: float) -> float:
 
 def due_at(job_id: int, tick: datetime, jitter_s: float) -> datetime:
     """When job `job_id`'s run of `tick` is due."""
-    return tick + timedelta(seconds=offset_s(job_id, tick, jitter_s))
+    offset = offset_s(job_id, tick, jitter_s)
+    # Most jobs have no jitter: the tick itself, without making a new datetime per tick.
+    return tick + timedelta(seconds=offset) if offset else tick

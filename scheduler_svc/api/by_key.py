@@ -27,12 +27,11 @@ from scheduler_svc.api.routes import (
     PoolDep,
     RulesDep,
     TenantDep,
-    etag,
     job_response,
     parse_if_match,
     strict_body,
 )
-from scheduler_svc.api.views import job_out
+from scheduler_svc.api.views import etag, job_out
 from scheduler_svc.errors import InvalidRequest, VersionMismatch
 from scheduler_svc.models import KEY_PATTERN, JobOut, JobPatch, JobPlan, JobPut, JobRow, JobSpec
 from scheduler_svc.store import Connection

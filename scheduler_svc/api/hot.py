@@ -24,7 +24,7 @@ from litestar.response.base import ASGIResponse
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 from scheduler_svc import store
-from scheduler_svc.api.views import job_out
+from scheduler_svc.api.views import etag, job_out
 from scheduler_svc.security.middleware import tenant_of
 
 # JobId's bounds (routes.py): an id outside them is the handler's to refuse.
@@ -45,7 +45,7 @@ async def read_job(request: Request[Any, Any, Any]) -> Response[Any] | None:
     return Encoded(
         body,
         [
-            (b"etag", b'"%d"' % row.version),
+            (b"etag", etag(row).encode()),
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
         ],

@@ -24,7 +24,7 @@ from scheduler_svc.api.openapi import problem_responses
 from scheduler_svc.api.paging import decode_cursor
 from scheduler_svc.api.paging import next_link as _next_link
 from scheduler_svc.api.reads import ReadsDep
-from scheduler_svc.api.views import job_out, run_out
+from scheduler_svc.api.views import etag, job_out, run_out
 from scheduler_svc.audit import AuditContext
 from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
 from scheduler_svc.models import (
@@ -109,11 +109,6 @@ def nul_field(value: Any, path: str = "") -> str | None:
             if (found := nul_field(item, f"{path}[{index}]")) is not None:
                 return found
     return None
-
-
-def etag(row: JobRow) -> str:
-    """The strong ETag of a job's version."""
-    return f'"{row.version}"'
 
 
 def job_response(row: JobRow, status_code: int = 200, **headers: str) -> Response[JobOut]:

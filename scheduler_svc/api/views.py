@@ -81,3 +81,8 @@ def run_out(row: RunRow) -> RunOut:
         output=row.output,
         worker=row.worker,
     )
+
+
+def etag(row: JobRow) -> str:
+    """The strong ETag of a job's version."""
+    return f'"{row.version}"'

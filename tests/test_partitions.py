@@ -15,6 +15,8 @@ from scheduler_svc import store
 from scheduler_svc.config import Settings
 from scheduler_svc.engine import maintenance
 from scheduler_svc.engine.worker import Worker
+from scheduler_svc.models.runs import RunResult
+from scheduler_svc.store.history_ids import days_of_ids
 from scheduler_svc.targets import Deliverer
 from scheduler_svc.targets.http import WebhookClient
 from tests.factories import make_job
@@ -91,6 +93,56 @@ async def test_a_run_is_looked_up_in_the_partition_of_its_day_only(pool: Any) ->
         )
     scanned = [p["Relation Name"] for p in _plan_nodes(plan[0]["Plan"]) if "Relation Name" in p]
     assert scanned == [row["partition"]]
+
+
+async def test_recording_runs_calls_no_day_function_per_run(pool: Any) -> None:
+    """run_ids_day_start/end hold a query, so PostgreSQL cannot inline them: compared
+    with row by row, each call was a query of its own, two per run recorded."""
+    job = await make_job(pool, next_run_at=None, paused=True)
+    now = await store.db_now(pool)
+    ticks = [now - timedelta(seconds=s) for s in range(20)]
+    rows = await pool.fetch(INSERT_RUNS, job.id, ticks, "pending")
+    ids = [row["id"] for row in rows]
+    await pool.execute(
+        "UPDATE job_runs SET status = 'running', worker = 'w', finished_at = NULL,"
+        " lease_expires_at = now() + interval '1 minute' WHERE id = ANY($1)",
+        ids,
+    )
+    done = {"status": "succeeded", "delay_s": None, "error": None, "output": None}
+    results = [RunResult(run_id=i, duration_ms=1.0, **done) for i in ids]
+    async with pool.acquire() as conn, conn.transaction():
+        # The plan the service runs: prepared once, generic.
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute("SET LOCAL track_functions = 'all'")
+        exchange = await store.runs_exchange(conn, "w", results, 0, 10.0, leases=False)
+        calls = await conn.fetchval(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+            " WHERE funcname IN ('run_ids_day_start', 'run_ids_day_end')"
+        )
+    assert exchange.recorded == set(ids)
+    assert calls <= 4, f"{calls} calls for {len(ids)} runs"
+
+
+async def test_the_days_of_ids_are_reckoned_as_the_schema_reckons_them(pool: Any) -> None:
+    day = 1 << 37
+    cases = [
+        [5],  # from before partitioning: day 0, any time
+        [day + 3],  # day 1: 2000-01-02 and every earlier tick
+        [9_000 * day + 1],
+        [9_000 * day + 1, 9_003 * day + 7, 9_001 * day],
+        [3, 9_000 * day],
+        [day, 9_000 * day],
+    ]
+    for ids in cases:
+        # Compared in the database: asyncpg reads infinity back as a naive datetime.
+        same = await pool.fetchrow(
+            "SELECT run_ids_day_start($1::bigint[]) = $2, run_ids_day_end($1::bigint[]) = $3",
+            ids,
+            *days_of_ids(ids),
+        )
+        assert tuple(same) == (True, True), ids
+    start, end = days_of_ids([])
+    assert start > end
 
 
 def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,25 +13,16 @@ import asyncpg
 import msgspec
 
 from scheduler_svc.models import AuditOut, RunRow, RunStatus
+from scheduler_svc.store.history_ids import DAY_SHIFT, DAY_ZERO, ID_END, day_of
 from scheduler_svc.store.runs import RUNS_LIST_WINDOWS
 from scheduler_svc.store.sql import QUERIES, Conn
 
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
-# History ids (run ids, audit ids): (UTC days since 2000-01-01) << 37 | a sequence number
-# (schema.sql, run_id and history_id), below 2^53.
-DAY_SHIFT = 37
-ID_END = 1 << 53
-_DAY_ZERO = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-def day_of(at: datetime) -> int:
-    """The day a history id of a row at `at` tells (UTC days since 2000-01-01)."""
-    return (at - _DAY_ZERO).days
 
 
 def _start(day: int) -> datetime | None:
     # Ids of day 1 are also those of every earlier time (history_id's greatest(…, 1)).
-    return _DAY_ZERO + timedelta(days=day) if day > 1 else None
+    return DAY_ZERO + timedelta(days=day) if day > 1 else None
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:

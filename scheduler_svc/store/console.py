@@ -17,7 +17,7 @@ from scheduler_svc.models.console import (
     Replica,
     RunningRun,
 )
-from scheduler_svc.store.audit import day_of
+from scheduler_svc.store.history_ids import day_of
 from scheduler_svc.store.sql import QUERIES, Conn
 
 

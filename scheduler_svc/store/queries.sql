@@ -523,9 +523,12 @@ WITH durable AS (
     -- by a CHECK) rather than by status, which would tempt it into scanning the
     -- partial index of running runs when it wrongly believes that index is small.
     WHERE r.id = o.id AND r.id = ANY($2::bigint[])
-      -- The days of those ids: job_runs is pruned to their partitions before it is read.
-      AND r.scheduled_for >= run_ids_day_start($2::bigint[])
-      AND r.scheduled_for < run_ids_day_end($2::bigint[])
+      -- The days of those ids ($14, $15: store/history_ids.py reckons them as
+      -- run_ids_day_start and run_ids_day_end would): job_runs is pruned to their
+      -- partitions before it is read, and each row is compared with a value. The
+      -- functions hold a query, which is not inlined: here they ran twice per row.
+      AND r.scheduled_for >= $14::timestamptz
+      AND r.scheduled_for < $15::timestamptz
       AND r.worker = $1 AND r.lease_expires_at IS NOT NULL
     RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, o.status, o.error
 ), failing AS (

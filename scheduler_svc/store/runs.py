@@ -19,6 +19,7 @@ from scheduler_svc.models import (
     RunStatus,
 )
 from scheduler_svc.schedule.overlap import RunSpan, Settlement
+from scheduler_svc.store.history_ids import days_of_ids
 from scheduler_svc.store.sql import QUERIES, Conn, Connection
 
 
@@ -53,10 +54,11 @@ async def runs_exchange(
     lease ran out. Failures and recoveries write their alerts (`operator_alerts`:
     SCHEDULER_ALERT_URL is set, so jobs without alert settings are alerted there)."""
     now = time.monotonic()
+    ids = [r.run_id for r in results]
     record = await conn.fetchrow(
         QUERIES["runs_exchange"],
         worker,
-        [r.run_id for r in results],
+        ids,
         [r.status for r in results],
         [r.delay_s for r in results],
         [r.error for r in results],
@@ -68,6 +70,7 @@ async def runs_exchange(
         [max(0.0, now - r.ended_at) for r in results],
         tenants,
         operator_alerts,
+        *days_of_ids(ids),
     )
     assert record is not None
     recorded = set(record["finished"])

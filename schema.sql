@@ -157,8 +157,9 @@ $$;
 
 -- The same bounds for a set of run ids: from the first day's start to the last day's end.
 -- They hold a query, so PostgreSQL cannot inline them: in a WHERE clause they run once
--- per row read. A statement that looks up many runs takes the bounds as parameters
--- instead, from store/history_ids.py's days_of_ids, which reckons them the same way.
+-- per row read. A statement given its run ids takes the bounds as parameters instead,
+-- from store/history_ids.py's days_of_ids, which reckons them the same way; one that
+-- picks its ids itself reckons them once, in a scalar subquery.
 CREATE FUNCTION run_ids_day_start(ids bigint[]) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT min(run_id_day_start(id)) FROM unnest(ids) AS id

@@ -95,31 +95,32 @@ async def test_a_run_is_looked_up_in_the_partition_of_its_day_only(pool: Any) ->
     assert scanned == [row["partition"]]
 
 
-async def test_recording_runs_calls_no_day_function_per_run(pool: Any) -> None:
+async def test_leasing_recording_and_releasing_runs_call_no_day_function_per_run(
+    pool: Any,
+) -> None:
     """run_ids_day_start/end hold a query, so PostgreSQL cannot inline them: compared
-    with row by row, each call was a query of its own, two per run recorded."""
+    with row by row, each call was a query of its own, two per run."""
     job = await make_job(pool, next_run_at=None, paused=True)
     now = await store.db_now(pool)
     ticks = [now - timedelta(seconds=s) for s in range(20)]
-    rows = await pool.fetch(INSERT_RUNS, job.id, ticks, "pending")
-    ids = [row["id"] for row in rows]
-    await pool.execute(
-        "UPDATE job_runs SET status = 'running', worker = 'w', finished_at = NULL,"
-        " lease_expires_at = now() + interval '1 minute' WHERE id = ANY($1)",
-        ids,
-    )
+    ids = [row["id"] for row in await pool.fetch(INSERT_RUNS, job.id, ticks, "pending")]
     done = {"status": "succeeded", "delay_s": None, "error": None, "output": None}
     results = [RunResult(run_id=i, duration_ms=1.0, **done) for i in ids]
     async with pool.acquire() as conn, conn.transaction():
-        # The plan the service runs: prepared once, generic.
+        # The plans the service runs: prepared once, generic.
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await conn.execute("SET LOCAL track_functions = 'all'")
-        exchange = await store.runs_exchange(conn, "w", results, 0, 10.0, leases=False)
+        leased = await store.runs_exchange(conn, "w", [], 20, 10.0, leases=False)
+        recorded = await store.runs_exchange(conn, "w", results, 0, 10.0, leases=False)
+        cancelled = await store.runs_cancelled(conn, ids)
+        await store.runs_release(conn, "w", ids)
         calls = await conn.fetchval(
             "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
             " WHERE funcname IN ('run_ids_day_start', 'run_ids_day_end')"
         )
-    assert exchange.recorded == set(ids)
+    assert sorted(run.id for run in leased.leased) == sorted(ids)
+    assert recorded.recorded == set(ids)
+    assert cancelled == set()
     assert calls <= 4, f"{calls} calls for {len(ids)} runs"
 
 

@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from scheduler_svc.models import AlertKind, AlertStatus
+from scheduler_svc.store.history_ids import days_of_ids
 from scheduler_svc.store.sql import QUERIES, Conn
 
 # The advisory lock of the missed-tick check (pg_try_advisory_xact_lock's first key; the
@@ -107,7 +108,8 @@ async def alert_record(
 
 async def alerts_release(conn: Conn, leased: Sequence[tuple[int, int]]) -> None:
     """Give back (id, attempts) leased alerts as due now, their attempt not used up."""
-    await conn.execute(QUERIES["alerts_release"], [i for i, _ in leased], [a for _, a in leased])
+    ids = [i for i, _ in leased]
+    await conn.execute(QUERIES["alerts_release"], ids, [a for _, a in leased], *days_of_ids(ids))
 
 
 async def alerts_list(

@@ -587,8 +587,9 @@ WITH durable AS (
     FROM candidates c, jobs j
     -- As above: found by primary key, whatever the planner believes.
     WHERE r.id = c.id AND r.id = ANY(ARRAY(SELECT id FROM candidates)) AND j.id = r.job_id
-      AND r.scheduled_for >= run_ids_day_start(ARRAY(SELECT id FROM candidates))
-      AND r.scheduled_for < run_ids_day_end(ARRAY(SELECT id FROM candidates))
+      -- Their days, reckoned once (as a filter the functions would run per row).
+      AND r.scheduled_for >= (SELECT run_ids_day_start(array_agg(id)) FROM candidates)
+      AND r.scheduled_for < (SELECT run_ids_day_end(array_agg(id)) FROM candidates)
     RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.attempt, r.started_at,
               c.lost_worker, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
               j.backoff_s, j.backoff_max_s, r.due_at
@@ -641,10 +642,11 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
 -- a second). Waiting for those locks instead made executors queue behind each other
 -- for seconds once a replica fell behind, and fall further behind.
 -- One IN over a UNION, not an OR of two: each side is an index read (an OR read all jobs).
+-- [$3, $4): the days of runs $1 (store/history_ids.py, as for runs_exchange).
 SELECT id FROM jobs
 WHERE id IN (SELECT job_id FROM job_runs
-             WHERE id = ANY($1::bigint[]) AND scheduled_for >= run_ids_day_start($1::bigint[])
-               AND scheduled_for < run_ids_day_end($1::bigint[])
+             WHERE id = ANY($1::bigint[])
+               AND scheduled_for >= $3::timestamptz AND scheduled_for < $4::timestamptz
              UNION ALL
              SELECT unnest($2::bigint[]))
 ORDER BY id
@@ -692,7 +694,7 @@ FROM (
 -- released (claimable from now or from its due time, if later: its wait is over;
 -- catch-up, $5), or waits on, for run $3. Wakes the executors when one was released. A
 -- skipped one writes its job.missed alert, as runs_materialize does ($6: whether
--- SCHEDULER_ALERT_URL is set).
+-- SCHEDULER_ALERT_URL is set). [$7, $8): the days of runs $1 (store/history_ids.py).
 WITH decided AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $5::boolean[])
         AS d(id, action, waits_for, catch_up)
@@ -707,8 +709,7 @@ WITH decided AS (
         catch_up = d.catch_up
     FROM decided d
     WHERE r.id = d.id AND r.status = 'pending' AND r.next_attempt_at IS NULL
-      AND r.scheduled_for >= run_ids_day_start($1::bigint[])
-      AND r.scheduled_for < run_ids_day_end($1::bigint[])
+      AND r.scheduled_for >= $7::timestamptz AND r.scheduled_for < $8::timestamptz
     RETURNING d.action, r.id, r.job_id, r.scheduled_for, r.due_at
 ), missed AS (
     INSERT INTO alerts (id, tenant, job_id, job_name, run_id, event, scheduled_for, url, body,
@@ -731,13 +732,13 @@ FROM settled;
 -- runs_release --
 -- At shutdown: hand runs that did not finish back as pending, due now, without
 -- using up their attempt, and wake the other replicas' executors to take them.
+-- [$3, $4): the days of runs $2 (store/history_ids.py).
 WITH released AS (
     UPDATE job_runs
     SET status = 'pending', attempt = attempt - 1, next_attempt_at = now(),
         lease_expires_at = NULL, started_at = NULL
     WHERE id = ANY($2::bigint[]) AND worker = $1 AND lease_expires_at IS NOT NULL
-      AND scheduled_for >= run_ids_day_start($2::bigint[])
-      AND scheduled_for < run_ids_day_end($2::bigint[])
+      AND scheduled_for >= $3::timestamptz AND scheduled_for < $4::timestamptz
     RETURNING 1
 )
 SELECT pg_notify('scheduler_runs', '') FROM released LIMIT 1;
@@ -1010,8 +1011,9 @@ SET attempts = a.attempts + 1, next_attempt_at = now() + make_interval(secs => $
 -- Found by id in the partitions of their days only (history ids tell their day as run
 -- ids do).
 WHERE a.id = ANY(ARRAY(SELECT id FROM due))
-  AND a.scheduled_for >= run_ids_day_start(ARRAY(SELECT id FROM due))
-  AND a.scheduled_for < run_ids_day_end(ARRAY(SELECT id FROM due))
+  -- Their days, reckoned once (as a filter the functions would run per row).
+  AND a.scheduled_for >= (SELECT run_ids_day_start(array_agg(id)) FROM due)
+  AND a.scheduled_for < (SELECT run_ids_day_end(array_agg(id)) FROM due)
 RETURNING a.id, a.tenant, a.job_id, a.job_name, a.run_id, a.event, a.scheduled_for, a.url,
           a.body, a.status, a.attempts, a.next_attempt_at, a.last_error, a.created_at,
           a.delivered_at;
@@ -1031,14 +1033,13 @@ RETURNING id;
 
 -- alerts_release --
 -- At shutdown: give back alerts $1, leased at attempts $2 and not delivered, due now,
--- their attempt not used up.
+-- their attempt not used up. [$3, $4): the days of alerts $1 (store/history_ids.py).
 UPDATE alerts a
 SET attempts = a.attempts - 1, next_attempt_at = now()
 FROM unnest($1::bigint[], $2::int[]) AS r(id, attempts)
 WHERE a.id = r.id AND a.attempts = r.attempts AND a.status = 'pending'
   AND a.id = ANY($1::bigint[])
-  AND a.scheduled_for >= run_ids_day_start($1::bigint[])
-  AND a.scheduled_for < run_ids_day_end($1::bigint[]);
+  AND a.scheduled_for >= $3::timestamptz AND a.scheduled_for < $4::timestamptz;
 
 -- alerts_list --
 -- Up to $4 of this tenant's alerts (of job $2, or NULL: of every job, deleted ones too),
@@ -1125,11 +1126,10 @@ FROM cancelled c;
 -- runs_cancelled --
 -- Which of runs $1 are cancelled: an executor asks about runs it held whose results were
 -- not recorded, and about those it holds once its LISTEN connection is back (a NOTIFY
--- scheduler_cancel sent while it was down is lost).
+-- scheduler_cancel sent while it was down is lost). [$2, $3): the days of runs $1.
 SELECT coalesce(array_agg(id), '{}') FROM job_runs
 WHERE id = ANY($1::bigint[]) AND status = 'cancelled'
-  AND scheduled_for >= run_ids_day_start($1::bigint[])
-  AND scheduled_for < run_ids_day_end($1::bigint[]);
+  AND scheduled_for >= $2::timestamptz AND scheduled_for < $3::timestamptz;
 
 -- Audit trail, run search and index completion (SPEC §8, §10) ------------------------
 

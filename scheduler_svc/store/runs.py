@@ -91,7 +91,8 @@ async def runs_exchange(
 
 async def runs_waiting_lock(conn: Connection, run_ids: list[int], job_ids: list[int]) -> list[int]:
     """Lock the jobs of `run_ids` and `job_ids` until the caller's transaction ends."""
-    return [r["id"] for r in await conn.fetch(QUERIES["runs_waiting_lock"], run_ids, job_ids)]
+    rows = await conn.fetch(QUERIES["runs_waiting_lock"], run_ids, job_ids, *days_of_ids(run_ids))
+    return [r["id"] for r in rows]
 
 
 async def runs_waiting_get(
@@ -109,21 +110,23 @@ async def runs_waiting_settle(
 ) -> int:
     """Write what became of waiting runs (skipped with `reason`, each with its job.missed
     alert); how many were released."""
+    ids = [s.id for s in settlements]
     released: int = await conn.fetchval(
         QUERIES["runs_waiting_settle"],
-        [s.id for s in settlements],
+        ids,
         [s.action for s in settlements],
         [s.waits_for for s in settlements],
         reason,
         [s.catch_up for s in settlements],
         operator_alerts,
+        *days_of_ids(ids),
     )
     return released
 
 
 async def runs_release(conn: Conn, worker: str, run_ids: list[int]) -> None:
     """Hand unfinished runs back as pending, due now, their attempt not used up."""
-    await conn.execute(QUERIES["runs_release"], worker, run_ids)
+    await conn.execute(QUERIES["runs_release"], worker, run_ids, *days_of_ids(run_ids))
 
 
 def _run(record: asyncpg.Record | None) -> RunRow | None:
@@ -154,7 +157,7 @@ async def run_cancel(conn: Conn, tenant: str, run_id: int) -> tuple[RunRow, RunS
 
 async def runs_cancelled(conn: Conn, run_ids: list[int]) -> set[int]:
     """Those of `run_ids` that are cancelled."""
-    return set(await conn.fetchval(QUERIES["runs_cancelled"], run_ids))
+    return set(await conn.fetchval(QUERIES["runs_cancelled"], run_ids, *days_of_ids(run_ids)))
 
 
 # The windows runs_list reads a page from, newest first, in days before the cursor's day:

@@ -274,13 +274,22 @@ async def _maybe_receiving(target: str) -> AsyncIterator[tuple[str | None, Recei
 
 
 async def prepare(
-    url: str, jobs: int, schedule: str, target: dict[str, Any], cold: bool = False
+    url: str,
+    jobs: int,
+    schedule: str,
+    target: dict[str, Any],
+    cold: bool = False,
+    history_days: int = 0,
 ) -> None:
     """Create `jobs` paused jobs and a bounded history of runs; vacuum and analyze. `cold`:
-    the jobs alone, never analyzed, as a new user's brand-new database has them."""
+    the jobs alone, never analyzed, as a new user's brand-new database has them.
+    `history_days`: the day partitions of job_runs as far back as that (empty but the
+    history's day), as a system that keeps runs that long has them."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(MAKE_JOBS, jobs, schedule, json.dumps(target))
+        if history_days:
+            await conn.execute("SELECT history_partitions_create(7, $1)", history_days)
         if cold:
             return
         await conn.execute(MAKE_HISTORY, jobs, max(60, HISTORY_ROWS // jobs))
@@ -316,13 +325,15 @@ async def measure(
     consoles: int = 0,
     streams_only: bool = False,
     cold: bool = False,
+    history_days: int = 0,
 ) -> dict[str, Any]:
     """Run the jobs for `seconds` after a warm-up, with `consoles` consoles open on the
     overview (their streams only if `streams_only`); the lags of the runs in that window.
-    `cold`: on a brand-new database (prepare), from the first tick, without a warm-up."""
+    `cold`: on a brand-new database (prepare), from the first tick, without a warm-up.
+    `history_days`: job_runs has day partitions that far back (prepare)."""
     async with bench_database() as url, _maybe_receiving(target) as (hook, receipts):
         spec: dict[str, Any] = {"type": "log"} if hook is None else {"type": "http", "url": hook}
-        await prepare(url, jobs, schedule, spec, cold)
+        await prepare(url, jobs, schedule, spec, cold, history_days)
         return await measure_on(
             url,
             jobs,
@@ -611,6 +622,13 @@ async def main() -> None:
         help="a brand-new database: no history, no statistics until a first ANALYZE a "
         "minute in (autovacuum's naptime); lag from the first tick, by 10 s slice too",
     )
+    parser.add_argument(
+        "--history-days",
+        type=int,
+        default=0,
+        help="give job_runs day partitions this far back, as a retention of that many "
+        "days makes (SCHEDULER_RUN_RETENTION_DAYS, 30 by default); 0: the week ahead only",
+    )
     args = parser.parse_args()
     measured = [
         await measure(
@@ -624,6 +642,7 @@ async def main() -> None:
             args.consoles,
             args.streams_only,
             args.cold,
+            args.history_days,
         )
         for jobs in args.jobs
     ]

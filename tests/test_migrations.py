@@ -64,10 +64,14 @@ CATALOG = {
         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v')
           AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
         ORDER BY c.relname, a.attnum""",
+    # Not NOT NULL constraints, which PostgreSQL 18 records here under names it makes up
+    # (a migrated job_runs had job_runs_attempt_not_null1 where a fresh one has
+    # job_runs_attempt_not_null); "columns" compares which columns are NOT NULL.
     "constraints": """
         SELECT c.relname, k.conname, pg_get_constraintdef(k.oid)
         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
         WHERE c.relnamespace = 'public'::regnamespace AND NOT c.relispartition
+          AND k.contype <> 'n'
         ORDER BY 1, 2""",
     "indexes": """
         SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)

@@ -6,23 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import asyncpg
 import msgspec
 
 from scheduler_svc.models import AuditOut, RunRow, RunStatus
-from scheduler_svc.store.history_ids import DAY_SHIFT, DAY_ZERO, ID_END, day_of
+from scheduler_svc.store.history_ids import DAY_SHIFT, ID_END, day_of, day_start
 from scheduler_svc.store.runs import RUNS_LIST_WINDOWS
 from scheduler_svc.store.sql import QUERIES, Conn
 
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
-
-
-def _start(day: int) -> datetime | None:
-    # Ids of day 1 are also those of every earlier time (history_id's greatest(…, 1)).
-    return DAY_ZERO + timedelta(days=day) if day > 1 else None
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -71,10 +66,11 @@ def windows(
             return
         low = max(first - days_from, 1)
         if days_to is None:  # up to the cursor; without one, the days ahead too
-            id_below, below = top, _start(first + 1) if origin is not None else None
+            id_below, below = top, day_start(first + 1) if origin is not None else None
         else:
-            id_below, below = max(first - days_to, 1) << DAY_SHIFT, _start(first - days_to)
-        yield Window(low << DAY_SHIFT, id_below, _later(_start(low), since), _earlier(below, until))
+            id_below, below = max(first - days_to, 1) << DAY_SHIFT, day_start(first - days_to)
+        since_low = _later(day_start(low), since)
+        yield Window(low << DAY_SHIFT, id_below, since_low, _earlier(below, until))
         if since is not None and low <= day_of(since):
             # Every older day is before `since`: only ids of day 0 may still be in it.
             yield Window(0, low << DAY_SHIFT, since, until)

@@ -26,6 +26,12 @@ def day_of(at: datetime) -> int:
     return (at - DAY_ZERO).days
 
 
+def day_start(day: int) -> datetime | None:
+    """When day `day` of history ids begins; None (unbounded) for day 1 and before: ids
+    of day 1 are also those of every earlier time (history_id's greatest(…, 1))."""
+    return DAY_ZERO + timedelta(days=day) if day > 1 else None
+
+
 def days_of_ids(ids: Sequence[int]) -> tuple[datetime, datetime]:
     """[start, end) of the days of `ids`: from the first one's start to the last one's
     end. Unbounded below when an id is of day 1 or 0 (day 1 also holds every earlier
@@ -34,6 +40,5 @@ def days_of_ids(ids: Sequence[int]) -> tuple[datetime, datetime]:
     if not ids:
         return AFTER_ALL, BEFORE_ALL
     first, last = min(ids) >> DAY_SHIFT, max(ids) >> DAY_SHIFT
-    start = DAY_ZERO + timedelta(days=first) if first > 1 else BEFORE_ALL
-    end = DAY_ZERO + timedelta(days=last + 1) if first > 0 else AFTER_ALL
-    return start, end
+    end = day_start(last + 1) if first > 0 else None
+    return day_start(first) or BEFORE_ALL, end or AFTER_ALL

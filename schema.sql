@@ -275,6 +275,42 @@ CREATE TRIGGER job_runs_id
 CREATE TABLE job_runs_default PARTITION OF job_runs DEFAULT;
 ALTER TABLE job_runs_default ADD PRIMARY KEY (id);
 
+-- Where unfinished runs can be: every pending or running run's tick (scheduled_for) is at
+-- or after `since`. The statements that look for unfinished runs (the due claim's
+-- overlap probe, the executor's exchange) run as generic plans, which set up a scan of
+-- every partition of job_runs that nothing prunes, and with a month of history most of
+-- those hold only finished runs. Given a replica's last reading of `since` as a
+-- parameter, they prune job_runs to the days since before they execute; each returns
+-- the value its snapshot holds, and a replica whose reading was too high looks again
+-- (store/unfinished.py). Kept true by both sides of one row lock:
+--   - job_runs_below_floor: a run inserted unfinished for a tick more than a day before
+--     its transaction began (a backlog after a long outage, a one-off in the past)
+--     lowers `since`, and holds the row until it commits;
+--   - maintenance raises `since` (unfinished_floor_raise) to the oldest unfinished tick
+--     before the start of the day before yesterday (UTC), or to that start, holding the
+--     row while it looks, so that it never passes over a run being inserted below it.
+--     An insert the trigger leaves alone is for a tick at most a day before its
+--     transaction began, never below the floor if that transaction is younger than a day.
+CREATE TABLE unfinished_runs_floor (
+    one   boolean PRIMARY KEY DEFAULT true CONSTRAINT unfinished_runs_floor_one CHECK (one),
+    since timestamptz NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO unfinished_runs_floor DEFAULT VALUES;
+
+CREATE FUNCTION unfinished_runs_floor_lower() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE unfinished_runs_floor SET since = least(since, NEW.scheduled_for);
+    RETURN NEW;
+END
+$$;
+
+-- Only for an old tick: the WHEN is evaluated per row without calling the function.
+CREATE TRIGGER job_runs_below_floor
+    BEFORE INSERT ON job_runs
+    FOR EACH ROW
+    WHEN (NEW.status IN ('pending', 'running') AND NEW.scheduled_for < now() - interval '1 day')
+    EXECUTE FUNCTION unfinished_runs_floor_lower();
+
 -- History tables: tables partitioned by range on one timestamptz column, a partition a
 -- UTC day, that maintenance keeps (history_partitions_create, history_partitions_detach).
 -- A table joins with a row here, in the migration that creates it.
@@ -702,4 +738,4 @@ CREATE OR REPLACE TRIGGER jobs_console_deleted
     AFTER DELETE ON jobs REFERENCING OLD TABLE AS changed
     FOR EACH STATEMENT EXECUTE FUNCTION console_notify();
 
-INSERT INTO schema_version (version) VALUES (8);
+INSERT INTO schema_version (version) VALUES (9);

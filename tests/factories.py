@@ -1,4 +1,5 @@
-"""Build rows for tests: make_job(pool, schedule="@every 1s", next_run_at=...)."""
+"""Build rows for tests: make_job(pool, schedule="@every 1s", next_run_at=...); and read
+them back: runs_of, partitions, and the nodes of a plan (plan_nodes)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,17 @@ async def runs_of(conn: store.Conn, job_id: int) -> list[RunRow]:
     """Every run of a job, oldest tick first."""
     rows = await store.runs_list(conn, "default", job_id, before_id=None, limit=10_000)
     return sorted(rows, key=lambda r: (r.scheduled_for, r.id))
+
+
+async def partitions(pool: Any) -> dict[str, tuple[datetime, datetime] | None]:
+    """job_runs' partitions and their bounds (None: the default)."""
+    rows = await pool.fetch("SELECT * FROM history_partitions('job_runs')")
+    return {
+        r["partition"]: None if r["lower_bound"] is None else (r["lower_bound"], r["upper_bound"])
+        for r in rows
+    }
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """A plan node of EXPLAIN (FORMAT JSON) and every node under it."""
+    return [node, *(n for child in node.get("Plans", []) for n in plan_nodes(child))]

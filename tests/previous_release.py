@@ -28,12 +28,12 @@ from scheduler_svc.store import migrate
 from tests.helpers import free_port
 from tests.replicas import LEASE_MARGIN_S, Replica
 
-# The release this one follows: schema 7 (operator controls: tags, jitter, maintenance
-# windows, alerts, cancel). It leaves a database a newer release migrated as it is, and
-# runs on it; it reads `jobs` through the view jobs_api_v7, reads `cancelled` runs, and
-# names its sessions `scheduler-svc@7:<worker id>`.
-PREVIOUS_RELEASE = "096fa2e"
-# The release before operator controls, which 096fa2e followed: schema 6 (versioned
+# The release this one follows: schema 8 (the console, after operator controls: tags,
+# jitter, maintenance windows, alerts, cancel). It leaves a database a newer release
+# migrated as it is, and runs on it; it reads `jobs` through the view jobs_api_v7, reads
+# `cancelled` runs, and names its sessions `scheduler-svc@8:<worker id>`.
+PREVIOUS_RELEASE = "06dab8f"
+# The release before operator controls, which 096fa2e (schema 7) followed: schema 6 (versioned
 # migrations, job_runs partitioned by day, job keys). Its statements on `jobs` name their
 # columns, it reads jobs through the view jobs_api, and job_runs with `SELECT *` only
 # outside transactions; it cannot read a `cancelled` run, and names its sessions
@@ -226,13 +226,14 @@ UPGRADES = (
     # returns with `RETURNING *` inside transactions (its PATCH, and the replay of a
     # create with an Idempotency-Key, would answer 500).
     Upgrade(UNVERSIONED_RELEASE, BEFORE_CANCEL_RELEASE, schema_before=4, schema_after=6),
-    # 0007 and 0008 under the release before operator controls: schema 6 upgrades
+    # 0007 to 0009 under the release before operator controls: schema 6 upgrades
     # straight to this release, whose replicas hold cancels back beside it. Not 547dd3e
     # to 096fa2e: two fixed commits, which would only run again what passed when 096fa2e
     # landed; this pair runs this release's migrate and replicas.
     Upgrade(BEFORE_CANCEL_RELEASE, None, schema_before=6, schema_after=migrate.SCHEMA_VERSION),
-    # This release's migration (0008) under the release it follows.
-    Upgrade(PREVIOUS_RELEASE, None, schema_before=7, schema_after=migrate.SCHEMA_VERSION),
+    # This release's migration (0009) under the release it follows. (0008 under 096fa2e,
+    # schema 7, was this pair until 06dab8f landed.)
+    Upgrade(PREVIOUS_RELEASE, None, schema_before=8, schema_after=migrate.SCHEMA_VERSION),
 )
 
 

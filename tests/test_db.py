@@ -65,7 +65,7 @@ async def test_a_worker_pool_names_its_sessions_and_commits_without_waiting_for_
     url = with_query(database_url, "schema=public")
     settings = await session_settings(url, durable=False, worker_id="w-7")
     assert settings == {
-        "application_name": "scheduler-svc@8:w-7",
+        "application_name": "scheduler-svc@9:w-7",
         "search_path": "public",
         "synchronous_commit": "off",
     }
@@ -76,10 +76,10 @@ async def test_a_default_pool_is_durable_and_named_after_the_service(
 ) -> None:
     settings = await session_settings(database_url)
     assert (settings["application_name"], settings["synchronous_commit"]) == (
-        "scheduler-svc@8",
+        "scheduler-svc@9",
         "on",
     )
-    assert db.application_name("api-1") == "scheduler-svc@8:api-1"
+    assert db.application_name("api-1") == "scheduler-svc@9:api-1"
     assert db.SESSION_SCHEMA_VERSION == migrate.SCHEMA_VERSION
 
 

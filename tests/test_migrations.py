@@ -280,6 +280,8 @@ async def test_status_and_dry_run_say_what_migrating_would_do_and_change_nothing
         "pending",
         "0008_console",
         "pending",
+        "0009_unfinished_floor",
+        "pending",
     ]
     dry = run_cli(tmp_path, "migrate", "--dry-run", env=cli_env(empty_url))
     assert dry.returncode == 0, dry.stderr
@@ -308,6 +310,7 @@ async def test_status_and_dry_run_say_what_migrating_would_do_and_change_nothing
         ["0006_job_keys", "applied"],
         ["0007_operator_controls", "applied"],
         ["0008_console", "applied"],
+        ["0009_unfinished_floor", "applied"],
     ]
     assert (
         run_cli(tmp_path, "migrate", "--dry-run", env=cli_env(empty_url)).stdout.strip()

@@ -19,7 +19,7 @@ from scheduler_svc.models.runs import RunResult
 from scheduler_svc.store.history_ids import days_of_ids
 from scheduler_svc.targets import Deliverer
 from scheduler_svc.targets.http import WebhookClient
-from tests.factories import make_job
+from tests.factories import make_job, partitions, plan_nodes
 from tests.replicas import eventually
 
 pytestmark = [pytest.mark.usefixtures("clean", "week_of_partitions"), pytest.mark.timeout(60)]
@@ -36,15 +36,6 @@ RETURNING id, scheduled_for, tableoid::regclass::text AS partition
 
 def day_of(run_id: int) -> datetime:
     return EPOCH_DAY + timedelta(days=run_id >> 37)
-
-
-async def partitions(pool: Any) -> dict[str, tuple[datetime, datetime] | None]:
-    """job_runs' partitions and their bounds (None: the default)."""
-    rows = await pool.fetch("SELECT * FROM history_partitions('job_runs')")
-    return {
-        r["partition"]: None if r["lower_bound"] is None else (r["lower_bound"], r["upper_bound"])
-        for r in rows
-    }
 
 
 async def test_run_ids_tell_the_day_of_their_tick_and_stay_exact_in_javascript(
@@ -91,7 +82,7 @@ async def test_a_run_is_looked_up_in_the_partition_of_its_day_only(pool: Any) ->
         plan = await conn.fetchval(
             f"EXPLAIN (ANALYZE, FORMAT JSON) {store.QUERIES['run_get']}", "default", row["id"]
         )
-    scanned = [p["Relation Name"] for p in _plan_nodes(plan[0]["Plan"]) if "Relation Name" in p]
+    scanned = [p["Relation Name"] for p in plan_nodes(plan[0]["Plan"]) if "Relation Name" in p]
     assert scanned == [row["partition"]]
 
 
@@ -146,10 +137,6 @@ async def test_the_days_of_ids_are_reckoned_as_the_schema_reckons_them(pool: Any
     assert start > end
 
 
-def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [node, *(n for child in node.get("Plans", []) for n in _plan_nodes(child))]
-
-
 async def test_a_run_whose_day_has_no_partition_is_kept_and_moves_when_the_day_is_made(
     pool: Any,
 ) -> None:
@@ -167,18 +154,6 @@ async def test_a_run_whose_day_has_no_partition_is_kept_and_moves_when_the_day_i
     assert await pool.fetchval("SELECT count(*) FROM job_runs_default") == 0
     # Creating again makes nothing: every day is there.
     assert await pool.fetchval("SELECT history_partitions_create(21)") == 0
-
-
-@pytest.fixture
-async def week_of_partitions(pool: Any) -> AsyncIterator[None]:
-    """After the test, job_runs' partitions are today's and the next week's again (the
-    tests here make older and later ones), as the other test modules expect."""
-    yield
-    today = (await store.db_now(pool)).astimezone(UTC).replace(hour=0, minute=0, second=0)
-    for name, bounds in (await partitions(pool)).items():
-        if bounds is not None and not today <= bounds[0] <= today + timedelta(days=7):
-            await pool.execute(f'DROP TABLE "{name}"')
-    await pool.execute("SELECT history_partitions_create(7)")
 
 
 async def test_maintenance_makes_a_week_of_partitions_ahead(pool: Any) -> None:

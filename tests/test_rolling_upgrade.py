@@ -5,8 +5,9 @@ lost, none runs twice, and no run recorded before is lost.
 Three upgrades (tests/previous_release.py: UPGRADES): from ea3fc4c (schema 4, the last
 release before versioned migrations) to 547dd3e, which brings 0005 (run history
 partitioned by day) and 0006 (job keys); from 547dd3e (schema 6) straight to this
-release, which brings 0007 (operator controls) and 0008 (the console); and from 096fa2e
-(schema 7, the release this one follows) to this release, which brings 0008. The
+release, which brings 0007 (operator controls), 0008 (the console) and 0009 (the floor
+of unfinished runs); and from 06dab8f (schema 8, the release this one follows) to this
+release, which brings 0009. The
 releases before this one are installed from this clone's git history into venvs of the
 test's own, and run as `scheduler-svc serve` processes next to the next release's, on a
 database of the test's own:
@@ -27,10 +28,10 @@ database of the test's own:
    replica of its own, whose writes come first after the migration.)
 3. a replica of the next release joins the old one. Another old replica started now:
    ea3fc4c refuses to run (its schema.sql is older than the database; the release order
-   is migrate, then roll), 547dd3e and 096fa2e run beside them (they leave a newer schema
+   is migrate, then roll), 547dd3e and 06dab8f run beside them (they leave a newer schema
    as it is). Meanwhile this release holds cancels back (409 `upgrade-in-progress`)
-   beside 547dd3e, which cannot read a cancelled run, and not beside 096fa2e, which
-   cancels too, nor does 096fa2e beside this release. The old replicas stop; the new one
+   beside 547dd3e, which cannot read a cancelled run, and not beside 06dab8f, which
+   cancels too, nor does 06dab8f beside this release. The old replicas stop; the new one
    goes on.
 
 Then job_runs says: one run per tick from each job's first to a cutoff near the end,
@@ -39,9 +40,9 @@ after it (by either release) with an id that tells its day.
 
 A last test has the API of 547dd3e, the release before operator controls, serve what only
 the releases after it write: jobs with tags, jitter and alert settings, and cancelled
-runs. (What this release writes that 096fa2e does not, console_keys and run_minutes, is
-in tables 096fa2e never reads; the console's writes to jobs, runs and the audit trail are
-the API's own.)
+runs. (What this release writes that 06dab8f does not, the floor of unfinished runs, is
+in a table 06dab8f never reads; the trigger that lowers it fires for 06dab8f's inserts
+too.)
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from scheduler_svc.engine.scheduler import (
     tick_once,
 )
 from scheduler_svc.models import ClaimedRun, DueJob
+from scheduler_svc.store.history_ids import BEFORE_ALL
 from tests.factories import make_job, runs_of
 
 T0 = datetime(2031, 3, 4, 12, 0, 0, tzinfo=UTC)
@@ -539,6 +540,7 @@ async def test_a_pass_whose_snapshot_predates_another_pass_does_not_run_alongsid
                 T0 + timedelta(seconds=4.5),
                 500,
                 None,
+                BEFORE_ALL,
             )
             # Meanwhile another pass: T0 pending, T0+1 … T0+3 waiting behind it.
             assert (await tick_once(pool, now=T0 + timedelta(seconds=3.5))).runs == 4

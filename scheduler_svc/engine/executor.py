@@ -69,6 +69,7 @@ class Executor:
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_runs and by this replica's scheduler
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self.cancels = Cancels(pool, worker_id, self._inflight)  # POST /runs/{id}/cancel
+        self._floor = store.UnfinishedFloor()  # where unfinished runs can be, as last read
         self._reserved = 0  # slots held for runs a scheduler pass is leasing to us
         self._results: list[RunResult] = []
         self._attempts: dict[int, ClaimedRun] = {}  # the runs of those results, for the log
@@ -111,6 +112,7 @@ class Executor:
                 leases=leases,
                 tenants=self._tenants,
                 operator_alerts=self._operator_alerts,
+                floor=self._floor,
             )
         except BaseException:
             self._results = batch + self._results

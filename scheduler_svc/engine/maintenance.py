@@ -6,7 +6,8 @@ partition when that is created, so a missed pass delays, never fails, a write); 
 days past the retention whole; and delete, in batches, the old finished runs that are
 not in a day partition of their own (the default partition, and the runs from before
 partitioning, until their partition is dropped whole); and delete the console's counts
-of runs per minute (run_minutes) older than a day. Then, on their own session lock,
+of runs per minute (run_minutes) older than a day; and raise the floor of unfinished
+runs (store/unfinished.py) to where they begin. Then, on their own session lock,
 build the partitions' indexes that a partitioned index made ON ONLY its table lacks
 (store/migrate.complete_indexes).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
@@ -46,6 +48,8 @@ class Pass:
     # Indexes built on partitions that a partitioned index lacked (store/migrate.py).
     indexed: tuple[str, ...] = ()
     minutes_pruned: int = 0  # rows of run_minutes deleted
+    # Where unfinished runs can be, as this pass left it (schema.sql: unfinished_runs_floor).
+    unfinished_since: datetime | None = None
 
 
 async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) -> int:
@@ -60,18 +64,21 @@ async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) 
 
 async def maintain_once(pool: Pool, retention_days: int) -> Pass:
     """One pass: partitions ahead, days past the retention dropped, the rest pruned (and
-    the console's old counts)."""
+    the console's old counts), the floor of unfinished runs raised."""
     created = await store.history_partitions_create(pool, DAYS_AHEAD, MAINTENANCE_LOCK_KEY)
     dropped = await store.history_partitions_detach(pool, retention_days, MAINTENANCE_LOCK_KEY)
     for partition in dropped:  # each in a transaction of its own, no lock on the history
         await store.history_partition_drop(pool, partition)
     pruned = await prune_once(pool, retention_days)
     minutes = await store.run_minutes_prune(pool, RUN_MINUTES_KEEP_H, MAINTENANCE_LOCK_KEY)
+    async with pool.acquire() as conn, conn.transaction():
+        await store.unfinished_floor_lock(conn)
+        since = await store.unfinished_floor_raise(conn)
     # Last: building an index waits for the transactions under way on its partition.
     async with pool.acquire() as conn:
         indexed = await migrate.complete_indexes(conn)
     locked = created is not None
-    return Pass(locked, created or 0, tuple(dropped), pruned, tuple(indexed), minutes)
+    return Pass(locked, created or 0, tuple(dropped), pruned, tuple(indexed), minutes, since)
 
 
 async def run(pool: Pool, retention_days: int, stop: asyncio.Event, every_s: float = 300) -> None:

@@ -165,6 +165,7 @@ async def tick_once(
     tenants: Sequence[str] | None = None,
     operator_alerts: bool = False,
     stats: RunStats | None = None,
+    floor: store.UnfinishedFloor | None = None,
 ) -> PassResult:
     """One scheduler pass: materialize the due ticks of up to `batch` jobs.
 
@@ -178,12 +179,13 @@ async def tick_once(
     The rest are left pending for any replica's executors. `now` overrides the
     database clock (tests); the default lets the database decide what is due.
     `operator_alerts`: SCHEDULER_ALERT_URL is set (an overlap skip writes job.missed).
-    `stats` counts the runs it finished for the console.
+    `stats` counts the runs it finished for the console. `floor`: the scheduler's
+    reading of where unfinished runs can be (store/unfinished.py; None: everywhere).
     """
     reserved = 0
     try:
         async with pool.acquire() as conn, conn.transaction():
-            jobs = await store.jobs_claim_due(conn, now, batch, tenants)
+            jobs = await store.jobs_claim_due(conn, now, batch, tenants, floor)
             if not jobs:
                 return PassResult(0, 0, False)
             advances, ticks = _pass_ticks(jobs, run_in_pass=executor is not None)
@@ -330,6 +332,7 @@ class Scheduler:
         self._lanes = lanes  # passes at once while a backlog lasts
         self._max_sleep_s = max_sleep_s
         self.wake = asyncio.Event()  # set by NOTIFY scheduler_jobs and at reconnects
+        self._floor = store.UnfinishedFloor()  # where unfinished runs can be, as last read
 
     async def _sleep_s(self, jobs: int) -> float:
         """How long to wait for the next pass after one that claimed `jobs` (not full).
@@ -352,6 +355,7 @@ class Scheduler:
             tenants=self._tenants,
             operator_alerts=self._operator_alerts,
             stats=self._stats,
+            floor=self._floor,
         )
         if result.for_executors and self._executor is not None:
             self._executor.wake.set()

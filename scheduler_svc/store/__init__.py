@@ -125,6 +125,11 @@ from scheduler_svc.store.stats import (
     run_minutes_prune,
     run_minutes_read,
 )
+from scheduler_svc.store.unfinished import (
+    UnfinishedFloor,
+    unfinished_floor_lock,
+    unfinished_floor_raise,
+)
 
 __all__ = [
     "QUERIES",
@@ -138,6 +143,7 @@ __all__ = [
     "Recorded",
     "TenantSecrets",
     "Tick",
+    "UnfinishedFloor",
     "alert_record",
     "alerts_check_missed",
     "alerts_claim",
@@ -223,5 +229,7 @@ __all__ = [
     "tenant_secret_get",
     "tenant_secret_retire",
     "tenant_secret_rotate",
+    "unfinished_floor_lock",
+    "unfinished_floor_raise",
     "wal_position",
 ]

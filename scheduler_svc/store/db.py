@@ -102,7 +102,7 @@ class FairPool(asyncpg.Pool):
 
 # The schema version this release's sessions announce (application_name); migrate.py's
 # SCHEMA_VERSION, which this module cannot import (migrate imports it).
-SESSION_SCHEMA_VERSION = 8
+SESSION_SCHEMA_VERSION = 9
 
 
 def application_name(worker_id: str | None = None) -> str:

@@ -20,6 +20,7 @@ from scheduler_svc.models import (
     JobStatus,
 )
 from scheduler_svc.store.sql import QUERIES, Conn, Connection
+from scheduler_svc.store.unfinished import UnfinishedFloor
 
 T = TypeVar("T")
 
@@ -243,12 +244,23 @@ async def job_delete_by_key(conn: Conn, tenant: str, key: str) -> bool:
 
 
 async def jobs_claim_due(
-    conn: Connection, now: datetime | None, limit: int, tenants: Sequence[str] | None = None
+    conn: Connection,
+    now: datetime | None,
+    limit: int,
+    tenants: Sequence[str] | None = None,
+    floor: UnfinishedFloor | None = None,
 ) -> list[DueJob]:
     """Lock up to `limit` due active jobs (of `tenants`; None: all) for the caller's
-    transaction (SKIP LOCKED)."""
-    text: str = await conn.fetchval(QUERIES["jobs_claim_due"], now, limit, tenants)
-    return msgspec.json.decode(text, type=list[DueJob])
+    transaction (SKIP LOCKED), looking for their unfinished runs from `floor` on (None:
+    everywhere). A floor the database holds lower than `floor` (a run inserted below it
+    since it was read) makes the claim again from there: the jobs already locked stay
+    the caller's."""
+    floor = floor or UnfinishedFloor()
+    while True:
+        record = await conn.fetchrow(QUERIES["jobs_claim_due"], now, limit, tenants, floor.since)
+        assert record is not None
+        if not floor.read(record["floor"]):
+            return msgspec.json.decode(record["jobs"], type=list[DueJob])
 
 
 # Advance and Tick are named tuples: a pass makes one or two per job, and a frozen

@@ -254,7 +254,12 @@ WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 
 -- statement's snapshot was taken, is locked in its new version, but its runs are read
 -- as the snapshot has them, without the ones that pass inserted. Under forbid that
 -- could run a tick beside them, so such a job (`changed`) is left to the next pass.
-SELECT coalesce(json_agg(claimed), '[]')::text
+-- Unfinished runs are looked for from $4 on, the replica's reading of the floor of
+-- unfinished runs, so that job_runs is pruned to those days before the probes are set
+-- up; `floor` is the floor in this statement's snapshot, and a claim whose $4 was above
+-- it is rolled back and made again (store/unfinished.py).
+SELECT coalesce(json_agg(claimed), '[]')::text AS jobs,
+       (SELECT since FROM unfinished_runs_floor) AS floor
 FROM (
     SELECT due.id, due.tenant, due.name, due.attributes, due.target, due.timeout_s,
            due.max_attempts, due.backoff_s, due.backoff_max_s, due.schedule, due.timezone,
@@ -269,6 +274,7 @@ FROM (
                    'waiting', coalesce(bool_or(r.next_attempt_at IS NULL), false))
                FROM job_runs r
                WHERE r.job_id = due.id AND r.status IN ('pending', 'running')
+                 AND r.scheduled_for >= $4::timestamptz
            ) END AS unfinished
     FROM (
         SELECT j.id, j.tenant, j.name, j.attributes, j.target, j.timeout_s, j.max_attempts,
@@ -279,6 +285,7 @@ FROM (
                j.overlap = 'forbid' AND EXISTS (
                    SELECT FROM job_runs r
                    WHERE r.job_id = j.id AND r.status IN ('pending', 'running')
+                     AND r.scheduled_for >= $4::timestamptz
                    OFFSET 0
                ) AS busy,
                j.overlap = 'forbid'
@@ -470,6 +477,24 @@ SELECT (SELECT count(*) FROM job_runs
             WHERE status = 'active' AND next_run_at <= now()
             ORDER BY next_run_at LIMIT 1))), 0)::float8 AS behind_s;
 
+-- unfinished_floor_lock --
+-- Hold the floor of unfinished runs (schema.sql: unfinished_runs_floor) for the rest of
+-- the caller's transaction: an insert below it (job_runs_below_floor) waits for it, and
+-- it waits for one under way.
+SELECT since FROM unfinished_runs_floor FOR UPDATE;
+
+-- unfinished_floor_raise --
+-- In the transaction that holds the floor (unfinished_floor_lock), so that this
+-- statement's snapshot has every run inserted below it: set it to the oldest unfinished
+-- tick before the start of the day before yesterday (UTC), or to that start. One read
+-- of the older days' unfinished runs. Returns the floor.
+UPDATE unfinished_runs_floor f
+SET since = coalesce((SELECT min(r.scheduled_for) FROM job_runs r
+                      WHERE r.status IN ('pending', 'running') AND r.scheduled_for < c.cap),
+                     c.cap)
+FROM (SELECT date_trunc('day', now(), 'UTC') - interval '2 days' AS cap) c
+RETURNING f.since;
+
 -- runs_exchange --
 -- An executor's one round trip. It records what attempts came to ($2 … $7) for
 -- runs still leased to worker $1: succeeded or failed (final), or pending again
@@ -494,6 +519,10 @@ SELECT (SELECT count(*) FROM job_runs
 -- when a lease it knows of runs out): every finished run leaves a dead entry in
 -- job_runs_leased until vacuum, and at thousands of runs a second, walking past them
 -- on every exchange was most of what the exchange cost.
+-- Unfinished runs are looked for from $16 on, the replica's reading of the floor of
+-- unfinished runs, which `floor` returns as this statement's snapshot holds it (see
+-- jobs_claim_due; an exchange whose $16 was above it may have missed runs, and the
+-- executor exchanges again at once).
 WITH durable AS (
     -- A statement that records results commits durably, though the worker's pool does
     -- not (a lease lost in a crash only repeats an attempt): a result lost in one would
@@ -563,6 +592,7 @@ WITH durable AS (
 ), due AS (
     SELECT id, NULL::text AS lost_worker FROM job_runs
     WHERE status = 'pending' AND next_attempt_at <= now()
+      AND scheduled_for >= $16::timestamptz
       AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))
     ORDER BY next_attempt_at
     LIMIT $8
@@ -571,6 +601,7 @@ WITH durable AS (
     -- A lease is set exactly while a run is running (a CHECK says so).
     SELECT id, worker AS lost_worker FROM job_runs
     WHERE $10 AND lease_expires_at < now()
+      AND scheduled_for >= $16::timestamptz
       -- Not one this statement records: a row cannot be updated twice in one statement.
       AND id <> ALL($2::bigint[])
       AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))
@@ -588,6 +619,7 @@ WITH durable AS (
     -- As above: found by primary key, whatever the planner believes.
     WHERE r.id = c.id AND r.id = ANY(ARRAY(SELECT id FROM candidates)) AND j.id = r.job_id
       -- Their days, reckoned once (as a filter the functions would run per row).
+      AND r.scheduled_for >= $16::timestamptz
       AND r.scheduled_for >= (SELECT run_ids_day_start(array_agg(id)) FROM candidates)
       AND r.scheduled_for < (SELECT run_ids_day_end(array_agg(id)) FROM candidates)
     RETURNING r.id, r.job_id, r.tenant, r.scheduled_for, r.trigger, r.attempt, r.started_at,
@@ -595,6 +627,7 @@ WITH durable AS (
               j.backoff_s, j.backoff_max_s, r.due_at
 )
 SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
+       (SELECT since FROM unfinished_runs_floor) AS floor,
        (SELECT coalesce(json_agg(claimed), '[]')::text FROM claimed) AS claimed,
        -- One read of job_runs_waiting for all the jobs of the runs ended (a probe per run
        -- ended would read every partition's index once per run; a hash of every waiting
@@ -604,6 +637,7 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
             SELECT w.job_id FROM job_runs w
             WHERE w.job_id = ANY(ARRAY(SELECT job_id FROM finished))
               AND w.status = 'pending' AND w.next_attempt_at IS NULL
+              AND w.scheduled_for >= $16::timestamptz
         )) AS ended_with_waiters,
        CASE WHEN $10 THEN
            (SELECT coalesce(array_agg(s.job_id), '{}') FROM (
@@ -612,11 +646,13 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
                 SELECT w.job_id
                 FROM (SELECT DISTINCT job_id FROM job_runs
                       WHERE status = 'pending' AND next_attempt_at IS NULL
+                        AND scheduled_for >= $16::timestamptz
                         AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))) w
                 WHERE NOT EXISTS (
                     SELECT FROM job_runs r
                     WHERE r.job_id = w.job_id AND r.status IN ('pending', 'running')
                       AND r.next_attempt_at IS NOT NULL
+                      AND r.scheduled_for >= $16::timestamptz
                     OFFSET 0
                 )
                 LIMIT greatest($8, 1)
@@ -624,12 +660,14 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM finished) AS finished,
        END AS stranded_jobs,
        extract(epoch FROM (SELECT next_attempt_at FROM job_runs
                            WHERE status = 'pending' AND next_attempt_at > now()
+                             AND scheduled_for >= $16::timestamptz
                              AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))
                            ORDER BY next_attempt_at LIMIT 1) - now())::float8
            AS next_attempt_in_s,
        CASE WHEN $10 THEN
            extract(epoch FROM (SELECT lease_expires_at FROM job_runs
                                WHERE lease_expires_at >= now()
+                                 AND scheduled_for >= $16::timestamptz
                                  AND ($12::text[] IS NULL OR tenant = ANY($12::text[]))
                                ORDER BY lease_expires_at LIMIT 1) - now())::float8
        END AS next_lease_end_in_s;

@@ -21,6 +21,7 @@ from scheduler_svc.models import (
 from scheduler_svc.schedule.overlap import RunSpan, Settlement
 from scheduler_svc.store.history_ids import days_of_ids
 from scheduler_svc.store.sql import QUERIES, Conn, Connection
+from scheduler_svc.store.unfinished import UnfinishedFloor
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +49,14 @@ async def runs_exchange(
     leases: bool = True,
     tenants: Sequence[str] | None = None,
     operator_alerts: bool = False,
+    floor: UnfinishedFloor | None = None,
 ) -> Exchange:
     """Record `results` of runs leased to `worker` and lease up to `claim` more runs of
     `tenants` (None: of all): pending ones due now and, if `leases`, running ones whose
-    lease ran out. Failures and recoveries write their alerts (`operator_alerts`:
-    SCHEDULER_ALERT_URL is set, so jobs without alert settings are alerted there)."""
+    lease ran out, looking for them from `floor` on (None: everywhere). Failures and
+    recoveries write their alerts (`operator_alerts`: SCHEDULER_ALERT_URL is set, so
+    jobs without alert settings are alerted there)."""
+    floor = floor or UnfinishedFloor()
     now = time.monotonic()
     ids = [r.run_id for r in results]
     record = await conn.fetchrow(
@@ -71,6 +75,7 @@ async def runs_exchange(
         tenants,
         operator_alerts,
         *days_of_ids(ids),
+        floor.since,
     )
     assert record is not None
     recorded = set(record["finished"])
@@ -78,6 +83,8 @@ async def runs_exchange(
     due_in = [record["next_attempt_in_s"]] + [
         r.delay_s for r in results if r.status == "pending" and r.run_id in recorded
     ]
+    if floor.read(record["floor"]):
+        due_in.append(0.0)  # it looked from above the floor: look again now, from it
     known = [seconds for seconds in due_in if seconds is not None]
     return Exchange(
         recorded=recorded,

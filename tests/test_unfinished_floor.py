@@ -203,3 +203,19 @@ async def test_an_exchange_that_read_the_floor_too_high_asks_for_another_that_le
     assert reading.since == tick
     again = await store.runs_exchange(pool, "w", [], 10, 10.0, leases=False, floor=reading)
     assert [run.id for run in again.leased] == [old_run]
+
+
+async def test_a_statement_that_looked_from_above_the_floor_says_so_whatever_was_read_since() -> (
+    None
+):
+    """The scheduler's passes run side by side on one reading: one that saw the floor
+    lowered must not hide that another pass looked from above it."""
+    now = datetime.now(UTC)
+    reading = store.UnfinishedFloor(since=now)
+    looked_from = reading.since  # a pass's claim, under way
+    assert reading.read(now - timedelta(days=3), now - timedelta(days=3)) is False  # another
+    assert reading.read(now - timedelta(days=3), looked_from) is True
+    assert reading.since == now - timedelta(days=3)
+    # asyncpg reads -infinity as a naive datetime.min.
+    assert reading.read(datetime.min, BEFORE_ALL) is False
+    assert reading.since == BEFORE_ALL

@@ -257,9 +257,10 @@ async def jobs_claim_due(
     the caller's."""
     floor = floor or UnfinishedFloor()
     while True:
-        record = await conn.fetchrow(QUERIES["jobs_claim_due"], now, limit, tenants, floor.since)
+        since = floor.since
+        record = await conn.fetchrow(QUERIES["jobs_claim_due"], now, limit, tenants, since)
         assert record is not None
-        if not floor.read(record["floor"]):
+        if not floor.read(record["floor"], since):
             return msgspec.json.decode(record["jobs"], type=list[DueJob])
 
 

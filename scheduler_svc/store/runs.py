@@ -57,6 +57,7 @@ async def runs_exchange(
     recoveries write their alerts (`operator_alerts`: SCHEDULER_ALERT_URL is set, so
     jobs without alert settings are alerted there)."""
     floor = floor or UnfinishedFloor()
+    since = floor.since
     now = time.monotonic()
     ids = [r.run_id for r in results]
     record = await conn.fetchrow(
@@ -75,7 +76,7 @@ async def runs_exchange(
         tenants,
         operator_alerts,
         *days_of_ids(ids),
-        floor.since,
+        since,
     )
     assert record is not None
     recorded = set(record["finished"])
@@ -83,7 +84,7 @@ async def runs_exchange(
     due_in = [record["next_attempt_in_s"]] + [
         r.delay_s for r in results if r.status == "pending" and r.run_id in recorded
     ]
-    if floor.read(record["floor"]):
+    if floor.read(record["floor"], since):
         due_in.append(0.0)  # it looked from above the floor: look again now, from it
     known = [seconds for seconds in due_in if seconds is not None]
     return Exchange(

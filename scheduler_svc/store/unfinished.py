@@ -26,14 +26,15 @@ class UnfinishedFloor:
 
     since: datetime = BEFORE_ALL
 
-    def read(self, floor: datetime) -> bool:
-        """Take the floor a statement returned; whether that statement looked for
-        unfinished runs from above it, and may have missed some."""
+    def read(self, floor: datetime, looked_from: datetime) -> bool:
+        """Take the floor a statement returned, having looked for unfinished runs from
+        `looked_from` (the reading it was given: another statement of the replica may
+        have taken a newer one since); whether it looked from above the floor, and may
+        have missed some."""
         if floor.tzinfo is None:  # asyncpg reads -infinity as a naive datetime.min
             floor = floor.replace(tzinfo=UTC)
-        missed = floor < self.since
         self.since = floor
-        return missed
+        return floor < looked_from
 
 
 async def unfinished_floor_lock(conn: Connection) -> datetime:

@@ -257,7 +257,7 @@ WHERE job_id = $1 AND status = 'pending' AND trigger = 'schedule' AND attempt = 
 -- Unfinished runs are looked for from $4 on, the replica's reading of the floor of
 -- unfinished runs, so that job_runs is pruned to those days before the probes are set
 -- up; `floor` is the floor in this statement's snapshot, and a claim whose $4 was above
--- it is rolled back and made again (store/unfinished.py).
+-- it is made again from there, in the same transaction (store/unfinished.py).
 SELECT coalesce(json_agg(claimed), '[]')::text AS jobs,
        (SELECT since FROM unfinished_runs_floor) AS floor
 FROM (

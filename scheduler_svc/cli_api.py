@@ -21,7 +21,7 @@ import msgspec
 
 from scheduler_svc.client import DEFAULT_URL, Client, ClientError
 from scheduler_svc.client.core import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from scheduler_svc.models import JobOut, RunOut
+from scheduler_svc.models import MAX_ID, JobOut, RunOut
 
 COMMANDS = ("jobs", "runs")
 # Names the API repeats for the old service's clients; a table shows each value once.
@@ -109,7 +109,7 @@ def _paging(parser: argparse.ArgumentParser) -> None:
 
 
 def _id(raw: str) -> int:
-    if not raw.isdigit() or not 0 < int(raw) < 2**63:
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
         raise argparse.ArgumentTypeError(f"expected an id (a positive whole number), not {raw!r}")
     return int(raw)
 

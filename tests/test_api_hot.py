@@ -39,7 +39,7 @@ async def test_the_hook_answers_as_the_handler_would(
     hooked = await client.get(f"/jobs/{job['id']}")
     assert len(encoded) == 1, "the hook did not answer"
     # With no id in its bounds, the hook leaves every request to the handler.
-    monkeypatch.setattr(hot, "_MAX_ID", 0)
+    monkeypatch.setattr(hot, "MAX_ID", 0)
     handled = await client.get(f"/jobs/{job['id']}")
 
     assert hooked.status_code == 200, hooked.text

@@ -11,7 +11,7 @@ from scheduler_svc import store
 from scheduler_svc.api.paging import decode_cursor, next_link
 from scheduler_svc.api.reads import ReadsDep
 from scheduler_svc.api.routes import TenantDep
-from scheduler_svc.models import AlertOut
+from scheduler_svc.models import MAX_ID, AlertOut
 from scheduler_svc.store.alerts import AlertRow
 
 
@@ -47,7 +47,7 @@ async def list_alerts(
     reads: ReadsDep,
     job_id: Annotated[
         int | None,
-        QueryParameter(ge=1, le=2**63 - 1, description="Only this job's (deleted jobs' too)."),
+        QueryParameter(ge=1, le=MAX_ID, description="Only this job's (deleted jobs' too)."),
     ] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,

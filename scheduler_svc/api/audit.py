@@ -19,7 +19,7 @@ from scheduler_svc.api.reads import ReadsDep
 from scheduler_svc.api.views import run_out
 from scheduler_svc.audit import AuditContext
 from scheduler_svc.errors import InvalidRequest, NotFound
-from scheduler_svc.models import AuditOut, RunOut, RunStatus
+from scheduler_svc.models import MAX_ID, AuditOut, RunOut, RunStatus
 from scheduler_svc.security.principals import Principal
 from scheduler_svc.store.db import Pool
 
@@ -28,7 +28,7 @@ Cursor = Annotated[
     str | None, QueryParameter(max_length=64, description="From the Link header of a page.")
 ]
 Timestamp = Annotated[str | None, QueryParameter(max_length=64, description="RFC 3339.")]
-Id = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The job's id.")]
+Id = Annotated[int, PathParameter(ge=1, le=MAX_ID, description="The job's id.")]
 
 
 def provide_audit(request: Request[Any, Any, Any], rules: NamedDependency[Rules]) -> AuditContext:
@@ -91,7 +91,7 @@ async def search_runs(
     tenant: NamedDependency[str],
     reads: ReadsDep,
     status: FromQuery[RunStatus | None] = None,
-    job_id: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
+    job_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)] = None,
     since: Timestamp = None,
     until: Timestamp = None,
     limit: Limit = 50,

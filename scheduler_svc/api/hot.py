@@ -25,10 +25,9 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 
 from scheduler_svc import store
 from scheduler_svc.api.views import etag, job_out
+from scheduler_svc.models import MAX_ID
 from scheduler_svc.security.middleware import tenant_of
 
-# JobId's bounds (routes.py): an id outside them is the handler's to refuse.
-_MAX_ID = 2**63 - 1
 _encode = msgspec.json.Encoder().encode
 
 
@@ -36,7 +35,7 @@ async def read_job(request: Request[Any, Any, Any]) -> Response[Any] | None:
     """`GET /jobs/{id}`'s answer for a job of the caller's tenant; None leaves the
     request to the handler."""
     job_id = request.path_params["job_id"]
-    if not 1 <= job_id <= _MAX_ID:
+    if not 1 <= job_id <= MAX_ID:  # JobId's bounds: the handler refuses the rest
         return None
     row = await store.job_get(request.app.state.pool, tenant_of(request), job_id)
     if row is None:

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from litestar import Request
 
 from scheduler_svc.errors import InvalidRequest
+from scheduler_svc.models import MAX_ID
 
 
 class HasId(Protocol):
@@ -30,7 +31,7 @@ def decode_cursor(cursor: str) -> int:
     """The id a cursor continues below; InvalidRequest for anything we did not issue."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if raw[:1] == "j" and raw[1:].isdigit() and 0 < int(raw[1:]) < 2**63:
+        if raw[:1] == "j" and raw[1:].isdigit() and 0 < int(raw[1:]) <= MAX_ID:
             return int(raw[1:])
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -28,6 +28,7 @@ from scheduler_svc.api.views import etag, job_out, run_out
 from scheduler_svc.audit import AuditContext
 from scheduler_svc.errors import FieldError, InvalidRequest, NotFound
 from scheduler_svc.models import (
+    MAX_ID,
     BulkRequest,
     BulkResult,
     JobCreate,
@@ -50,7 +51,7 @@ RulesDep = NamedDependency[jobs.Rules]
 # Who makes a change, for its audit row (scheduler_svc/audit.py).
 AuditDep = NamedDependency[AuditContext]
 
-JobId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The job's id.")]
+JobId = Annotated[int, PathParameter(ge=1, le=MAX_ID, description="The job's id.")]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -337,7 +338,7 @@ class JobsController(Controller):
 
 @get("/runs/{run_id:int}", operation_id="getRun", summary="Get a run", tags=["runs"])
 async def get_run(
-    run_id: Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The run's id.")],
+    run_id: Annotated[int, PathParameter(ge=1, le=MAX_ID, description="The run's id.")],
     pool: PoolDep,
     tenant: TenantDep,
 ) -> RunOut:

@@ -21,13 +21,13 @@ from scheduler_svc.api.openapi import problem_responses
 from scheduler_svc.api.routes import AuditDep, PoolDep, TenantDep
 from scheduler_svc.api.views import run_out
 from scheduler_svc.errors import NotFound, RunFinal, UpgradeInProgress
-from scheduler_svc.models import RunOut, RunRow, RunStatus
+from scheduler_svc.models import MAX_ID, RunOut, RunRow, RunStatus
 from scheduler_svc.store import Connection
 from scheduler_svc.store.db import Pool
 
 log = structlog.get_logger("scheduler_svc.api.runs")
 
-RunId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The run's id.")]
+RunId = Annotated[int, PathParameter(ge=1, le=MAX_ID, description="The run's id.")]
 
 
 @post(

@@ -17,6 +17,7 @@ from scheduler_svc.models.controls import (
 from scheduler_svc.models.jobs import (
     ALERT_EVENTS,
     KEY_PATTERN,
+    MAX_ID,
     AlertEvent,
     AlertSettings,
     ApiKeyRow,
@@ -74,6 +75,7 @@ __all__ = [
     "ALERT_EVENTS",
     "KEY_PATTERN",
     "LAG_BUCKETS_MS",
+    "MAX_ID",
     "AlertEvent",
     "AlertKind",
     "AlertOut",

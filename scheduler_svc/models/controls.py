@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from scheduler_svc.models.jobs import JobStatus, Name, Tag
+from scheduler_svc.models.jobs import MAX_ID, JobStatus, Name, Tag
 
 
 class PauseRequest(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -20,9 +20,9 @@ class PauseRequest(Struct, forbid_unknown_fields=True, kw_only=True):
 class JobFilter(Struct, forbid_unknown_fields=True, kw_only=True):
     """Which jobs a bulk call acts on: all criteria hold (`all`: every job)."""
 
-    ids: (
-        Annotated[list[Annotated[int, Meta(ge=1, le=2**63 - 1)]], Meta(max_length=10000)] | None
-    ) = None
+    ids: Annotated[list[Annotated[int, Meta(ge=1, le=MAX_ID)]], Meta(max_length=10000)] | None = (
+        None
+    )
     tag: Tag | Annotated[list[Tag], Meta(min_length=1, max_length=20)] | None = None
     name: Name | None = None
     status: JobStatus | None = None

@@ -27,6 +27,8 @@ HeaderName = Annotated[
 ]
 HeaderValue = Annotated[str, Meta(max_length=8192, pattern=r"^[^\r\n\x00]*$")]
 HandlerName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][\w.:-]*$")]
+# Ids of jobs and runs are PostgreSQL bigints: 1 to MAX_ID.
+MAX_ID = 2**63 - 1
 # A job's key (unique per tenant). api/jobs.key_problem refuses more: an empty, "." or
 # ".." segment between slashes, which a URL path (PUT /jobs/by-key/{key}) cannot carry.
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"

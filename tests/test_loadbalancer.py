@@ -384,7 +384,22 @@ async def test_through_nginx_a_killed_api_replica_and_a_killed_worker_lose_nothi
     not_excused = [s for s in failed if s not in excused]
     assert not not_excused, f"client-visible errors: {sample(not_excused)}"
     assert len(excused) <= len(in_flight)
-    assert all(s.method == "POST" for s in excused), "nginx passes a failed read on"
+    # nginx passes on a read that failed before the replica's answer began. One that the
+    # SIGKILL cut off after its header, no proxy can: nginx has relayed the 200 already,
+    # and uvicorn writes an answer's header and its body in two writes, between which a
+    # SIGKILL can fall. The client saw a transport error, nginx logged the 200.
+    cut_off = [
+        s
+        for s in excused
+        if s.method == "GET"
+        and s.status is None
+        and records[s.request_id]["status"] == 200
+        and records[s.request_id]["upstream_status"] == "200"
+    ]
+    not_passed_on = [s for s in excused if s.method != "POST" and s not in cut_off]
+    assert not not_passed_on, "nginx did not pass a failed read on: " + "; ".join(
+        f"{s.error} / {records[s.request_id]}" for s in not_passed_on
+    )
     assert created_rows == len(traffic.created), "an acknowledged create was lost"
     assert served_by[killed_api] > 0 and served_by[f"127.0.0.1:{api_2.port}"] > 0
 

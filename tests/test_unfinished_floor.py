@@ -38,12 +38,6 @@ def day_before_yesterday(now: datetime) -> datetime:
     return today - timedelta(days=2)
 
 
-async def raise_floor(pool: Any) -> datetime:
-    async with pool.acquire() as conn, conn.transaction():
-        await store.unfinished_floor_lock(conn)
-        return await store.unfinished_floor_raise(conn)
-
-
 async def test_maintenance_raises_the_floor_to_the_oldest_unfinished_tick_or_the_day_before_yesterday(  # noqa: E501
     pool: Any,
 ) -> None:
@@ -71,7 +65,7 @@ async def test_only_a_run_inserted_unfinished_for_a_tick_over_a_day_old_lowers_t
     await pool.execute("SELECT history_partitions_create(7, 10)")
     job = await make_job(pool, next_run_at=None, paused=True)
     now = await store.db_now(pool)
-    floor = await raise_floor(pool)
+    floor = await maintenance.raise_unfinished_floor(pool)
     assert floor == day_before_yesterday(now)
     await pool.execute(INSERT_RUN, job.id, now - timedelta(hours=20), "pending")
     await pool.execute(INSERT_RUN, job.id, now - timedelta(days=6), "succeeded")
@@ -84,13 +78,13 @@ async def test_raising_the_floor_waits_for_an_insert_below_it_under_way(pool: An
     await pool.execute("SELECT history_partitions_create(7, 10)")
     job = await make_job(pool, next_run_at=None, paused=True)
     now = await store.db_now(pool)
-    await raise_floor(pool)
+    await maintenance.raise_unfinished_floor(pool)
     tick = now - timedelta(days=4)
     async with pool.acquire() as inserter:
         insert = inserter.transaction()
         await insert.start()
         await inserter.execute(INSERT_RUN, job.id, tick, "pending")
-        raising = asyncio.create_task(raise_floor(pool))
+        raising = asyncio.create_task(maintenance.raise_unfinished_floor(pool))
         await eventually(
             lambda: pool.fetchval(WAITING, "%unfinished_runs_floor FOR UPDATE%"),
             10,
@@ -150,7 +144,7 @@ async def test_the_claim_and_the_exchange_scan_only_the_days_from_the_floor(pool
     await pool.execute("SELECT history_partitions_create(7, 30)")
     now = await store.db_now(pool)
     await make_job(pool, next_run_at=now - timedelta(seconds=1), overlap="forbid")
-    floor = await raise_floor(pool)
+    floor = await maintenance.raise_unfinished_floor(pool)
     exchange = ("w", [], [], [], [], [], [], 10, 10.0, True, [], None, False)
     scanned = {}
     async with pool.acquire() as conn, conn.transaction():
@@ -177,7 +171,7 @@ async def test_a_claim_that_read_the_floor_too_high_claims_again_and_sees_an_old
     await pool.execute("SELECT history_partitions_create(7, 10)")
     now = await store.db_now(pool)
     job = await make_job(pool, next_run_at=now - timedelta(seconds=1), overlap="forbid")
-    await raise_floor(pool)
+    await maintenance.raise_unfinished_floor(pool)
     reading = store.UnfinishedFloor(since=day_before_yesterday(now))
     tick = now - timedelta(days=3)  # a backlog's run, inserted after that reading
     old_run = await pool.fetchval(INSERT_RUN, job.id, tick, "pending")
@@ -194,7 +188,7 @@ async def test_an_exchange_that_read_the_floor_too_high_asks_for_another_that_le
     await pool.execute("SELECT history_partitions_create(7, 10)")
     now = await store.db_now(pool)
     job = await make_job(pool, next_run_at=None, paused=True)
-    await raise_floor(pool)
+    await maintenance.raise_unfinished_floor(pool)
     reading = store.UnfinishedFloor(since=day_before_yesterday(now))
     tick = now - timedelta(days=3)
     old_run = await pool.fetchval(INSERT_RUN, job.id, tick, "pending")

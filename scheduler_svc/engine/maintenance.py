@@ -62,6 +62,15 @@ async def prune_once(pool: Pool, retention_days: int, batch: int = PRUNE_BATCH) 
             return total
 
 
+async def raise_unfinished_floor(pool: Pool) -> datetime:
+    """Raise the floor of unfinished runs to where they begin (store/unfinished.py): the
+    look and the write in one transaction that holds it, so that no insert below it
+    commits in between."""
+    async with pool.acquire() as conn, conn.transaction():
+        await store.unfinished_floor_lock(conn)
+        return await store.unfinished_floor_raise(conn)
+
+
 async def maintain_once(pool: Pool, retention_days: int) -> Pass:
     """One pass: partitions ahead, days past the retention dropped, the rest pruned (and
     the console's old counts), the floor of unfinished runs raised."""
@@ -71,9 +80,7 @@ async def maintain_once(pool: Pool, retention_days: int) -> Pass:
         await store.history_partition_drop(pool, partition)
     pruned = await prune_once(pool, retention_days)
     minutes = await store.run_minutes_prune(pool, RUN_MINUTES_KEEP_H, MAINTENANCE_LOCK_KEY)
-    async with pool.acquire() as conn, conn.transaction():
-        await store.unfinished_floor_lock(conn)
-        since = await store.unfinished_floor_raise(conn)
+    since = await raise_unfinished_floor(pool)
     # Last: building an index waits for the transactions under way on its partition.
     async with pool.acquire() as conn:
         indexed = await migrate.complete_indexes(conn)

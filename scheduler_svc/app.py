@@ -26,7 +26,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from scheduler_svc import console, logs, metrics, store, tracing
-from scheduler_svc.api import jobs, problems
+from scheduler_svc.api import hot, jobs, problems
 from scheduler_svc.api.alerts import list_alerts
 from scheduler_svc.api.audit import list_audit, list_job_audit, provide_audit, search_runs
 from scheduler_svc.api.bodies import JsonRequest
@@ -42,7 +42,7 @@ from scheduler_svc.engine.rollup import RunStats
 from scheduler_svc.engine.worker import Worker
 from scheduler_svc.models import Status
 from scheduler_svc.security import auth, crosssite, middleware
-from scheduler_svc.security.ratelimit import rate_limit_middleware
+from scheduler_svc.security.ratelimit import RateBudgets, rate_limit_middleware
 from scheduler_svc.store import db, migrate
 from scheduler_svc.store.db import Pool
 from scheduler_svc.store.replica import ReadRouter
@@ -222,6 +222,7 @@ def create_app(
 
     favicon = f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>"
     authenticator = auth.Authenticator(settings)
+    budgets = RateBudgets(settings.rate_limit)  # one for every route (ratelimit.py)
     routes: list[ControllerRouterHandler] = [root, healthz, readyz, metrics.MetricsController]
     if settings.role != "worker":  # a worker serves nothing but its health and metrics
         routes += [
@@ -259,7 +260,7 @@ def create_app(
         middleware=[
             metrics.HTTP.middleware,
             DefineMiddleware(middleware.AuthMiddleware, authenticator=authenticator),
-            rate_limit_middleware(settings.rate_limit),
+            rate_limit_middleware(budgets),
             middleware.ScopeGuard,
             DefineMiddleware(crosssite.CrossSiteGuard, allowed_hosts=settings.allowed_hosts),
             *([ReadYourWrites] if serves_reads else []),
@@ -304,6 +305,11 @@ def create_app(
     )
     # Around Litestar's own exception handling, not in the route's middleware: every
     # request gets its line and its id, 404s and failures of the middleware included.
-    app.asgi_handler = logs.request_logging(app.asgi_handler)
+    # `GET /jobs/{id}` is answered in front of the router (api/hot.py), unless traced:
+    # its spans come from the route's middleware.
+    handler = app.asgi_handler
+    if not tracing.enabled():
+        handler = hot.lane(app, handler, authenticator, budgets, settings.allowed_hosts)
+    app.asgi_handler = logs.request_logging(handler)
     console.attach(app, authenticator, settings.allowed_hosts)
     return app

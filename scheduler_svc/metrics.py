@@ -110,16 +110,7 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = str(scope.get("method") or scope["type"])
         path: str = scope["path_template"]
-        labels: dict[str, str | int | float] = {
-            "method": method,
-            "path": path,
-            "status_code": 200,
-            "app_name": self._app_name,
-        }
-        in_progress = self._in_progress.get((method, path))
-        if in_progress is None:
-            in_progress = self.requests_in_progress(labels).labels(*labels.values())
-            self._in_progress[(method, path)] = in_progress
+        in_progress = self.begin(method, path)
         started = time.perf_counter()
         span = [200, 0.0]  # status, duration
 
@@ -130,30 +121,47 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
                 span[1] = time.perf_counter() - started
             await send(message)
 
-        in_progress.inc()
         try:
             await self.app(scope, receive, send_measured)
         finally:
             in_progress.dec()
-            status = int(span[0])
-            done = self._done.get((method, path, status))
-            if done is None:
-                labels["status_code"] = status
-                values = [*labels.values()]
-                errors = None
-                if status >= 500:
-                    errors = self.requests_error_count(labels).labels(*values)
-                done = (
-                    self.request_count(labels).labels(*values),
-                    self.request_time(labels).labels(*values),
-                    errors,
-                )
-                self._done[(method, path, status)] = done
-            count, duration, errors = done
-            if errors is not None:
-                errors.inc()
-            count.inc()
-            duration.observe(span[1])
+            self.end(method, path, int(span[0]), span[1])
+
+    def begin(self, method: str, path: str) -> Any:
+        """Count a request of `path` (a route template) in progress; its gauge's child,
+        for the caller to decrement when it ends."""
+        in_progress = self._in_progress.get((method, path))
+        if in_progress is None:
+            in_progress = self.requests_in_progress(self._labels(method, path, 200)).labels(
+                method, path, 200, self._app_name
+            )
+            self._in_progress[(method, path)] = in_progress
+        in_progress.inc()
+        return in_progress
+
+    def end(self, method: str, path: str, status: int, seconds: float) -> None:
+        """Count a finished request, answered `status` after `seconds`."""
+        done = self._done.get((method, path, status))
+        if done is None:
+            labels = self._labels(method, path, status)
+            values = [*labels.values()]
+            errors = None
+            if status >= 500:
+                errors = self.requests_error_count(labels).labels(*values)
+            done = (
+                self.request_count(labels).labels(*values),
+                self.request_time(labels).labels(*values),
+                errors,
+            )
+            self._done[(method, path, status)] = done
+        count, duration, errors = done
+        if errors is not None:
+            errors.inc()
+        count.inc()
+        duration.observe(seconds)
+
+    def _labels(self, method: str, path: str, status: int) -> dict[str, str | int | float]:
+        return {"method": method, "path": path, "status_code": status, "app_name": self._app_name}
 
 
 # HTTP requests by method, route template and status: scheduler_http_requests_total,

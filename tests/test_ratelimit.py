@@ -51,6 +51,19 @@ async def test_each_principal_has_its_own_budget(
         assert (await http.get("/jobs", headers=other_tenant)).status_code == 200
 
 
+async def test_a_principal_has_one_budget_across_routes(
+    make_settings: Any, pool: asyncpg.Pool[Any], clean: None
+) -> None:
+    # Litestar builds each route's middleware anew: the budget must not be per route.
+    settings = make_settings(rate_limit=RateLimit(3, "minute"))
+    async with running_app(settings, pool) as url, httpx.AsyncClient(base_url=url) as http:
+        job = (await http.post("/jobs", json={"name": "a", "schedule": "@every 1h"})).json()
+        assert (await http.get("/jobs")).headers["ratelimit-remaining"] == "1"
+        assert (await http.get(f"/jobs/{job['id']}")).headers["ratelimit-remaining"] == "0"
+        assert_problem(await http.get(f"/jobs/{job['id']}/runs"), 429)
+        assert_problem(await http.get(f"/jobs/{job['id']}"), 429)
+
+
 async def test_refused_requests_are_limited_by_client_address(
     make_settings: Any, pool: asyncpg.Pool[Any], clean: None
 ) -> None:
@@ -84,7 +97,8 @@ async def test_expired_counters_are_swept() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    limiter = ratelimit.RateLimiter(app, RateLimit(5, "second"))
+    budgets = ratelimit.RateBudgets(RateLimit(5, "second"))
+    limiter = ratelimit.RateLimiter(app, budgets)
     sent: list[Any] = []
 
     async def send(message: Any) -> None:
@@ -93,6 +107,6 @@ async def test_expired_counters_are_swept() -> None:
     scope = {"type": "http", "path": "/jobs", "client": ("198.51.100.7", 1)}
     await limiter(scope, None, send)  # type: ignore[arg-type]
     assert dict(sent[0]["headers"])[b"ratelimit-remaining"] == b"4"
-    limiter.windows["address:203.0.113.9"] = [int(time.time()) - 1, 3]
-    limiter.sweep()
-    assert list(limiter.windows) == ["address:198.51.100.7"]  # this client's own counter
+    budgets.windows["address:203.0.113.9"] = [int(time.time()) - 1, 3]
+    budgets.sweep()
+    assert list(budgets.windows) == ["address:198.51.100.7"]  # this client's own counter

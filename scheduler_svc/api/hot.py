@@ -1,107 +1,150 @@
-"""The API's hottest read, `GET /jobs/{id}`, without Litestar's per-request handler work.
+"""The API's hottest read, `GET /jobs/{id}`, answered in front of Litestar's router.
 
-For a route handler, Litestar resolves its dependencies, validates its arguments
-against a signature model, then turns the Response it returns into an ASGIResponse,
-re-encoding headers on the way: together more CPU than the read itself. A
-`before_request` hook whose value is not None becomes the response and skips all of
-that (Litestar's documented short-cut, as for a cache). `read_job` is that hook on
-`get_job` (routes.py), which stays the route's declaration (OpenAPI, the id's bounds)
-and answers whatever the hook leaves to it: an id out of bounds (400) and a job that
-does not exist (404, a problem document), read again then.
+Through Litestar, a request finds its route in the routing trie, passes five middleware
+(each a call and most a wrapped `send`), builds a Request, and the handler's Response is
+turned into an ASGIResponse, its headers encoded a second time: several times the CPU
+of the read itself. `HotLane` takes the requests for a job by id and does the same
+steps in one function, calling what the middleware call, in their order:
 
-Everything around the handler still runs: the middleware (metrics, principal, rate
-limit, scope, Host), the request id and log line, the exception handlers. The answer
-is the handler's, byte for byte (tests/test_api_hot.py compares them).
+    metrics (begin) → principal (AuthMiddleware) → rate budget (RateLimiter)
+    → scope (ScopeGuard) → Host (CrossSiteGuard) → the read → metrics (end)
+
+A refusal (401, 403, 429, 421), a job that does not exist (404) and any failure are
+answered as the route's exception handlers render them, with the rate-limit headers
+the route would add. Everything else, an id out of bounds included, goes to Litestar.
+The route `get_job` (routes.py) stays the declaration (OpenAPI) and the answer when the
+lane is off: with tracing on, so that every request has its span.
+
+The shortcut has two sides: a layer added to app.py's middleware list must be added
+here too, or be one the lane does not need (ReadYourWrites marks writes and history
+reads, neither of which this is). tests/test_api_hot.py holds the lane's answers to the
+route's, byte for byte, for each status.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+import time
 
 import msgspec
-from litestar import Request, Response
-from litestar.response.base import ASGIResponse
-from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
+from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
+from litestar.routes import HTTPRoute
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from scheduler_svc import store
+from scheduler_svc import metrics, store
 from scheduler_svc.api.views import etag, job_out
+from scheduler_svc.errors import NotFound
 from scheduler_svc.models import MAX_ID
-from scheduler_svc.security.middleware import tenant_of
+from scheduler_svc.security import ratelimit
+from scheduler_svc.security.auth import Authenticator
+from scheduler_svc.security.crosssite import CrossSiteGuard
+from scheduler_svc.security.middleware import answer_in_route, resolve_principal, scope_refusal
+from scheduler_svc.security.principals import Principal
 
 _encode = msgspec.json.Encoder().encode
+# The ids the route takes: digits only (Litestar reads "+1" or "-1" as ints too, and
+# refuses them or reads them as another id's; those go to it).
+_JOB_PATH = re.compile(r"/jobs/([0-9]{1,19})")
+ROUTE_NAME = "get_job"
 
 
-async def read_job(request: Request[Any, Any, Any]) -> Response[Any] | None:
-    """`GET /jobs/{id}`'s answer for a job of the caller's tenant; None leaves the
-    request to the handler."""
-    job_id = request.path_params["job_id"]
-    if not 1 <= job_id <= MAX_ID:  # JobId's bounds: the handler refuses the rest
-        return None
-    row = await store.job_get(request.app.state.pool, tenant_of(request), job_id)
-    if row is None:
-        return None
-    body = _encode(job_out(row))
-    return Encoded(
-        body,
-        [
-            (b"etag", etag(row).encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(body)),
-        ],
-    )
+class HotLane:
+    """ASGI, between the request log line and Litestar: `GET /jobs/{id}` (module docstring)."""
 
-
-class Encoded(Response[Any]):
-    """A 200 whose JSON body and headers are encoded already: sent as they are.
-
-    Litestar asks a Response for its ASGIResponse with the route's layers' headers,
-    cookies and encoders; this application's layers set none, so there is nothing
-    to add, and `to_asgi_response` refuses to drop anything if one ever does.
-    """
-
-    __slots__ = ("_sent",)
-
-    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        # Response.__init__ is skipped on purpose: nothing reads what it would set.
-        self._sent = _Sent(body, headers)
-
-    def to_asgi_response(
+    def __init__(
         self,
-        app: Any,
-        request: Request[Any, Any, Any],
-        *,
-        background: Any = None,
-        cookies: Any = None,
-        encoded_headers: Any = None,
-        headers: dict[str, str] | None = None,
-        is_head_response: bool = False,
-        media_type: Any = None,
-        status_code: int | None = None,
-        type_encoders: Any = None,
-    ) -> ASGIResponse:
-        if background or cookies or encoded_headers or headers or is_head_response:
-            raise RuntimeError("an Encoded response cannot carry what a layer adds")
-        return self._sent
-
-
-class _Sent(ASGIResponse):
-    """ASGIResponse's two messages, made once; its constructor (which would encode
-    the headers again) is skipped on purpose."""
-
-    __slots__ = ("_body", "_start")
-
-    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        self._start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": headers,
-        }
-        self._body: HTTPResponseBodyEvent = {
-            "type": "http.response.body",
-            "body": body,
-            "more_body": False,
-        }
+        app: ASGIApp,
+        route: HTTPRoute,
+        authenticator: Authenticator,
+        budgets: ratelimit.RateBudgets,
+        allowed_hosts: tuple[str, ...],
+    ) -> None:
+        self.app = app
+        self._handler: HTTPRouteHandler = route.route_handler_map["GET"][0]
+        self._template = route.path_format
+        self._authenticator = authenticator
+        self._budgets = budgets
+        self._hosts = CrossSiteGuard(app, allowed_hosts)
+        self._metrics = metrics.HttpMetricsMiddleware(app, metrics.HTTP)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(self._start)
-        await send(self._body)
+        match = _JOB_PATH.fullmatch(scope["path"]) if scope.get("method") == "GET" else None
+        job_id = int(match.group(1)) if match else 0
+        if not 1 <= job_id <= MAX_ID:  # JobId's bounds: the route refuses the rest
+            await self.app(scope, receive, send)
+            return
+        # What Litestar's router would set, for the exception handlers and ScopeGuard.
+        scope["route_handler"] = self._handler
+        scope["path_template"] = self._template
+        scope["path_params"] = {"job_id": job_id}  # type: ignore[dict-item]  # parsed, as there
+        in_progress = self._metrics.begin("GET", self._template)
+        started = time.perf_counter()
+        status = 500
+        try:
+            status = await self._answer(scope, receive, send, job_id)
+        finally:
+            in_progress.dec()
+            self._metrics.end("GET", self._template, status, time.perf_counter() - started)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, job_id: int) -> int:
+        """Answer the request; its status."""
+        window: list[int] | None = None
+        try:
+            await resolve_principal(self._authenticator, scope)
+            window, over = self._budgets.spend(scope)
+            if over is not None:  # the 429 carries its own RateLimit-* headers
+                return await _refuse(scope, receive, send, over)
+            limited = ratelimit.with_headers(send, self._budgets, window)
+            refusal = scope_refusal(scope) or self._hosts.refusal(scope)
+            if refusal is not None:
+                return await _refuse(scope, receive, limited, refusal)
+            principal: Principal = scope["user"]
+            row = await store.job_get(scope["litestar_app"].state.pool, principal.tenant, job_id)
+            if row is None:
+                missing = NotFound(f"job {job_id} does not exist")
+                return await _refuse(scope, receive, limited, missing)
+            body = _encode(job_out(row))
+            headers = [
+                (b"etag", etag(row).encode()),
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+                *self._budgets.headers(window),
+            ]
+        except Exception as exc:  # answered as the route's exception handlers answer it
+            if window is not None:  # past the rate limiter, which marks what comes back
+                send = ratelimit.with_headers(send, self._budgets, window)
+            return await _refuse(scope, receive, send, exc)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return 200
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> int:
+    """Answer `exc` as the route's exception handlers render it; the status they chose."""
+    status = 500
+
+    async def send_noting(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    await answer_in_route(scope, receive, send_noting, exc)
+    return status
+
+
+def lane(
+    app: Litestar,
+    inner: ASGIApp,
+    authenticator: Authenticator,
+    budgets: ratelimit.RateBudgets,
+    allowed_hosts: tuple[str, ...],
+) -> ASGIApp:
+    """`inner` (Litestar's handler) behind a HotLane, when `app` serves `get_job`."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or "GET" not in route.route_handler_map:
+            continue
+        if route.route_handler_map["GET"][0].name == ROUTE_NAME:
+            return HotLane(inner, route, authenticator, budgets, allowed_hosts)
+    return inner  # a worker: no API routes

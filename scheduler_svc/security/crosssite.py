@@ -94,13 +94,14 @@ class CrossSiteGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP and not is_exempt(scope) and not is_console(scope):
-            refusal = self._refusal(scope)
+            refusal = self.refusal(scope)
             if refusal is not None:
                 await answer_in_route(scope, receive, send, refusal)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> SchedulerError | None:
+    def refusal(self, scope: Scope) -> SchedulerError | None:
+        """421 for a foreign Host in open mode, 415 for a body that is not JSON; else None."""
         principal = scope.get("user")
         is_open = isinstance(principal, Principal) and principal.kind == "open"
         if is_open:

@@ -60,17 +60,20 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP and not _EXEMPT.match(scope["path"]):
-            client = scope.get("client")
-            outcome = await self.authenticator.authenticate(
-                scope["litestar_app"].state.pool,
-                _authorization(scope),
-                client[0] if client else "-",
-            )
-            if isinstance(outcome, Principal):
-                scope["user"], scope["auth"] = outcome, None
-            else:
-                scope["user"], scope["auth"] = None, outcome
+            await resolve_principal(self.authenticator, scope)
         await self.app(scope, receive, send)
+
+
+async def resolve_principal(authenticator: Authenticator, scope: Scope) -> None:
+    """Put the request's Principal in scope["user"], or its Rejection in scope["auth"]."""
+    client = scope.get("client")
+    outcome = await authenticator.authenticate(
+        scope["litestar_app"].state.pool, _authorization(scope), client[0] if client else "-"
+    )
+    if isinstance(outcome, Principal):
+        scope["user"], scope["auth"] = outcome, None
+    else:
+        scope["user"], scope["auth"] = None, outcome
 
 
 def _authorization(scope: Scope) -> str | None:
@@ -98,14 +101,15 @@ class ScopeGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP and not is_exempt(scope) and not is_console(scope):
-            refusal = _refusal(scope)
+            refusal = scope_refusal(scope)
             if refusal is not None:
                 await answer_in_route(scope, receive, send, refusal)
                 return
         await self.app(scope, receive, send)
 
 
-def _refusal(scope: Scope) -> HTTPException | None:
+def scope_refusal(scope: Scope) -> HTTPException | None:
+    """401 without a principal, 403 without the scope the route needs; else None."""
     principal = scope.get("user")
     if not isinstance(principal, Principal):
         rejection = scope.get("auth")
@@ -131,9 +135,7 @@ def _refusal(scope: Scope) -> HTTPException | None:
     )
 
 
-async def answer_in_route(
-    scope: Scope, receive: Receive, send: Send, exc: HTTPException | SchedulerError
-) -> None:
+async def answer_in_route(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
     """Answer a request with `exc` as its route's exception handlers render it.
 
     For middleware inside the route: raising would skip the outer middleware's view
@@ -142,8 +144,10 @@ async def answer_in_route(
     app = scope["litestar_app"]
     request: Request[Any, Any, Any] = app.request_class(scope, receive, send)
     handlers = scope["route_handler"].resolve_exception_handlers()
-    # Litestar's own lookup order: the status code, then the exception's classes.
-    handler = handlers.get(exc.status_code) or next(
+    # Litestar's own lookup order: the status code, then the exception's classes (the
+    # application's handler of Exception last of all).
+    status_code = exc.status_code if isinstance(exc, HTTPException | SchedulerError) else 0
+    handler = handlers.get(status_code) or next(
         handlers[cls] for cls in getmro(type(exc)) if cls in handlers
     )
     response = handler(request, exc)

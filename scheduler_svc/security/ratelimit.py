@@ -39,17 +39,15 @@ def rate_key(scope: Scope) -> str:
     return f"address:{client[0] if client else '-'}"
 
 
-class RateLimiter:
-    """ASGI middleware: at most `limit.count` requests per window per principal; over it, a
-    429 problem document with Retry-After, answered in place.
+class RateBudgets:
+    """Each principal's requests in its current window, one set for the whole application.
 
-    Answering in place, with the route's own exception handlers, keeps the 429 a problem
-    document that every outer middleware (request id, log line, metrics) sees; an
-    exception raised here would only reach the application's outermost handler.
+    Litestar builds every route's middleware anew, so counters kept in the middleware
+    would be a budget per route; the RateLimiter of every route, and api/hot.py's lane,
+    spend from this one.
     """
 
-    def __init__(self, app: ASGIApp, limit: RateLimit) -> None:
-        self.app = app
+    def __init__(self, limit: RateLimit) -> None:
         self.max_requests = limit.count
         self.window_s = WINDOW_S[limit.unit]
         self._fixed_headers = [
@@ -60,10 +58,9 @@ class RateLimiter:
         self.windows: dict[str, list[int]] = {}
         self._swept_at = time.monotonic()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or _EXEMPT.match(scope["path"]):
-            await self.app(scope, receive, send)
-            return
+    def spend(self, scope: Scope) -> tuple[list[int], TooManyRequestsException | None]:
+        """Count a request against its budget: its window, and the 429 to answer when the
+        budget was spent already (then the request is not counted)."""
         if time.monotonic() - self._swept_at >= SWEEP_INTERVAL_S:
             self.sweep()
         now = int(time.time())
@@ -72,21 +69,14 @@ class RateLimiter:
         if window is None or window[0] <= now:
             window = self.windows[key] = [now + self.window_s, 0]
         if window[1] >= self.max_requests:
-            headers = {k.decode(): v.decode() for k, v in self._headers(window)}
+            headers = {k.decode(): v.decode() for k, v in self.headers(window)}
             headers["Retry-After"] = str(max(1, window[0] - now))
-            await answer_in_route(scope, receive, send, TooManyRequestsException(headers=headers))
-            return
+            return window, TooManyRequestsException(headers=headers)
         window[1] += 1
+        return window, None
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), *self._headers(window)]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-    def _headers(self, window: list[int]) -> list[tuple[bytes, bytes]]:
+    def headers(self, window: list[int]) -> list[tuple[bytes, bytes]]:
+        """The RateLimit-* headers of a response counted in `window`."""
         remaining = max(self.max_requests - window[1], 0)
         reset = max(window[0] - int(time.time()), 0)
         return [
@@ -103,6 +93,42 @@ class RateLimiter:
             del self.windows[key]
 
 
-def rate_limit_middleware(limit: RateLimit) -> DefineMiddleware:
+class RateLimiter:
+    """ASGI middleware: at most `limit.count` requests per window per principal; over it, a
+    429 problem document with Retry-After, answered in place.
+
+    Answering in place, with the route's own exception handlers, keeps the 429 a problem
+    document that every outer middleware (request id, log line, metrics) sees; an
+    exception raised here would only reach the application's outermost handler.
+    """
+
+    def __init__(self, app: ASGIApp, budgets: RateBudgets) -> None:
+        self.app = app
+        self.budgets = budgets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or _EXEMPT.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        window, refusal = self.budgets.spend(scope)
+        if refusal is not None:
+            await answer_in_route(scope, receive, send, refusal)
+            return
+        await self.app(scope, receive, with_headers(send, self.budgets, window))
+
+
+def with_headers(send: Send, budgets: RateBudgets, window: list[int]) -> Send:
+    """`send`, adding the RateLimit-* headers of `window` to the response as it starts."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", ()), *budgets.headers(window)]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_headers
+
+
+def rate_limit_middleware(budgets: RateBudgets) -> DefineMiddleware:
     """The rate limit of SCHEDULER_RATE_LIMIT, per principal, sparing health and docs routes."""
-    return DefineMiddleware(RateLimiter, limit=limit)
+    return DefineMiddleware(RateLimiter, budgets=budgets)

@@ -20,7 +20,9 @@ the default 6000/minute would answer almost all of them with 429. Responses that
 not 2xx are counted and reported; a run with any is flagged.
 
 wrk needs CPU too: on a 2-core machine it shares the cores with the servers and
-PostgreSQL, so the figures are a floor for the service, not a ceiling.
+PostgreSQL, so the figures are a floor for the service, not a ceiling. The servers' own
+CPU time per request (user and system, from /proc) is the steadier figure: it moves
+little with what else the machine does in that minute.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import Result, bench_database, replicas
+from bench.common import Result, bench_database, cpu_s, replicas
 
 JOBS = 10_000
 RUNS_PER_JOB = 3
@@ -195,7 +197,10 @@ async def measure(processes: list[int], seconds: float, connections: int) -> lis
                     for mode in ENDPOINTS:
                         # A short warm-up: connections, prepared statements, caches.
                         wrk(addrs, mode, key, 2, connections, work)
+                        cpu_before = sum(cpu_s(p.pid) for p in procs)
                         figures = wrk(addrs, mode, key, seconds, connections, work)
+                        cpu = sum(cpu_s(p.pid) for p in procs) - cpu_before
+                        figures["server_cpu_us"] = cpu / max(1, figures["requests"]) * 1e6
                         results.append({"endpoint": ENDPOINTS[mode], "processes": count, **figures})
     return results
 
@@ -215,6 +220,7 @@ def report(results: list[dict[str, Any]], seconds: float, connections: int) -> R
             f"{r['rps']:.0f}",
             f"{r['p50_ms']:.1f}",
             f"{r['p99_ms']:.1f}",
+            f"{r['server_cpu_us']:.0f}",
             r["non2xx"] + r["socket_errors"] or "",
         ]
         for r in results
@@ -222,7 +228,7 @@ def report(results: list[dict[str, Any]], seconds: float, connections: int) -> R
     return Result(
         title=f"HTTP API: wrk -t{THREADS} -c{connections} -d{seconds:g}s, "
         f"{JOBS} jobs, authenticated",
-        header=["request", "processes", "req/s", "p50 ms", "p99 ms", "errors"],
+        header=["request", "processes", "req/s", "p50 ms", "p99 ms", "server CPU µs", "errors"],
         rows=rows,
         figures={
             "jobs": JOBS,

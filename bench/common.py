@@ -219,6 +219,12 @@ def ms(value: object) -> str:
     return f"{value:.1f}" if isinstance(value, int | float) else str(value)
 
 
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process, in KiB, from /proc/<pid>/status."""
     figures: dict[str, int] = {}

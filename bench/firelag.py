@@ -50,7 +50,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -68,6 +67,7 @@ from bench.common import (
     Result,
     autovacuum_stand_in,
     bench_database,
+    cpu_s,
     ms,
     replicas,
     spread,
@@ -161,12 +161,6 @@ class Consoles:
             sum(c.failed for c in self.open),
             cpu_s(self.api_pid),
         )
-
-
-def cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process so far, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _browse(

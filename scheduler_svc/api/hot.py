@@ -89,32 +89,38 @@ class HotLane:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, job_id: int) -> int:
         """Answer the request; its status."""
+        # Past the rate limiter (a window, and no 429), RateLimit-* mark whatever comes back.
         window: list[int] | None = None
+        refusal: Exception | None = None
         try:
             await resolve_principal(self._authenticator, scope)
-            window, over = self._budgets.spend(scope)
-            if over is not None:  # the 429 carries its own RateLimit-* headers
-                return await _refuse(scope, receive, send, over)
-            limited = ratelimit.with_headers(send, self._budgets, window)
-            refusal = scope_refusal(scope) or self._hosts.refusal(scope)
+            window, refusal = self._budgets.spend(scope)
             if refusal is not None:
-                return await _refuse(scope, receive, limited, refusal)
-            principal: Principal = scope["user"]
-            row = await store.job_get(scope["litestar_app"].state.pool, principal.tenant, job_id)
-            if row is None:
-                missing = NotFound(f"job {job_id} does not exist")
-                return await _refuse(scope, receive, limited, missing)
-            body = _encode(job_out(row))
-            headers = [
-                (b"etag", etag(row).encode()),
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-                *self._budgets.headers(window),
-            ]
+                window = None  # a 429 carries its RateLimit-* headers itself
+            else:
+                refusal = scope_refusal(scope) or self._hosts.refusal(scope)
+            if refusal is None:
+                principal: Principal = scope["user"]
+                pool = scope["litestar_app"].state.pool
+                row = await store.job_get(pool, principal.tenant, job_id)
+                if row is None:
+                    refusal = NotFound(f"job {job_id} does not exist")
+                else:
+                    body = _encode(job_out(row))
+                    headers = [
+                        (b"etag", etag(row).encode()),
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"%d" % len(body)),
+                    ]
         except Exception as exc:  # answered as the route's exception handlers answer it
-            if window is not None:  # past the rate limiter, which marks what comes back
+            refusal = exc
+        if window is not None:
+            if refusal is not None:
                 send = ratelimit.with_headers(send, self._budgets, window)
-            return await _refuse(scope, receive, send, exc)
+            else:
+                headers += self._budgets.headers(window)
+        if refusal is not None:
+            return await _refuse(scope, receive, send, refusal)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return 200

@@ -2,9 +2,11 @@
 
 `record` (and `record_many`, for bulk calls) writes one row per change on the
 connection of the transaction that makes the change, so that the row commits or rolls
-back with it. `job_changes` is the field-level diff a row carries, with every secret
-shown as "***". An `AuditContext` says who acted: the API builds one per request
-(`api.audit`: the `audit` dependency); automatic changes use `SYSTEM`.
+back with it; a create's row is written by the creating statement itself
+(`store.job_insert`, with `created_changes`). `job_changes` is the field-level diff a
+row carries, with every secret shown as "***". An `AuditContext` says who acted: the
+API builds one per request (`api.audit`: the `audit` dependency); automatic changes
+use `SYSTEM`.
 
 May import `models`, `redact` and `store`; knows nothing of HTTP.
 """
@@ -13,16 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import msgspec
 
 from scheduler_svc import store
-from scheduler_svc.models import AlertSettings, AuditAction, JobOut, JobRow
+from scheduler_svc.models import AlertSettings, AuditAction, JobOut, JobRow, JobSpec, JobStatus
 from scheduler_svc.redact import MASK, SECRET_WORDS, SENSITIVE_HEADERS, Redactor
 from scheduler_svc.store.sql import Conn
 
-__all__ = ["SYSTEM", "AuditAction", "AuditContext", "job_changes", "record", "record_many"]
+__all__ = [
+    "SYSTEM",
+    "AuditAction",
+    "AuditContext",
+    "created_changes",
+    "job_changes",
+    "record",
+    "record_many",
+]
 
 Changes = dict[str, list[Any]]
 
@@ -94,11 +105,32 @@ def _fields(job: JobOut | JobRow | None) -> dict[str, Any]:
     if job is None:
         return {}
     builtins: dict[str, Any] = msgspec.to_builtins(job)
-    if isinstance(job, JobRow) and isinstance(job.alerts, dict):
-        # As the API shows it (JobOut.alerts), so that a row and a view compare alike.
-        alerts = msgspec.convert(job.alerts, AlertSettings)
-        builtins["alerts"] = msgspec.to_builtins(alerts)
+    if isinstance(job, JobRow):
+        _as_shown(builtins, job.alerts)
     return {f: builtins.get(f) for f in FIELDS}
+
+
+def _as_shown(builtins: dict[str, Any], alerts: dict[str, Any] | None) -> None:
+    if isinstance(alerts, dict):
+        # As the API shows it (JobOut.alerts), so that a row and a view compare alike.
+        builtins["alerts"] = msgspec.to_builtins(msgspec.convert(alerts, AlertSettings))
+
+
+def created_changes(spec: JobSpec, status: JobStatus) -> Changes:
+    """`job_changes(None, row)` of the row that inserting `spec` with `status` returns,
+    reckoned before the insert from what it writes, so that the inserting statement can
+    write the audit row too.
+
+    The row holds `spec`'s values as they are, but for `paused_until`, which comes back
+    in UTC; the numbers inside JSON fields may come back written otherwise (10.0 as 10),
+    which the audit row's own JSON writes alike. tests/test_audit.py holds the two equal.
+    """
+    builtins: dict[str, Any] = msgspec.to_builtins(spec)
+    builtins["status"] = status
+    if spec.paused_until is not None:
+        builtins["paused_until"] = msgspec.to_builtins(spec.paused_until.astimezone(UTC))
+    _as_shown(builtins, spec.alerts)
+    return _diff({}, {f: builtins.get(f) for f in FIELDS})
 
 
 def job_changes(before: JobOut | JobRow | None, after: JobOut | JobRow | None) -> Changes:
@@ -108,7 +140,10 @@ def job_changes(before: JobOut | JobRow | None, after: JobOut | JobRow | None) -
     Pass rows (JobRow) to see a change of a secret header's value, which a view
     (JobOut, already masked) hides: the field then shows as changed, "***" both sides.
     """
-    old, new = _fields(before), _fields(after)
+    return _diff(_fields(before), _fields(after))
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> Changes:
     changes: Changes = {}
     for field in FIELDS:
         was, now = old.get(field), new.get(field)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from scheduler_svc import store
-from scheduler_svc.models import JobRow, JobSpec, RunRow
+from scheduler_svc import audit, store
+from scheduler_svc.models import JobRow, JobSpec, JobStatus, RunRow
 
 DEFAULTS: dict[str, Any] = {
     "name": "job",
@@ -36,9 +36,16 @@ async def make_job(
     """Insert an active job due at `next_run_at` (fields as in the API, overlap 'allow')."""
     spec = JobSpec(**{**DEFAULTS, **fields})
     status = "paused" if spec.paused else "active"
-    row = await store.job_insert(conn, tenant, spec, status=status, next_run_at=next_run_at)
+    row = await store.job_insert(
+        conn, tenant, spec, status=status, next_run_at=next_run_at, **audited(spec, status)
+    )
     assert row is not None
     return row
+
+
+def audited(spec: JobSpec, status: JobStatus) -> dict[str, Any]:
+    """store.job_insert's audit arguments, for a job a test creates itself."""
+    return {"actor": "tests", "changes": audit.created_changes(spec, status), "request_id": None}
 
 
 async def runs_of(conn: store.Conn, job_id: int) -> list[RunRow]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -126,6 +127,69 @@ async def test_a_row_commits_with_the_change_and_rolls_back_with_it(
     assert datetime(2000, 1, 1, tzinfo=UTC).toordinal() + (rows[0].id >> 37) == (
         rows[0].at.astimezone(UTC).toordinal()
     )
+
+
+CREATES: list[dict[str, Any]] = [
+    {"name": "minimal", "schedule": "@every 1h"},
+    {
+        "name": "every field ✓",
+        "attributes": {"ratio": 10.0, "tiny": 1e-7, "big": 1e300, "n": -0.0, "deep": [{"a": None}]},
+        "schedule": "30 9 * * 1-5",
+        "timezone": "Europe/Paris",
+        "target": {
+            "type": "http",
+            "url": "https://example.com/hook?token=abc",
+            "headers": {"Authorization": "Bearer one", "X-Trace": "on"},
+            "body": {"amount": 2.50},
+        },
+        "max_attempts": 5,
+        "backoff_s": 10,
+        "backoff_max_s": 60.5,
+        "timeout_s": 12,
+        "misfire_policy": "skip",
+        "misfire_grace_s": 0,
+        "overlap": "allow",
+        "tags": ["billing", "eu"],
+        "jitter_s": 1.5,
+        "alerts": {"url": "https://alerts.example.com/x", "on": ["failed"]},
+    },
+    {"name": "paused", "schedule": "@every 1m", "paused": True},
+    {"name": "one-off", "schedule": "@at 2099-01-01T00:00:00+05:30"},
+]
+
+
+async def created_rows(pool: asyncpg.Pool[Any], job_id: int) -> list[Any]:
+    return [
+        r["changes"]
+        for r in await pool.fetch(
+            "SELECT changes FROM audit WHERE job_id = $1 AND action = 'job.create'", job_id
+        )
+    ]
+
+
+@pytest.mark.parametrize("body", CREATES, ids=[b["name"] for b in CREATES])
+async def test_a_create_writes_in_its_statement_the_diff_of_the_row_it_made(
+    client: httpx.AsyncClient, pool: asyncpg.Pool[Any], body: dict[str, Any]
+) -> None:
+    posted = await client.post("/jobs", json=body)
+    put = await client.put(f"/jobs/by-key/{secrets.token_hex(4)}", json=body)
+    for response in (posted, put):
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        row = await store.job_get(pool, "default", job_id)
+        assert row is not None
+        # As the trail's JSON holds it: the numbers of a JSON field are written alike.
+        expected = await pool.fetchval("SELECT $1::jsonb", audit.job_changes(None, row))
+        assert await created_rows(pool, job_id) == [expected]
+
+
+async def test_a_created_window_end_is_audited_in_utc(pool: asyncpg.Pool[Any]) -> None:
+    paris = datetime(2099, 1, 1, 9, 30, tzinfo=UTC).astimezone(ZoneInfo("Europe/Paris"))
+    row = await make_job(pool, next_run_at=None, paused=True, paused_until=paris)
+    assert row.paused_until == paris
+    expected = await pool.fetchval("SELECT $1::jsonb", audit.job_changes(None, row))
+    assert (await created_rows(pool, row.id)) == [expected]
+    assert expected["paused_until"] == [None, "2099-01-01T09:30:00Z"]
 
 
 async def test_record_many_writes_a_row_per_job_in_their_order(conn: Any) -> None:
@@ -310,8 +374,9 @@ async def test_a_deleted_job_keeps_its_trail_and_an_unknown_id_is_404(
     assert gone.status_code == 200
     assert [r["action"] for r in gone.json()] == ["job.delete", "job.create"]
     assert_problem(await client.get("/jobs/987654321/audit"), 404)
-    # A job made without the API (no trail) still answers 200, with nothing in it.
+    # A job whose trail is empty (its rows pruned) still answers 200, with nothing in it.
     quiet = await make_job(pool, next_run_at=None)
+    await pool.execute("DELETE FROM audit WHERE job_id = $1", quiet.id)
     assert (await client.get(f"/jobs/{quiet.id}/audit")).json() == []
 
 

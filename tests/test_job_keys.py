@@ -18,6 +18,7 @@ from scheduler_svc.api import jobs, writes
 from scheduler_svc.audit import AuditContext
 from scheduler_svc.models import JobCreate, JobPatch
 from scheduler_svc.store import db, migrate
+from tests.factories import audited
 from tests.helpers import assert_problem, create_job, scratch_database
 from tests.principals import bearer, make_key
 from tests.replicas import eventually
@@ -729,7 +730,9 @@ async def test_a_column_a_later_release_adds_to_jobs_changes_none_of_this_ones_s
         async def every_job_statement(round_: int) -> None:
             async with pool.acquire() as conn, conn.transaction():
                 other = msgspec.structs.replace(spec, key=f"b{round_}", managed_by="apply")
-                row = await store.job_insert(conn, "t", other, status="paused", next_run_at=None)
+                row = await store.job_insert(
+                    conn, "t", other, status="paused", next_run_at=None, **audited(other, "paused")
+                )
                 assert row is not None and row.key == f"b{round_}"
                 assert await store.job_lock(conn, "t", job_id) is not None
                 locked = await store.job_lock_by_key(conn, "t", "a")
@@ -750,7 +753,9 @@ async def test_a_column_a_later_release_adds_to_jobs_changes_none_of_this_ones_s
                     assert page
 
         try:
-            created = await store.job_insert(pool, "t", spec, status="paused", next_run_at=None)
+            created = await store.job_insert(
+                pool, "t", spec, status="paused", next_run_at=None, **audited(spec, "paused")
+            )
             assert created is not None
             job_id = created.id
             await every_job_statement(1)

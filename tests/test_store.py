@@ -12,6 +12,7 @@ import pytest
 
 from scheduler_svc import store
 from scheduler_svc.models import JobSpec
+from tests.factories import audited
 
 SPEC = JobSpec(
     name="job",
@@ -29,6 +30,7 @@ SPEC = JobSpec(
     paused=False,
 )
 SOON = datetime(2030, 1, 1, tzinfo=UTC)
+AUDITED = audited(SPEC, "active")
 
 
 def test_every_query_has_one_store_function_of_its_name() -> None:
@@ -46,7 +48,7 @@ def test_queries_file_parses_into_named_statements() -> None:
 
 
 async def test_insert_and_get_round_trip_json(conn: Any) -> None:
-    row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON)
+    row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON, **AUDITED)
     assert row is not None
     assert row.attributes == {"k": [1, "two"]}
     assert row.next_run_at == SOON
@@ -55,7 +57,7 @@ async def test_insert_and_get_round_trip_json(conn: Any) -> None:
 
 
 async def test_another_tenant_sees_nothing(conn: Any) -> None:
-    row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON)
+    row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON, **AUDITED)
     assert row is not None
     assert await store.job_get(conn, "t2", row.id) is None
     assert await store.job_lock(conn, "t2", row.id) is None
@@ -69,13 +71,34 @@ async def test_another_tenant_sees_nothing(conn: Any) -> None:
 
 async def test_idempotency_key_is_per_tenant(conn: Any) -> None:
     first = await store.job_insert(
-        conn, "t1", SPEC, status="active", next_run_at=SOON, idempotency_key="k", request_hash="h"
+        conn,
+        "t1",
+        SPEC,
+        status="active",
+        next_run_at=SOON,
+        idempotency_key="k",
+        request_hash="h",
+        **AUDITED,
     )
     repeat = await store.job_insert(
-        conn, "t1", SPEC, status="active", next_run_at=SOON, idempotency_key="k", request_hash="h"
+        conn,
+        "t1",
+        SPEC,
+        status="active",
+        next_run_at=SOON,
+        idempotency_key="k",
+        request_hash="h",
+        **AUDITED,
     )
     other_tenant = await store.job_insert(
-        conn, "t2", SPEC, status="active", next_run_at=SOON, idempotency_key="k", request_hash="h"
+        conn,
+        "t2",
+        SPEC,
+        status="active",
+        next_run_at=SOON,
+        idempotency_key="k",
+        request_hash="h",
+        **AUDITED,
     )
     assert first is not None and repeat is None and other_tenant is not None
     found = await store.job_get_by_idempotency_key(conn, "t1", "k")
@@ -83,7 +106,7 @@ async def test_idempotency_key_is_per_tenant(conn: Any) -> None:
 
 
 async def test_update_bumps_version_and_updated_at(conn: Any) -> None:
-    row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON)
+    row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON, **AUDITED)
     assert row is not None
     later = SOON + timedelta(hours=1)
     updated = await store.job_update(conn, "t1", row.id, SPEC, status="active", next_run_at=later)
@@ -94,7 +117,9 @@ async def test_update_bumps_version_and_updated_at(conn: Any) -> None:
 
 async def test_due_index_is_used_for_the_claim_shape(conn: Any) -> None:
     for _ in range(50):
-        await store.job_insert(conn, "t1", SPEC, status="paused", next_run_at=None)
+        await store.job_insert(
+            conn, "t1", SPEC, status="paused", next_run_at=None, **audited(SPEC, "paused")
+        )
     await conn.execute("ANALYZE jobs")
     await conn.execute("SET LOCAL enable_seqscan = off")
     plan = "\n".join(
@@ -108,7 +133,7 @@ async def test_due_index_is_used_for_the_claim_shape(conn: Any) -> None:
 
 
 async def test_one_run_per_tick_is_a_database_constraint(conn: Any) -> None:
-    row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON)
+    row = await store.job_insert(conn, "t1", SPEC, status="active", next_run_at=SOON, **AUDITED)
     assert row is not None
     insert = (
         "INSERT INTO job_runs (job_id, tenant, scheduled_for, trigger) VALUES ($1, 't1', $2, $3)"

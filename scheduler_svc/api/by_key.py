@@ -106,12 +106,8 @@ async def create_or_replace(
             spec = jobs.spec_from_create(body, rules)
             if dry_run:
                 return Put("create", [*COMPARED, "paused"], None)
-            status, next_run_at = jobs.schedule_state(spec, await store.db_now(conn))
-            created = await store.job_insert(
-                conn, tenant, spec, status=status, next_run_at=next_run_at
-            )
+            created = await writes.insert(conn, tenant, spec, ctx)
             if created is not None:
-                await writes.audit_created(conn, tenant, created, ctx)
                 return Put("create", [*COMPARED, "paused"], created)
             # A concurrent PUT created it first (the insert waited for it): replace that.
         if if_match is not None and if_match != row.version:

@@ -65,10 +65,14 @@ async def job_insert(
     *,
     status: JobStatus,
     next_run_at: datetime | None,
+    actor: str,
+    changes: dict[str, list[Any]],
+    request_id: str | None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> JobRow | None:
-    """Insert a job; None when this tenant already used `idempotency_key` or the job's key."""
+    """Insert a job with its `job.create` audit row (by `actor`, with `changes`, in
+    `request_id`); None when this tenant already used `idempotency_key` or the job's key."""
     args = (
         *_spec_values(spec),
         status,
@@ -76,6 +80,9 @@ async def job_insert(
         idempotency_key,
         request_hash,
         *_control_values(spec),
+        actor,
+        changes,
+        request_id,
     )
     try:
         keyed = spec.key is not None

@@ -50,11 +50,14 @@ SELECT version FROM schema_version;
 SELECT now();
 
 -- job_insert --
--- Create a job, and its row of job_keys if it has a key or an owner, in one statement.
--- With an Idempotency-Key this tenant already used, nothing is inserted and no row comes
--- back: the caller then reads the first job by it. A key another job of the tenant has
--- fails the whole statement on job_keys_key (after waiting for a concurrent insert of
--- that key to commit): no job is ever left without the key it was created with.
+-- Create a job, its row of job_keys if it has a key or an owner, and its audit row
+-- (audit_insert's, `job.create` by actor $24 with changes $25 in request $26), in one
+-- statement: atomic by itself, so a create needs no transaction of its own and its
+-- round trips. With an Idempotency-Key this tenant already used, nothing is inserted
+-- and no row comes back: the caller then reads the first job by it. A key another job
+-- of the tenant has fails the whole statement on job_keys_key (after waiting for a
+-- concurrent insert of that key to commit): no job is ever left without the key it was
+-- created with, nor an audit row without its job.
 -- The columns of jobs are named, not `*`, here and below: a column a later release adds
 -- to jobs must not change the row type of a statement this release has prepared.
 WITH job AS (
@@ -74,6 +77,9 @@ WITH job AS (
     INSERT INTO job_keys (job_id, tenant, key, managed_by)
     SELECT id, tenant, $14, $15 FROM job
     WHERE $14::text IS NOT NULL OR $15::text IS NOT NULL
+), audited AS (
+    INSERT INTO audit (tenant, actor, action, job_id, changes, request_id)
+    SELECT tenant, $24, 'job.create', id, $25, $26 FROM job
 )
 SELECT job.*, $14::text AS key, $15::text AS managed_by,
        NULL::timestamptz AS last_run_at, NULL::text AS last_run_status

@@ -22,10 +22,11 @@ from scheduler_svc.client import (
     RetryPolicy,
     Unreachable,
 )
+from scheduler_svc.config import RateLimit
 from scheduler_svc.models import HttpTarget, JobCreate, JobPatch
 from tests.factories import make_job
 from tests.flaky_proxy import flaky_proxy
-from tests.helpers import free_port
+from tests.helpers import free_port, running_app
 from tests.principals import make_key
 
 pytestmark = pytest.mark.timeout(60)
@@ -315,6 +316,50 @@ async def test_a_get_is_retried_after_503(api_url: str, clean: None) -> None:
 
         await asyncio.to_thread(blocking)
         assert len(proxy.requests_to("GET", path)) == 3
+
+
+class Recording(httpx.AsyncHTTPTransport):
+    """A real HTTP transport that keeps the status of every answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+
+async def test_any_call_is_sent_again_after_a_429_once_its_budget_is_back(
+    make_settings: Any, pool: asyncpg.Pool[Any], clean: None
+) -> None:
+    patient = RetryPolicy(attempts=3, backoff_s=0.01, backoff_max_s=2.0)
+    wire = Recording()
+    settings = make_settings(rate_limit=RateLimit(1, "second"))
+    async with running_app(settings, pool) as url:
+        async with AsyncClient(url, retry=patient, transport=wire) as api:
+            job = await make_job(pool, next_run_at=None)
+            triggered = []
+            # A GET spends the second's budget, so the trigger right after it meets a 429
+            # (unless the second ends in between: then again, a few times at most).
+            for _ in range(5):
+                await api.get_job(job.id)
+                before = len(wire.statuses)
+                triggered.append((await api.trigger_job(job.id)).id)
+                if wire.statuses[before:] == [429, 202]:
+                    break
+            else:
+                pytest.fail(f"no trigger met a 429: {wire.statuses}")
+        # A trigger is never repeated after a failure; after a 429 nothing was done.
+        runs = await pool.fetch("SELECT id FROM job_runs WHERE job_id = $1 ORDER BY id", job.id)
+        assert [r["id"] for r in runs] == triggered
+    settings = make_settings(rate_limit=RateLimit(1, "minute"))
+    async with running_app(settings, pool) as url, AsyncClient(url, retry=patient) as api:
+        await api.get_job(job.id)
+        with pytest.raises(ProblemError) as caught:  # a minute away: raised at once
+            await api.get_job(job.id)
+        assert caught.value.status == 429
 
 
 async def test_503_on_every_attempt_is_a_problem_error(api_url: str, clean: None) -> None:

@@ -105,12 +105,14 @@ class Unreachable(ClientError):
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often, and after how long, a call that is safe to repeat is tried again.
+    """How often, and after how long, a call is tried again.
 
     Only GET, PUT and DELETE, and creating a job (which carries an `Idempotency-Key`), are
-    repeated; pause, resume, trigger and update are tried once. They are repeated after a
-    connection error or timeout, and after a 503 (for which a `Retry-After` is honoured up
-    to `backoff_max_s`). Attempt n waits a random time between half and all of
+    repeated after a connection error or timeout, or a 503 (for which a `Retry-After` is
+    honoured up to `backoff_max_s`); pause, resume, trigger and update are tried once
+    then. Every call is repeated after a 429, which the service answers before doing
+    anything, once its `Retry-After` has passed, when that is at most `backoff_max_s`
+    away. Attempt n waits a random time between half and all of
     `min(backoff_max_s, backoff_s * 2 ** (n - 1))` seconds before the next.
     """
 
@@ -182,7 +184,16 @@ def retry_delay(
 ) -> float | None:
     """Seconds to wait before sending `call` again after attempt `attempt` (from 1) ended
     in `outcome`; None to stop there."""
-    if not call.idempotent or attempt >= policy.attempts:
+    if attempt >= policy.attempts:
+        return None
+    if isinstance(outcome, httpx.Response) and outcome.status_code == HTTPStatus.TOO_MANY_REQUESTS:
+        # Refused by the rate limiter before anything was done: any call may be sent
+        # again, but not before its budget is back.
+        retry_after_s = _retry_after_s(outcome)
+        if retry_after_s is not None and retry_after_s > policy.backoff_max_s:
+            return None
+        return policy.delay_s(attempt, retry_after_s)
+    if not call.idempotent:
         return None
     if isinstance(outcome, httpx.TransportError):
         return policy.delay_s(attempt) if isinstance(outcome, RETRYABLE_ERRORS) else None

@@ -122,8 +122,9 @@ def created_changes(spec: JobSpec, status: JobStatus) -> Changes:
     write the audit row too.
 
     The row holds `spec`'s values as they are, but for `paused_until`, which comes back
-    in UTC; the numbers inside JSON fields may come back written otherwise (10.0 as 10),
-    which the audit row's own JSON writes alike. tests/test_audit.py holds the two equal.
+    in UTC; a number inside a JSON field may come back written otherwise (1e300 as its
+    301 digits), as the audit row's own JSON then writes it. tests/test_audit.py holds
+    the two equal.
     """
     builtins: dict[str, Any] = msgspec.to_builtins(spec)
     builtins["status"] = status

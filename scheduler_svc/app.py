@@ -256,7 +256,8 @@ def create_app(
         # Outermost first: measure every request (401 and 429 included), resolve its
         # principal, count it against the rate limit, refuse it without the scope, then
         # (open mode) for a foreign Host and (any mode) for a body that is not JSON; with
-        # a read replica, innermost, stamp writes with their WAL position.
+        # a read replica, innermost, stamp writes with their WAL position. api/hot.py's
+        # lane makes the same calls in this order for `GET /jobs/{id}`: keep them in step.
         middleware=[
             metrics.HTTP.middleware,
             DefineMiddleware(middleware.AuthMiddleware, authenticator=authenticator),

@@ -2,8 +2,8 @@
 
 Through Litestar, a request finds its route in the routing trie, passes five middleware
 (each a call and most a wrapped `send`), builds a Request, and the handler's Response is
-turned into an ASGIResponse, its headers encoded a second time: several times the CPU
-of the read itself. `HotLane` takes the requests for a job by id and does the same
+turned into an ASGIResponse, its headers encoded a second time: together about as much
+CPU as the read itself. `HotLane` takes the requests for a job by id and does the same
 steps in one function, calling what the middleware call, in their order:
 
     metrics (begin) → principal (AuthMiddleware) → rate budget (RateLimiter)

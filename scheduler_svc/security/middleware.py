@@ -138,8 +138,9 @@ def scope_refusal(scope: Scope) -> HTTPException | None:
 async def answer_in_route(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
     """Answer a request with `exc` as its route's exception handlers render it.
 
-    For middleware inside the route: raising would skip the outer middleware's view
-    of the response (request id, metrics) and reach only the application's handler.
+    For middleware inside the route, and api/hot.py's lane: raising would skip the outer
+    middleware's view of the response (request id, metrics) and reach only the
+    application's handler.
     """
     app = scope["litestar_app"]
     request: Request[Any, Any, Any] = app.request_class(scope, receive, send)

@@ -70,36 +70,21 @@ async def test_another_tenant_sees_nothing(conn: Any) -> None:
 
 
 async def test_idempotency_key_is_per_tenant(conn: Any) -> None:
-    first = await store.job_insert(
-        conn,
-        "t1",
-        SPEC,
-        status="active",
-        next_run_at=SOON,
-        idempotency_key="k",
-        request_hash="h",
-        **AUDITED,
-    )
-    repeat = await store.job_insert(
-        conn,
-        "t1",
-        SPEC,
-        status="active",
-        next_run_at=SOON,
-        idempotency_key="k",
-        request_hash="h",
-        **AUDITED,
-    )
-    other_tenant = await store.job_insert(
-        conn,
-        "t2",
-        SPEC,
-        status="active",
-        next_run_at=SOON,
-        idempotency_key="k",
-        request_hash="h",
-        **AUDITED,
-    )
+    async def insert(tenant: str) -> Any:
+        return await store.job_insert(
+            conn,
+            tenant,
+            SPEC,
+            status="active",
+            next_run_at=SOON,
+            idempotency_key="k",
+            request_hash="h",
+            **AUDITED,
+        )
+
+    first = await insert("t1")
+    repeat = await insert("t1")
+    other_tenant = await insert("t2")
     assert first is not None and repeat is None and other_tenant is not None
     found = await store.job_get_by_idempotency_key(conn, "t1", "k")
     assert found == (first, "h")

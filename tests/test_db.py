@@ -25,7 +25,7 @@ def with_query(url: str, query: str) -> str:
 
 async def session_settings(url: str, **pool_options: Any) -> dict[str, str]:
     """What a session of a pool made by create_pool(url, **pool_options) runs with."""
-    names = ("application_name", "search_path", "synchronous_commit")
+    names = ("application_name", "search_path", "synchronous_commit", "enable_seqscan")
     pool = await db.create_pool(url, max_size=1, **pool_options)
     try:
         async with pool.acquire() as conn:
@@ -59,7 +59,7 @@ def test_prisma_schema_parameter_becomes_the_search_path(
     assert db.connect_options(url) == (expected_dsn, settings)
 
 
-async def test_a_worker_pool_names_its_sessions_and_commits_without_waiting_for_the_flush(
+async def test_a_worker_pool_names_its_sessions_commits_without_waiting_and_prices_out_scans(
     database_url: str,
 ) -> None:
     url = with_query(database_url, "schema=public")
@@ -68,6 +68,7 @@ async def test_a_worker_pool_names_its_sessions_and_commits_without_waiting_for_
         "application_name": "scheduler-svc@9:w-7",
         "search_path": "public",
         "synchronous_commit": "off",
+        "enable_seqscan": "off",
     }
 
 
@@ -75,10 +76,11 @@ async def test_a_default_pool_is_durable_and_named_after_the_service(
     database_url: str,
 ) -> None:
     settings = await session_settings(database_url)
-    assert (settings["application_name"], settings["synchronous_commit"]) == (
-        "scheduler-svc@9",
-        "on",
-    )
+    assert (
+        settings["application_name"],
+        settings["synchronous_commit"],
+        settings["enable_seqscan"],
+    ) == ("scheduler-svc@9", "on", "on")
     assert db.application_name("api-1") == "scheduler-svc@9:api-1"
     assert db.SESSION_SCHEMA_VERSION == migrate.SCHEMA_VERSION
 

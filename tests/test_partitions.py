@@ -16,6 +16,7 @@ from scheduler_svc.config import Settings
 from scheduler_svc.engine import maintenance
 from scheduler_svc.engine.worker import Worker
 from scheduler_svc.models.runs import RunResult
+from scheduler_svc.store import db
 from scheduler_svc.store.history_ids import days_of_ids
 from scheduler_svc.targets import Deliverer
 from scheduler_svc.targets.http import WebhookClient
@@ -280,3 +281,50 @@ async def test_dropping_a_day_waits_for_no_long_transaction_it_would_block(pool:
         with pytest.raises(Exception, match="lock timeout"):
             await store.history_partitions_detach(pool, 30, maintenance.MAINTENANCE_LOCK_KEY)
         assert asyncio.get_running_loop().time() - started < 5
+
+
+# The engine's hottest statements, prepared and run as its sessions run them, with
+# literal arguments: nothing due or recorded, no tenant filter, no floor.
+ENGINE_STATEMENTS = {
+    "jobs_claim_due": "(NULL, 10, NULL, '-infinity')",
+    "runs_exchange": "('w', '{}', '{}', '{}', '{}', '{}', '{}', 10, 10, true, '{}', NULL, false,"
+    " '-infinity', 'infinity', '-infinity')",
+}
+# A day's worth of pages in today's partition: finished runs in its first hour.
+FILL_TODAY = """
+INSERT INTO job_runs (id, job_id, tenant, scheduled_for, status, finished_at)
+SELECT run_id(t), $1, 'default', t, 'succeeded', t
+FROM generate_series(1, 3000) AS i,
+     LATERAL (SELECT date_trunc('day', now(), 'UTC') + make_interval(secs => i) AS t) AS tick
+"""
+
+
+async def test_an_engine_plan_made_while_today_was_empty_probes_it_by_index_once_it_fills(
+    database_url: str, pool: Any
+) -> None:
+    """The engine's sessions keep a generic plan until an ANALYZE invalidates it. One
+    made while today's partition was analyzed empty scanned that partition once per job
+    it probed, and kept doing so as the day filled (db.create_pool: enable_seqscan)."""
+    now = await store.db_now(pool)
+    job = await make_job(pool, next_run_at=now - timedelta(seconds=1), overlap="forbid")
+    await pool.execute("ANALYZE job_runs")
+    engine = await db.create_pool(database_url, max_size=1, durable=False)
+    try:
+        async with engine.acquire() as conn:
+            scanned: dict[str, set[str]] = {}
+            for name, arguments in ENGINE_STATEMENTS.items():
+                await conn.execute(f"PREPARE {name} AS {store.QUERIES[name]}")
+                # The plan is made here, while today holds no run, and kept.
+                await conn.execute(f"EXPLAIN EXECUTE {name}{arguments}")
+            await pool.execute(FILL_TODAY, job.id)
+            for name, arguments in ENGINE_STATEMENTS.items():
+                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}{arguments}")
+                scanned[name] = {
+                    node["Relation Name"]
+                    for node in plan_nodes(plan[0]["Plan"])
+                    if node["Node Type"] == "Seq Scan"
+                    and node["Relation Name"].startswith("job_runs_")
+                }
+            assert scanned == {name: set() for name in ENGINE_STATEMENTS}
+    finally:
+        await engine.close()

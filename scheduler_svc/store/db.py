@@ -141,6 +141,17 @@ async def create_pool(
             # every call, over every partition of job_runs. Generic ones prune the
             # partitions when they run.
             "plan_cache_mode": "force_generic_plan",
+            # Every statement of the engine finds its rows through an index, by design.
+            # A generic plan is kept until an ANALYZE (or DDL) invalidates it, and one
+            # made while a day's partition of job_runs was empty, or held a few pages,
+            # scans that partition once per job probed. As the day fills, a due claim
+            # grows from milliseconds to seconds until autovacuum's next ANALYZE of
+            # the partition: on a database analyzed while new, and each midnight (UTC)
+            # for the days ahead that an operator's ANALYZE found empty. With
+            # sequential scans priced out, a plan takes the index whatever the
+            # partition held when it was made; a table without a usable index is
+            # still scanned (bench/README.md, round two, part six).
+            "enable_seqscan": "off",
         }
     # asyncpg.create_pool with its defaults, but building a FairPool.
     pool: Pool = await FairPool(

@@ -2,7 +2,7 @@
 
     python -m bench.firelag [--jobs 200 1000 5000] [--seconds 60] [--replicas 2]
                             [--schedule "@every 1s"] [--target log|http] [--phase spread|aligned]
-                            [--concurrency N]
+                            [--concurrency N] [--slice-s S]
 
 Replicas run as real `scheduler-svc serve --role worker` processes on a fresh
 database holding the jobs and a history of earlier runs (vacuumed and analyzed, as
@@ -24,6 +24,9 @@ every job on each fifth second.
 32). Attempts under way per replica are its rate times how long one takes, so at
 2,500 webhook calls/s per replica and some 20 ms a call, 32 slots are the limit,
 not the CPU: the full run gives the 5,000-job webhook rows 128.
+
+`--slice-s S` also gives the start p99 of each S seconds of the window, to tell a tail
+spread over the window from one that comes in bursts.
 
 `--consoles N` keeps N operator consoles open on the overview meanwhile: one more
 replica (`serve --role api`) on the same database, an API key of the jobs' tenant
@@ -114,8 +117,8 @@ WHERE job_id BETWEEN $3 AND $4 AND scheduled_for >= $1 AND scheduled_for < $2
 WARM_UP_S = 3
 # `--cold`: autovacuum's first ANALYZE of a new database may come this late (its naptime).
 COLD_ANALYZE_S = 60.0
-# `--cold`: p99 start lag by slices of the window this long.
-COLD_SLICE_S = 10
+# `--cold`: p99 start lag by slices of the window this long (`--slice-s` sets another).
+COLD_SLICE_S = 10.0
 LEAD_S = 2
 DEFAULT_CONCURRENCY = Settings().concurrency
 TRANSACTIONS = """
@@ -320,11 +323,13 @@ async def measure(
     streams_only: bool = False,
     cold: bool = False,
     history_days: int = 0,
+    slice_s: float | None = None,
 ) -> dict[str, Any]:
     """Run the jobs for `seconds` after a warm-up, with `consoles` consoles open on the
     overview (their streams only if `streams_only`); the lags of the runs in that window.
     `cold`: on a brand-new database (prepare), from the first tick, without a warm-up.
-    `history_days`: job_runs has day partitions that far back (prepare)."""
+    `history_days`: job_runs has day partitions that far back (prepare). `slice_s`: the
+    p99 start lag of each slice of the window this long, too (`cold`: 10 s)."""
     async with bench_database() as url, _maybe_receiving(target) as (hook, receipts):
         spec: dict[str, Any] = {"type": "log"} if hook is None else {"type": "http", "url": hook}
         await prepare(url, jobs, schedule, spec, cold, history_days)
@@ -341,6 +346,7 @@ async def measure(
             consoles=consoles,
             streams_only=streams_only,
             cold=cold,
+            slice_s=slice_s,
         )
 
 
@@ -359,6 +365,7 @@ async def measure_on(
     consoles: int = 0,
     streams_only: bool = False,
     cold: bool = False,
+    slice_s: float | None = None,
 ) -> dict[str, Any]:
     """measure() on a database that has the jobs already, paused, on `schedule`: jobs
     `first_job` to `first_job + jobs - 1` (by id), whatever else it holds. `env` goes
@@ -443,14 +450,17 @@ async def measure_on(
         "streams_only": streams_only,
         "cold": cold,
     }
-    if cold:
-        # How the first minute goes: p99 start lag by slice of the window.
+    if slice_s is None and cold:
+        slice_s = COLD_SLICE_S
+    if slice_s is not None:
+        # When the tail comes: p99 start lag by slice of the window.
         by_slice: dict[int, list[float]] = {}
         for r in rows:
             if r["lag_ms"] is not None:
-                at = (r["scheduled_for"] - window_start).total_seconds() // COLD_SLICE_S
+                at = (r["scheduled_for"] - window_start).total_seconds() // slice_s
                 by_slice.setdefault(int(at), []).append(r["lag_ms"])
         figures["p99_by_slice_ms"] = [spread(by_slice[k])["p99"] for k in sorted(by_slice)]
+        figures["slice_s"] = slice_s
     if watching is not None:
         events, fetches, failed, api_cpu = (a - b for a, b in zip(after[2], before[2], strict=True))
         figures["console_events_per_s"] = events / elapsed / consoles
@@ -617,6 +627,12 @@ async def main() -> None:
         "minute in (autovacuum's naptime); lag from the first tick, by 10 s slice too",
     )
     parser.add_argument(
+        "--slice-s",
+        type=float,
+        default=None,
+        help="also give the p99 start lag of each slice of the window this long (with --cold: 10)",
+    )
+    parser.add_argument(
         "--history-days",
         type=int,
         default=0,
@@ -637,6 +653,7 @@ async def main() -> None:
             args.streams_only,
             args.cold,
             args.history_days,
+            args.slice_s,
         )
         for jobs in args.jobs
     ]
@@ -644,9 +661,10 @@ async def main() -> None:
     rows = [row(f) + cpu_cells(f) + console_cells(f) for f in measured]
     print(Result(title(args.seconds, measured), header, rows).table())
     for f in measured:
-        if f["cold"]:
+        if "p99_by_slice_ms" in f:
             slices = ", ".join(f"{ms(p)}" for p in f["p99_by_slice_ms"])
-            print(f"{f['jobs']} jobs, cold: start p99 by {COLD_SLICE_S} s from the first tick:")
+            since = "the first tick" if f["cold"] else "the warm-up"
+            print(f"{f['jobs']} jobs: start p99 by {f['slice_s']:g} s from {since}:")
             print(f"  {slices} ms")
 
 

@@ -836,12 +836,14 @@ LIMIT $4;
 -- Whole days go by history_partitions_detach: what is left for this are the runs of
 -- job_runs_default, of job_runs_before_v5 (until the retention is past its last day),
 -- and of a day kept for a run that had not finished. The partitions of later days are
--- not read (the tick bound prunes them).
+-- not read (the tick bound prunes them). A replica without the lock reads no run: the
+-- lock is a one-time filter, and the delete finds the doomed runs by id (as a hash join
+-- it read every run of job_runs_default first, whether any was doomed or not).
 WITH lock AS (
     SELECT pg_try_advisory_xact_lock($3) AS held
 ), doomed AS (
-    SELECT r.id, r.scheduled_for FROM job_runs r, lock
-    WHERE lock.held
+    SELECT r.id, r.scheduled_for FROM job_runs r
+    WHERE (SELECT held FROM lock)
       -- Before the start of the first day kept (UTC): the days after it are dropped
       -- whole, not deleted row by row.
       AND r.scheduled_for < date_trunc('day', now() - make_interval(days => $1), 'UTC')
@@ -853,6 +855,7 @@ WITH lock AS (
     DELETE FROM job_runs r
     USING doomed d
     WHERE r.id = d.id AND r.scheduled_for = d.scheduled_for
+      AND r.id = ANY(ARRAY(SELECT id FROM doomed))
       AND r.scheduled_for < date_trunc('day', now() - make_interval(days => $1), 'UTC')
     RETURNING 1
 )

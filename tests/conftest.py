@@ -96,6 +96,18 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
 
 
 @pytest.fixture
+async def engine_conn(database_url: str) -> AsyncIterator[Any]:
+    """A session set up as the engine's are (db.create_pool's worker pool: generic plans,
+    no sequential scans), for tests of the plans it makes."""
+    engine = await db.create_pool(database_url, max_size=1, durable=False)
+    try:
+        async with engine.acquire() as conn:
+            yield conn
+    finally:
+        await engine.close()
+
+
+@pytest.fixture
 async def conn(pool: asyncpg.Pool[Any]) -> AsyncIterator[Any]:
     """A connection inside a transaction that is rolled back after the test."""
     async with pool.acquire() as connection:

@@ -9,7 +9,6 @@ import pytest
 
 from scheduler_svc import store
 from scheduler_svc.engine import maintenance
-from scheduler_svc.store import db
 from tests.factories import make_job, plan_nodes
 
 INSERT_RUN = """
@@ -45,28 +44,22 @@ async def test_only_the_holder_of_the_maintenance_lock_prunes(pool: Any) -> None
 
 
 async def test_a_replica_without_the_maintenance_lock_reads_no_run(
-    pool: Any, database_url: str
+    pool: Any, engine_conn: Any
 ) -> None:
     """Every replica's maintenance asks; the one that is not to prune must not read the
     runs it would have looked through (job_runs_default holds whatever has no day)."""
     job = await make_job(pool, next_run_at=None, paused=True)
     await pool.execute(INSERT_RUN, job.id, 10, "succeeded", 5_000)  # no partition: default
-    engine = await db.create_pool(database_url, max_size=1, durable=False)
-    try:
-        async with pool.acquire() as other, other.transaction(), engine.acquire() as conn:
-            await other.execute(
-                "SELECT pg_advisory_xact_lock($1)", maintenance.MAINTENANCE_LOCK_KEY
-            )
-            # Hash joins, as the planner chose for the bench's 721,000 runs of that day:
-            # the delete's side then read every one, though none was doomed.
-            await conn.execute("SET enable_nestloop = off")
-            await conn.execute(f"PREPARE prune AS {store.QUERIES['runs_prune']}")
-            key = maintenance.MAINTENANCE_LOCK_KEY
-            plan = await conn.fetchval(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE prune(30, 1000, {key})"
-            )
-    finally:
-        await engine.close()
+    key = maintenance.MAINTENANCE_LOCK_KEY
+    async with pool.acquire() as other, other.transaction():
+        await other.execute("SELECT pg_advisory_xact_lock($1)", key)
+        # Hash joins, as the planner chose for the bench's 721,000 runs of that day:
+        # the delete's side then read every one, though none was doomed.
+        await engine_conn.execute("SET enable_nestloop = off")
+        await engine_conn.execute(f"PREPARE prune AS {store.QUERIES['runs_prune']}")
+        plan = await engine_conn.fetchval(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE prune(30, 1000, {key})"
+        )
     read = [
         (node["Relation Name"], node["Actual Rows"] + node.get("Rows Removed by Filter", 0))
         for node in plan_nodes(plan[0]["Plan"])

@@ -17,7 +17,6 @@ from scheduler_svc.config import Settings
 from scheduler_svc.engine import maintenance
 from scheduler_svc.engine.worker import Worker
 from scheduler_svc.models.runs import RunResult
-from scheduler_svc.store import db
 from scheduler_svc.store.history_ids import days_of_ids
 from scheduler_svc.targets import Deliverer
 from scheduler_svc.targets.http import WebhookClient
@@ -306,7 +305,7 @@ FROM generate_series(1, 3000) AS i,
 
 
 async def test_an_engine_plan_made_while_today_was_empty_probes_it_by_index_once_it_fills(
-    database_url: str, pool: Any
+    pool: Any, engine_conn: Any
 ) -> None:
     """The engine's sessions keep a generic plan until an ANALYZE invalidates it. One
     made while today's partition was analyzed empty scanned that partition once per job
@@ -314,23 +313,17 @@ async def test_an_engine_plan_made_while_today_was_empty_probes_it_by_index_once
     now = await store.db_now(pool)
     job = await make_job(pool, next_run_at=now - timedelta(seconds=1), overlap="forbid")
     await pool.execute("ANALYZE job_runs")
-    engine = await db.create_pool(database_url, max_size=1, durable=False)
-    try:
-        async with engine.acquire() as conn:
-            scanned: dict[str, set[str]] = {}
-            for name, arguments in ENGINE_STATEMENTS.items():
-                await conn.execute(f"PREPARE {name} AS {store.QUERIES[name]}")
-                # The plan is made here, while today holds no run, and kept.
-                await conn.execute(f"EXPLAIN EXECUTE {name}{arguments}")
-            await pool.execute(FILL_TODAY, job.id)
-            for name, arguments in ENGINE_STATEMENTS.items():
-                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}{arguments}")
-                scanned[name] = {
-                    node["Relation Name"]
-                    for node in plan_nodes(plan[0]["Plan"])
-                    if node["Node Type"] == "Seq Scan"
-                    and node["Relation Name"].startswith("job_runs_")
-                }
-            assert scanned == {name: set() for name in ENGINE_STATEMENTS}
-    finally:
-        await engine.close()
+    for name, arguments in ENGINE_STATEMENTS.items():
+        await engine_conn.execute(f"PREPARE {name} AS {store.QUERIES[name]}")
+        # The plan is made here, while today holds no run, and kept.
+        await engine_conn.execute(f"EXPLAIN EXECUTE {name}{arguments}")
+    await pool.execute(FILL_TODAY, job.id)
+    scanned: dict[str, set[str]] = {}
+    for name, arguments in ENGINE_STATEMENTS.items():
+        plan = await engine_conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}{arguments}")
+        scanned[name] = {
+            node["Relation Name"]
+            for node in plan_nodes(plan[0]["Plan"])
+            if node["Node Type"] == "Seq Scan" and node["Relation Name"].startswith("job_runs_")
+        }
+    assert scanned == {name: set() for name in ENGINE_STATEMENTS}
